@@ -1,0 +1,22 @@
+"""Regenerate every generated file: the pydantic models and the operation table and methods.
+
+Usage: uv run python scripts/generate.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.codegen import models, operations
+
+
+def main() -> None:
+    models.main()
+    operations.main()
+
+
+if __name__ == "__main__":
+    main()
