@@ -159,7 +159,7 @@ class BaseClient:
             op, path_params=None, query=query, body=body, context=context, raise_for_status=False
         )
         if self._http.error_mode == "raise" and not raw.is_success and not _is_denial(raw):
-            raise status_error(op.name, op.method, httpx.URL(op.path), raw)
+            raise status_error(op.name, op.method, self._http._build_url(op.path, None), raw)
         return parse_gate_preflight_result(raw.status, raw.body)
 
 

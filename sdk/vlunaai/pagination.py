@@ -31,11 +31,15 @@ async def paginate(
                 code=getattr(envelope, "code", None),
                 status=getattr(envelope, "status", None),
             )
-        for item in getattr(envelope, "data", None) or []:
+        data = getattr(envelope, "data", None)
+        for item in _page_items(data):
             yield item
         meta = getattr(envelope, "meta", None)
-        cursor = _meta_value(meta, "next_cursor")
+        # The cursor is in `meta` for most lists; `{items, next_cursor}` pages carry it in `data`.
+        cursor = _meta_value(meta, "next_cursor") or _meta_value(data, "next_cursor")
         has_more = _meta_value(meta, "has_more")
+        if has_more is None:
+            has_more = _meta_value(data, "has_more")
         if not cursor or has_more is False:
             return
         if cursor in seen:
@@ -43,6 +47,19 @@ async def paginate(
         seen.add(cursor)
         page_query["cursor"] = cursor
     raise VlunaAIError(f"Pagination stopped after {MAX_PAGES} pages")
+
+
+def _page_items(data: Any) -> list[Any]:
+    """The items of one page: `data` is a list, a root model over a list, or `{items: [...]}`."""
+    if data is None:
+        return []
+    if isinstance(data, list):
+        return data
+    root = getattr(data, "root", None)
+    if isinstance(root, list):
+        return root
+    items = data.get("items") if isinstance(data, Mapping) else getattr(data, "items", None)
+    return items if isinstance(items, list) else []
 
 
 def _meta_value(meta: Any, key: str) -> Any:
