@@ -25,13 +25,13 @@ async def main() -> None:
             body={"principal_id": "org:acme", "user_id": "alice", "scopes": ["checkout", "portal"]}
         )
         token = issued.data
+        assert token is not None  # raise mode: an answer without data would have raised
         print(f"platform token for alice@org:acme: expires in {token.expires_in}s")
         print(f"  billing account {token.billing_account_id}, billing user {token.billing_user_id}")
 
         products = await bearer.list_catalog_products(context=RequestContext(access_token=token.access_token))
-        items = getattr(products.data, "root", products.data) or []
-        print(f"catalog: {len(items)} products")
-        for product in items:
+        print(f"catalog: {len(products.data.root)} products")
+        for product in products.data.root:
             price = product.default_price
             amount = f"{price.unit_amount / 100:.2f} {price.currency}" if price else "no price"
             print(f"  - {product.name} ({product.catalog_product_id}): {amount}")
@@ -44,10 +44,12 @@ async def main() -> None:
 
         estimate = {**feature, "estimated_quantity_minor": "1200"}
         authz = await service.gate_authorize(body=estimate, context=who)
-        print(f"authorized: lease {authz.data.lease[:12]}...")
+        lease = authz.data.lease if authz.data else None
+        assert lease is not None
+        print(f"authorized: lease {lease[:12]}...")
         # ... the metered work happens here ...
         commit = await service.gate_commit(
-            body={"lease": authz.data.lease, "feature_code": "openai.gpt-4o-mini", "quantity_minor": "1187"},
+            body={"lease": lease, "feature_code": "openai.gpt-4o-mini", "quantity_minor": "1187"},
             context=who,
         )
         print(f"committed: ok={commit.ok}")

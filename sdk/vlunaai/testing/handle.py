@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,6 +22,10 @@ from .core import BEARER_PREFIX, SERVICE_PREFIX, EmulatorCore, EmulatorSettings
 from .faults import ConnectionDropped, Fault
 from .handlers.checkout import complete_checkout
 from .seed import Seed, load_seed
+
+if TYPE_CHECKING:
+    from vlunaai import BearerClient, ServiceClient
+    from vlunaai._http import ErrorMode
 
 EMULATOR_BASE = "http://vluna-emulator.test"
 
@@ -87,8 +91,8 @@ class VlunaEmulator:
         self.core: EmulatorCore = self.app.state.emulator
         self.settings = settings
         self._clients: list[Any] = []
-        self._service: Any = None
-        self._bearer: Any = None
+        self._service: ServiceClient | None = None
+        self._bearer: BearerClient | None = None
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -123,14 +127,16 @@ class VlunaEmulator:
 
     # --- SDK clients ------------------------------------------------------------------------
 
-    def service_client(self, *, error_mode: str = "result", max_retries: int = 2, **options: Any) -> Any:
+    def service_client(
+        self, *, error_mode: ErrorMode = "result", max_retries: int = 2, **options: Any
+    ) -> ServiceClient:
         from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
 
         client = create_service_client(
             ServiceClientOptions(
                 config=VlunaAIConfig(base_url=self.service_base_url, realm_id=self.realm_id),
                 service_key=ServiceKeyCredentials(key_id=self.service_key_id, secret=self.service_key_secret),
-                error_mode=error_mode,  # type: ignore[arg-type]
+                error_mode=error_mode,
                 max_retries=max_retries,
                 transport=self.transport(),
                 **options,
@@ -139,13 +145,15 @@ class VlunaEmulator:
         self._clients.append(client)
         return client
 
-    def bearer_client(self, *, error_mode: str = "result", max_retries: int = 2, **options: Any) -> Any:
+    def bearer_client(
+        self, *, error_mode: ErrorMode = "result", max_retries: int = 2, **options: Any
+    ) -> BearerClient:
         from vlunaai import BearerClientOptions, VlunaAIConfig, create_bearer_client
 
         client = create_bearer_client(
             BearerClientOptions(
                 config=VlunaAIConfig(base_url=self.bearer_base_url, realm_id=self.realm_id),
-                error_mode=error_mode,  # type: ignore[arg-type]
+                error_mode=error_mode,
                 max_retries=max_retries,
                 transport=self.transport(),
                 **options,
@@ -155,14 +163,14 @@ class VlunaEmulator:
         return client
 
     @property
-    def service(self) -> Any:
+    def service(self) -> ServiceClient:
         """A ready `ServiceClient` (default options), created on first use and reused."""
         if self._service is None:
             self._service = self.service_client()
         return self._service
 
     @property
-    def bearer(self) -> Any:
+    def bearer(self) -> BearerClient:
         """A ready `BearerClient` (default options); pass `RequestContext(access_token=...)`."""
         if self._bearer is None:
             self._bearer = self.bearer_client()
