@@ -1,0 +1,144 @@
+"""``vluna-bff``: serve, check-config, dev."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+
+DEV_CONFIG = Path("config/bff.dev.yaml")
+
+
+def _load(path: str | None, **overrides: object) -> Settings:
+    return load_settings(path, overrides=overrides or None)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print("configuration OK (secrets redacted):")
+    print(yaml.safe_dump(settings.redacted_dump(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _load(args.config)
+    if settings.dev.enabled:
+        print("dev.enabled is set: use `vluna-bff dev` for development", file=sys.stderr)
+        return 2
+    s = settings.server
+    host = args.host or s.host
+    port = args.port if args.port is not None else s.port
+    workers = args.workers or s.workers
+    _setup_logging(s.log_level)
+    if workers > 1:
+        # Workers are separate processes: each rebuilds the settings from the same file and env.
+        if args.config:
+            os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+        uvicorn.run(
+            "bff.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=s.log_level,
+            proxy_headers=s.proxy_headers,
+            access_log=False,
+        )
+        return 0
+    from bff.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=s.log_level,
+        proxy_headers=s.proxy_headers,
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bff.dev import create_dev_app
+
+    path = args.config or (str(DEV_CONFIG) if DEV_CONFIG.exists() else None)
+    settings = _load(path, dev={"enabled": True})
+    s = settings.server
+    host = args.host or s.host
+    port = args.port if args.port is not None else s.port
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        # The dev sign-in lets anyone be anyone: never expose it beyond this machine.
+        print(f"vluna-bff dev binds to loopback only (got {host!r})", file=sys.stderr)
+        return 2
+    _setup_logging(s.log_level)
+    runtime = create_dev_app(settings)
+    base = f"http://{host}:{port}"
+    print(
+        "\n".join(
+            [
+                f"vluna-bff dev on {base} (emulated Vluna realm {runtime.realm_id!r}, "
+                f"cache: {settings.cache.backend})",
+                f"  sign in:   curl -s '{base}/dev/login?user=alice&org=acme'",
+                f"  token:     curl -s -H 'Authorization: Bearer <token>' {base}/vluna/token",
+                f"  sign out:  curl -s -X DELETE -H 'Authorization: Bearer <token>' {base}/vluna/token",
+            ]
+        ),
+        flush=True,
+    )
+    uvicorn.run(runtime.app, host=host, port=port, log_level=s.log_level, access_log=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vluna-bff", description="Vluna token-issuing backend-for-frontend")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", help=f"YAML settings file (default: ${CONFIG_ENV})")
+
+    p_serve = sub.add_parser("serve", help="run the service (uvicorn)")
+    common(p_serve)
+    p_serve.add_argument("--host")
+    p_serve.add_argument("--port", type=int)
+    p_serve.add_argument("--workers", type=int)
+    p_serve.set_defaults(fn=cmd_serve)
+
+    p_check = sub.add_parser("check-config", help="validate the settings and print them, secrets redacted")
+    common(p_check)
+    p_check.set_defaults(fn=cmd_check_config)
+
+    p_dev = sub.add_parser("dev", help="run with an embedded emulator and a development sign-in")
+    common(p_dev)
+    p_dev.add_argument("--host")
+    p_dev.add_argument("--port", type=int)
+    p_dev.set_defaults(fn=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

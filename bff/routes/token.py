@@ -1,0 +1,84 @@
+"""``GET /vluna/token`` hands out the caller's platform token; ``DELETE`` forgets it (sign-out)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from litestar import Request, Response, delete, get
+from litestar.params import QueryParameter
+from litestar.types import ControllerRouterHandler
+
+from bff.errors import BadRequest, ServiceUnavailable, UpstreamRejected
+from bff.tokens.broker import Principal, TokenRejected, TokenUnavailable
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_MAX_SCOPES_PARAM = 256
+
+
+def parse_scopes(raw: str | None, allowed: list[str], default: list[str]) -> tuple[str, ...]:
+    if raw is None or not raw.strip():
+        return tuple(sorted(set(default or allowed)))
+    if len(raw) > _MAX_SCOPES_PARAM:
+        raise BadRequest("scopes parameter too long", code="invalid_scopes")
+    wanted = {s.strip() for s in raw.split(",") if s.strip()}
+    unknown = sorted(wanted - set(allowed))
+    if unknown:
+        raise BadRequest(
+            f"scopes not allowed: {', '.join(unknown)}; allowed: {', '.join(allowed)}", code="invalid_scopes"
+        )
+    if not wanted:
+        return tuple(sorted(set(default or allowed)))
+    return tuple(sorted(wanted))
+
+
+async def _principal(request: Request[Any, Any, Any]) -> Principal:
+    services = request.app.state.services
+    identity = await services.auth.authenticate(request)
+    principal: Principal = await services.mapper.map(identity)
+    return principal
+
+
+@get("/vluna/token")
+async def get_token(
+    request: Request[Any, Any, Any], scopes: Annotated[str | None, QueryParameter()] = None
+) -> Response[dict[str, Any]]:
+    services = request.app.state.services
+    t = services.settings.tokens
+    # Authenticate first: an anonymous caller learns nothing about the configured scopes.
+    principal = await _principal(request)
+    wanted = parse_scopes(scopes, t.allowed_scopes, t.default_scopes)
+    try:
+        entry = await services.broker.get_token(principal, wanted)
+    except TokenUnavailable as exc:
+        raise ServiceUnavailable(
+            "billing tokens are temporarily unavailable",
+            retry_after=exc.retry_after,
+            code="token_unavailable",
+        ) from None
+    except TokenRejected:
+        raise UpstreamRejected("the billing service refused to issue a token for this user") from None
+    now = services.broker.now()
+    body = {
+        "access_token": entry.access_token,
+        "token_type": entry.token_type,
+        "expires_in": entry.expires_in(now),
+        "expires_at": datetime.fromtimestamp(int(entry.expires_at), tz=timezone.utc)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "billing_account_id": entry.billing_account_id,
+        "billing_user_id": entry.billing_user_id,
+        "scopes": list(entry.scopes),
+    }
+    return Response(body, headers=NO_STORE)
+
+
+@delete("/vluna/token", status_code=204)
+async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
+    principal = await _principal(request)
+    await request.app.state.services.broker.forget(principal)
+    return Response(None, status_code=204, headers=NO_STORE)
+
+
+def token_routes() -> list[ControllerRouterHandler]:
+    return [get_token, delete_token]

@@ -1,0 +1,419 @@
+"""Every setting of the BFF in one typed tree: YAML file, then environment overrides, then checks.
+
+Sources, later wins:
+1. the YAML file (``--config`` or ``VLUNA_BFF_CONFIG``);
+2. ``VLUNA_BFF__SECTION__KEY=value`` environment variables (``__`` separates levels; values
+   starting with ``[`` or ``{`` are parsed as JSON, everything else stays a string and pydantic
+   coerces it);
+3. ``VLUNA_BFF__SECTION__KEY_FILE=/path``: the file's content (trailing newline stripped), which is
+   how Kubernetes secrets are mounted.
+
+Secrets are ``SecretStr`` so that ``repr``, ``model_dump`` and every log line show ``**********``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+ENV_PREFIX = "VLUNA_BFF__"
+CONFIG_ENV = "VLUNA_BFF_CONFIG"
+
+AuthMethod = Literal["bearer", "cookie", "introspection", "hook"]
+
+HS_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
+_TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Model(BaseModel):
+    # A misspelt key in the YAML must fail loudly instead of silently keeping a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VlunaSettings(_Model):
+    base_url: str = "https://api.vluna.ai/mgt/v1"
+    realm_id: str | None = None
+    service_key_id: str | None = None
+    service_key_secret: SecretStr | None = None
+    timeout_sec: float = Field(5.0, gt=0)
+    max_retries: int = Field(1, ge=0, le=5)
+
+
+class JwtSettings(_Model):
+    jwks_url: str | None = None
+    jwks_cache_ttl_sec: float = Field(3600, gt=0)
+    jwks_refresh_min_interval_sec: float = Field(30, ge=0)
+    public_keys_pem: list[str] = []
+    hs_secret: SecretStr | None = None
+    algorithms: list[str] = ["RS256", "ES256"]
+    issuer: str | None = None
+    audience: list[str] = []
+    leeway_sec: float = Field(30, ge=0, le=300)
+    required_claims: list[str] = ["exp", "sub"]
+    verified_cache_ttl_sec: float = Field(60, ge=0)
+    verified_cache_max_entries: int = Field(10_000, ge=1)
+
+
+class CookieSettings(_Model):
+    name: str = "vluna_session"
+    csrf_header: str = "X-Vluna-CSRF"
+    csrf_value: str = "1"
+
+
+class IntrospectionSettings(_Model):
+    url: str | None = None
+    method: Literal["GET", "POST"] = "GET"
+    forward: list[Literal["cookie", "authorization"]] = ["cookie", "authorization"]
+    timeout_sec: float = Field(3.0, gt=0)
+    cache_ttl_sec: float = Field(30, ge=0)
+    cache_max_entries: int = Field(10_000, ge=0)
+    claims_path: str | None = None
+    active_field: str | None = None
+
+
+class HookAuthSettings(_Model):
+    callable: str | None = None
+
+
+class AuthSettings(_Model):
+    methods: list[AuthMethod] = ["bearer"]
+    jwt: JwtSettings = JwtSettings()
+    cookie: CookieSettings = CookieSettings()
+    introspection: IntrospectionSettings = IntrospectionSettings()
+    hook: HookAuthSettings = HookAuthSettings()
+
+
+class PrincipalRule(_Model):
+    claim: str
+    template: str = "{value}"
+
+
+class MappingSettings(_Model):
+    principal: list[PrincipalRule] = [PrincipalRule(claim="sub", template="user:{value}")]
+    user_claim: str = "sub"
+    traits: dict[str, str] = {}
+    hook: str | None = None
+
+
+class TokenSettings(_Model):
+    allowed_scopes: list[str] = ["checkout", "portal"]
+    default_scopes: list[str] = ["checkout", "portal"]
+    session_ttl_sec: int = Field(900, ge=60, le=3600)
+    refresh_ahead_ratio: float = Field(0.5, gt=0, lt=1)
+    safety_margin_sec: float = Field(30, ge=0)
+    lock_ttl_sec: float = Field(15, gt=0)
+    wait_timeout_sec: float = Field(15, gt=0)
+    retry_after_sec: int = Field(5, ge=1)
+
+
+class RedisSettings(_Model):
+    url: SecretStr | None = None
+    sentinels: list[str] = []
+    sentinel_service: str | None = None
+    sentinel_password: SecretStr | None = None
+    cluster: bool = False
+    max_connections: int = Field(64, ge=1)
+    socket_timeout_sec: float = Field(0.5, gt=0)
+    connect_timeout_sec: float = Field(0.5, gt=0)
+    down_backoff_sec: float = Field(5, ge=0)
+
+
+class CacheSettings(_Model):
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings = RedisSettings()
+    key_prefix: str = "vbff:"
+    encryption_keys: list[SecretStr] = []
+    hmac_key: SecretStr | None = None
+    memory_max_entries: int = Field(10_000, ge=1)
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    proxy_headers: bool = False
+    cors_allow_origins: list[str] = []
+
+
+class DevSettings(_Model):
+    enabled: bool = False
+    issuer: str = "http://localhost/vluna-bff-dev"
+    audience: str = "vluna-bff-dev"
+    realm_id: str = "realm_dev"
+    token_ttl_sec: int = Field(3600, ge=60)
+
+
+class Settings(_Model):
+    vluna: VlunaSettings = VlunaSettings()
+    auth: AuthSettings = AuthSettings()
+    mapping: MappingSettings = MappingSettings()
+    tokens: TokenSettings = TokenSettings()
+    cache: CacheSettings = CacheSettings()
+    server: ServerSettings = ServerSettings()
+    dev: DevSettings = DevSettings()
+
+    def redacted_dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class SettingsError(Exception):
+    """Every problem found, one per line, each naming the field; never the rejected value."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
+        super().__init__(f"invalid settings ({len(problems)} problem(s)):\n{lines}")
+
+
+def parse_key_spec(spec: str) -> tuple[str, bytes]:
+    """``"<key id>:<base64 of 32 bytes>"`` -> (key id, key); raises ValueError without the secret."""
+    import base64
+    import binascii
+
+    kid, sep, b64 = spec.partition(":")
+    if not sep or not kid or len(kid) > 32:
+        raise ValueError("expected '<key id>:<base64 key>' with a key id of 1..32 characters")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("key is not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError("key must decode to 32 bytes (AES-256)")
+    return kid, raw
+
+
+def _is_base64(value: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return bool(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    add = problems.append
+    dev = s.dev.enabled
+
+    if not dev:
+        for name in ("realm_id", "service_key_id", "service_key_secret"):
+            if not getattr(s.vluna, name):
+                add((f"vluna.{name}", "required (outside dev mode)"))
+        secret = s.vluna.service_key_secret
+        if secret is not None and not _is_base64(secret.get_secret_value()):
+            add(("vluna.service_key_secret", "must be base64 (as shown when the key was created)"))
+        if not s.vluna.base_url.startswith(("http://", "https://")):
+            add(("vluna.base_url", "must be an http(s) URL"))
+
+    a = s.auth
+    if not a.methods:
+        add(("auth.methods", "enable at least one method"))
+    if len(set(a.methods)) != len(a.methods):
+        add(("auth.methods", "lists a method twice"))
+    uses_jwt = any(m in ("bearer", "cookie") for m in a.methods)
+    if uses_jwt:
+        j = a.jwt
+        algs = set(j.algorithms)
+        if not algs:
+            add(("auth.jwt.algorithms", "at least one algorithm is required"))
+        for alg in j.algorithms:
+            if alg.lower() == "none":
+                add(("auth.jwt.algorithms", "'none' is never accepted"))
+            elif alg not in HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+                add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
+        if algs & HS_ALGORITHMS and j.hs_secret is None and not dev:
+            add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
+        if j.hs_secret is not None and len(j.hs_secret.get_secret_value().encode()) < 32:
+            add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+        if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.public_keys_pem or dev):
+            add(("auth.jwt.jwks_url", "a JWKS URL or auth.jwt.public_keys_pem is required"))
+        if not dev:
+            if not j.issuer:
+                add(("auth.jwt.issuer", "required: tokens of other issuers must be rejected"))
+            if not j.audience:
+                add(("auth.jwt.audience", "required: tokens meant for other services must be rejected"))
+    if "introspection" in a.methods and not a.introspection.url:
+        add(("auth.introspection.url", "required when introspection is enabled"))
+    if "hook" in a.methods and not a.hook.callable:
+        add(("auth.hook.callable", "required when the hook method is enabled ('module:callable')"))
+
+    m = s.mapping
+    if not m.hook:
+        if not m.principal:
+            add(("mapping.principal", "at least one rule (or mapping.hook) is required"))
+        for i, rule in enumerate(m.principal):
+            fields = _TEMPLATE_FIELD.findall(rule.template)
+            if "value" not in fields:
+                add((f"mapping.principal[{i}].template", "must contain {value}"))
+            stray = _TEMPLATE_FIELD.sub("", rule.template)
+            if "{" in stray or "}" in stray:
+                add((f"mapping.principal[{i}].template", "only {name} placeholders are allowed"))
+
+    t = s.tokens
+    if not t.allowed_scopes:
+        add(("tokens.allowed_scopes", "at least one scope is required"))
+    for scope in t.default_scopes:
+        if scope not in t.allowed_scopes:
+            add(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
+    if len(t.allowed_scopes) > 8:
+        add(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
+    worst_issue = s.vluna.timeout_sec * (s.vluna.max_retries + 1)
+    if t.lock_ttl_sec <= worst_issue:
+        # A lock that expires while its holder still waits on Vluna lets a second replica issue.
+        add(
+            (
+                "tokens.lock_ttl_sec",
+                f"must exceed vluna.timeout_sec x (vluna.max_retries + 1) = {worst_issue:g}",
+            )
+        )
+    if t.safety_margin_sec * 2 >= t.session_ttl_sec:
+        add(("tokens.safety_margin_sec", "must be less than half of tokens.session_ttl_sec"))
+
+    c = s.cache
+    if not _PREFIX.match(c.key_prefix):
+        add(("cache.key_prefix", "up to 64 of A-Z a-z 0-9 _ . : - (it is also used in a Redis pattern)"))
+    if c.backend == "redis":
+        r = c.redis
+        if not r.url and not r.sentinels:
+            add(("cache.redis.url", "required for the redis backend (or cache.redis.sentinels)"))
+        if r.url and not r.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            add(("cache.redis.url", "must start with redis://, rediss:// or unix://"))
+        if r.sentinels and not r.sentinel_service:
+            add(("cache.redis.sentinel_service", "required with cache.redis.sentinels"))
+        for i, hp in enumerate(r.sentinels):
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit():
+                add((f"cache.redis.sentinels[{i}]", "expected host:port"))
+    if not dev:
+        if not c.encryption_keys:
+            add(("cache.encryption_keys", "at least one key is required ('<id>:<base64 32 bytes>')"))
+        if c.hmac_key is None:
+            add(("cache.hmac_key", "required (32+ random bytes)"))
+    seen: set[str] = set()
+    for i, spec in enumerate(c.encryption_keys):
+        try:
+            kid, _ = parse_key_spec(spec.get_secret_value())
+        except ValueError as exc:
+            add((f"cache.encryption_keys[{i}]", str(exc)))
+            continue
+        if kid in seen:
+            add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
+        seen.add(kid)
+    if c.hmac_key is not None and len(c.hmac_key.get_secret_value().encode()) < 32:
+        add(("cache.hmac_key", "must be at least 32 bytes"))
+    return problems
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validate_settings(data: Mapping[str, Any]) -> Settings:
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        # Only location and message: pydantic's own str() would echo input values (secrets).
+        raise SettingsError([(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
+    problems = _semantic_problems(settings)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _set_path(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    data: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        raw = environ[name]
+        value: Any
+        if path[-1].endswith("_file"):
+            path[-1] = path[-1][: -len("_file")]
+            try:
+                value = Path(raw).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                problems.append((".".join(path), f"cannot read {name}: {exc.strerror}"))
+                continue
+        elif raw.lstrip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                problems.append((".".join(path), f"{name} is not valid JSON"))
+                continue
+        else:
+            value = raw
+        _set_path(data, path, value)
+    return data, problems
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    env = os.environ if environ is None else environ
+    if path is None:
+        path = env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError([("config", f"cannot read {path}: {exc.strerror}")]) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise SettingsError([("config", f"{path} is not valid YAML{where}")]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError([("config", f"{path} must hold a mapping at the top level")])
+        data = loaded or {}
+    from_env, problems = env_overrides(env)
+    if problems:
+        raise SettingsError(problems)
+    data = _merge(data, from_env)
+    if overrides:
+        data = _merge(data, overrides)
+    return validate_settings(data)

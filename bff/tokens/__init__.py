@@ -1,0 +1,1 @@
+"""Platform tokens: cache keys, encryption at rest, cache backends, locks and the broker."""

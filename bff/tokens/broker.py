@@ -1,0 +1,353 @@
+"""From (principal, user, scopes) to a platform token: cache, single flight, refresh ahead, failures.
+
+- Hit: decrypt and serve; past ``refresh_ahead_ratio`` of its life, renew in the background.
+- Miss: one upstream call per key per process (an in-process future every request awaits) and
+  one across replicas (a Redis lock; the others wait for its release notification, then read
+  the cache).
+- Vluna down: a cached, still valid token keeps being served (refresh failures are swallowed);
+  with none, ``TokenUnavailable`` (503).
+- Redis down: the in-process cache and a process-local single flight carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bff.stats import Stats
+from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache
+from bff.tokens.crypto import TokenCipher
+from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
+from bff.tokens.keys import CacheKeys, canonical_scopes
+from bff.tokens.lock import Notifier, RedisLock
+
+log = logging.getLogger("bff.broker")
+
+
+@dataclass(frozen=True)
+class Principal:
+    principal_id: str
+    user_id: str
+    traits: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    access_token: str = field(repr=False)
+    token_type: str
+    issued_at: float
+    expires_at: float
+    billing_account_id: str | None
+    billing_user_id: str | None
+    scopes: tuple[str, ...]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "t": self.access_token,
+                "ty": self.token_type,
+                "iat": self.issued_at,
+                "exp": self.expires_at,
+                "ba": self.billing_account_id,
+                "bu": self.billing_user_id,
+                "sc": list(self.scopes),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> TokenEntry:
+        d = json.loads(raw)
+        return cls(
+            access_token=d["t"],
+            token_type=d["ty"],
+            issued_at=float(d["iat"]),
+            expires_at=float(d["exp"]),
+            billing_account_id=d["ba"],
+            billing_user_id=d["bu"],
+            scopes=tuple(d["sc"]),
+        )
+
+    def expires_in(self, now: float) -> int:
+        return max(0, int(self.expires_at - now))
+
+
+class TokenUnavailable(Exception):
+    """No valid token can be served now; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class TokenRejected(Exception):
+    """Vluna refused to issue for this principal or this service key."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    realm_id: str
+    allowed_scopes: tuple[str, ...]
+    refresh_ahead_ratio: float = 0.5
+    safety_margin_sec: float = 30
+    lock_ttl_sec: float = 10
+    wait_timeout_sec: float = 10
+    retry_after_sec: int = 5
+    # Upper bound on one wait for a release notification; a safety net if one is lost.
+    recheck_interval_sec: float = 1.0
+
+
+class TokenBroker:
+    def __init__(
+        self,
+        *,
+        config: BrokerConfig,
+        issuer: TokenIssuer,
+        cache: ResilientCache,
+        cipher: TokenCipher,
+        keys: CacheKeys,
+        guard: RedisGuard,
+        stats: Stats,
+        lock: RedisLock | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._cfg = config
+        self._issuer = issuer
+        self._cache = cache
+        self._cipher = cipher
+        self._keys = keys
+        self._guard = guard
+        self._lock = lock
+        self._notifier = notifier
+        self.stats = stats
+        self._inflight: dict[str, asyncio.Future[TokenEntry]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"TokenBroker(realm={self._cfg.realm_id!r})"
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    async def drain(self) -> None:
+        """Wait for background refreshes started so far (tests, graceful shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def get_token(self, principal: Principal, scopes: Sequence[str]) -> TokenEntry:
+        scopes_c = canonical_scopes(scopes)
+        key = self._keys.token(principal.principal_id, principal.user_id, scopes_c)
+        now = self._clock()
+        entry = await self._read(key, now)
+        if entry is not None:
+            self.stats.inc("cache_hits")
+            if self._due(entry, now):
+                self._refresh_in_background(key, principal, scopes_c)
+            return entry
+        self.stats.inc("cache_misses")
+        return await self._single_flight(key, principal, scopes_c)
+
+    async def forget(self, principal: Principal) -> None:
+        """Sign-out: drop every cached token of this identity, whatever its scopes."""
+        keys = self._keys.all_tokens(principal.principal_id, principal.user_id, self._cfg.allowed_scopes)
+        await self._cache.delete(keys)
+        # An issuance already under way (here or on another replica) must not put a token back
+        # after the sign-out: it checks this marker before storing. It only needs to outlive
+        # such an issuance.
+        marker = self._keys.signed_out(principal.principal_id, principal.user_id)
+        await self._cache.set(
+            marker, repr(self._clock()).encode(), self._cfg.lock_ttl_sec + self._cfg.wait_timeout_sec
+        )
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- cache ----------------------------------------------------------------------------------
+
+    async def _read(self, key: str, now: float) -> TokenEntry | None:
+        blob = await self._cache.get(key)
+        if blob is None:
+            return None
+        raw = self._cipher.open(blob, key.encode())
+        if raw is None:
+            self.stats.inc("cache_unreadable")
+            return None
+        try:
+            entry = TokenEntry.from_bytes(raw)
+        except (ValueError, KeyError, TypeError):
+            self.stats.inc("cache_unreadable")
+            return None
+        if now >= entry.expires_at - self._cfg.safety_margin_sec:
+            return None
+        return entry
+
+    async def _store(self, key: str, entry: TokenEntry) -> None:
+        ttl = entry.expires_at - self._cfg.safety_margin_sec - self._clock()
+        await self._cache.set(key, self._cipher.seal(entry.to_bytes(), key.encode()), ttl)
+
+    # -- single flight --------------------------------------------------------------------------
+
+    async def _single_flight(self, key: str, principal: Principal, scopes: tuple[str, ...]) -> TokenEntry:
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._fill(key, principal, scopes, refresh=False))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda f: self._settle(key, f))
+        # Shielded: a caller that disconnects must not cancel the fill the others are waiting on.
+        return await asyncio.shield(fut)
+
+    def _settle(self, key: str, fut: asyncio.Future[Any]) -> None:
+        if self._inflight.get(key) is fut:
+            del self._inflight[key]
+        if not fut.cancelled():
+            fut.exception()  # retrieved, so an unawaited failure is not reported as lost
+
+    def _refresh_in_background(self, key: str, principal: Principal, scopes: tuple[str, ...]) -> None:
+        if key in self._inflight:
+            return
+        fut = asyncio.ensure_future(self._fill(key, principal, scopes, refresh=True))
+        self._inflight[key] = fut
+        fut.add_done_callback(lambda f: self._settle(key, f))
+
+        async def watch() -> None:
+            try:
+                await fut
+                self.stats.inc("refreshes")
+            except (TokenUnavailable, TokenRejected):
+                # The current token stays in the cache and keeps being served until it expires.
+                self.stats.inc("refresh_failures")
+
+        task = asyncio.create_task(watch())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fill(
+        self, key: str, principal: Principal, scopes: tuple[str, ...], *, refresh: bool
+    ) -> TokenEntry:
+        deadline = time.monotonic() + self._cfg.wait_timeout_sec
+        lock_key = self._keys.lock(key)
+        while True:
+            owner: str | None = None
+            local_only = True
+            if self._lock is not None and self._guard.available:
+                try:
+                    owner = await self._lock.acquire(lock_key, self._cfg.lock_ttl_sec)
+                    local_only = False
+                except REDIS_ERRORS as exc:
+                    self._guard.failed(exc)
+            if local_only or owner is not None:
+                try:
+                    # Another replica may have filled the key between our miss and our lock.
+                    current = await self._read(key, self._clock())
+                    if current is not None and not (refresh and self._due(current, self._clock())):
+                        return current
+                    return await self._issue_and_store(key, principal, scopes)
+                finally:
+                    if owner is not None and self._lock is not None:
+                        await self._release(lock_key, owner, key)
+            if refresh:
+                # Another replica is already renewing this token.
+                current = await self._read(key, self._clock())
+                if current is not None:
+                    return current
+            entry = await self._wait_for_other(key, lock_key, deadline)
+            if entry is not None:
+                return entry
+
+    def _due(self, entry: TokenEntry, now: float) -> bool:
+        """Past the configured share of its life: time to renew it in the background."""
+        life = entry.expires_at - entry.issued_at
+        return now >= entry.issued_at + life * self._cfg.refresh_ahead_ratio
+
+    async def _release(self, lock_key: str, owner: str, key: str) -> None:
+        assert self._lock is not None
+        try:
+            await self._lock.release(lock_key, owner, self._keys.channel(key))
+        except REDIS_ERRORS as exc:
+            # Its expiry frees it anyway; waiters find the token on their next check.
+            self._guard.failed(exc)
+
+    async def _wait_for_other(self, key: str, lock_key: str, deadline: float) -> TokenEntry | None:
+        """Wait until the holder publishes (or its lock expires); None means: try to lock again."""
+        assert self._lock is not None
+        notifier = self._notifier
+        with notifier.subscription(key) if notifier else contextlib.nullcontext(asyncio.Event()) as woke:
+            while True:
+                entry = await self._read(key, self._clock())
+                if entry is not None:
+                    self.stats.inc("waited_for_other")
+                    return entry
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stats.inc("wait_timeouts")
+                    raise TokenUnavailable("timed out waiting for a token", self._cfg.retry_after_sec)
+                try:
+                    lock_left = await self._lock.remaining_sec(lock_key)
+                except REDIS_ERRORS as exc:
+                    self._guard.failed(exc)
+                    return None
+                if lock_left <= 0:
+                    return None
+                connected = notifier is not None and notifier.connected
+                step = min(left, lock_left, self._cfg.recheck_interval_sec if connected else 0.05)
+                woke.clear()
+                try:
+                    await asyncio.wait_for(woke.wait(), step)
+                    self.stats.inc("lock_wakeups")
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _signed_out_since(self, principal: Principal, since: float) -> bool:
+        raw = await self._cache.get(self._keys.signed_out(principal.principal_id, principal.user_id))
+        try:
+            return raw is not None and float(raw) >= since
+        except ValueError:
+            return False
+
+    async def _issue_and_store(self, key: str, principal: Principal, scopes: tuple[str, ...]) -> TokenEntry:
+        self.stats.inc("issuances")
+        started = self._clock()
+        try:
+            issued = await self._issuer.issue(
+                principal.principal_id, principal.user_id, scopes, principal.traits
+            )
+        except IssuerUnavailable as exc:
+            self.stats.inc("issue_failures")
+            raise TokenUnavailable(str(exc), self._cfg.retry_after_sec) from None
+        except IssuerRejected as exc:
+            self.stats.inc("issue_rejections")
+            raise TokenRejected(str(exc)) from None
+        entry = self._entry_from(issued, scopes)
+        if await self._signed_out_since(principal, started):
+            self.stats.inc("stores_skipped_after_sign_out")
+        else:
+            await self._store(key, entry)
+        return entry
+
+    def _entry_from(self, issued: IssuedToken, scopes: tuple[str, ...]) -> TokenEntry:
+        now = self._clock()
+        # expires_in against our own clock: immune to skew between Vluna and this host.
+        expires_at = now + max(0, issued.expires_in)
+        return TokenEntry(
+            access_token=issued.access_token,
+            token_type=issued.token_type,
+            issued_at=now,
+            expires_at=expires_at,
+            billing_account_id=issued.billing_account_id,
+            billing_user_id=issued.billing_user_id,
+            scopes=scopes,
+        )

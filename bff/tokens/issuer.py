@@ -1,0 +1,144 @@
+"""The one call upstream: ``issue_platform_token`` through the vlunaai SDK, behind a protocol so
+the broker can be exercised with any issuer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from vlunaai import (
+    ServiceClientOptions,
+    ServiceKeyCredentials,
+    VlunaAIConfig,
+    VlunaAIError,
+    create_service_client,
+)
+
+log = logging.getLogger("bff.issuer")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_in: int
+    billing_account_id: str | None
+    billing_user_id: str | None
+    expires_at: float | None = None  # epoch seconds, as the server stated it
+
+
+class IssuerUnavailable(Exception):
+    """Vluna is down, slow, rate limiting or failing: retry later, serve a cached token meanwhile."""
+
+
+class IssuerRejected(Exception):
+    """Vluna refused the request (bad service key, invalid principal): retrying will not help."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class TokenIssuer(Protocol):
+    async def issue(
+        self, principal_id: str, user_id: str, scopes: Sequence[str], traits: Mapping[str, Any]
+    ) -> IssuedToken: ...
+
+    async def aclose(self) -> None: ...
+
+
+def parse_expires_at(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class SdkTokenIssuer:
+    """Calls ``ServiceClient.issue_platform_token`` in raise mode and sorts its errors."""
+
+    def __init__(self, client: Any, session_ttl_sec: int) -> None:
+        self._client = client
+        self._ttl = session_ttl_sec
+
+    def __repr__(self) -> str:
+        return "SdkTokenIssuer()"
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        base_url: str,
+        realm_id: str,
+        key_id: str,
+        secret: str,
+        session_ttl_sec: int,
+        timeout_sec: float,
+        max_retries: int,
+        transport: Any = None,
+    ) -> SdkTokenIssuer:
+        config = VlunaAIConfig(base_url=base_url, realm_id=realm_id, timeout_seconds=timeout_sec)
+        client = create_service_client(
+            ServiceClientOptions(
+                config=config,
+                service_key=ServiceKeyCredentials(key_id=key_id, secret=secret),
+                error_mode="raise",
+                transport=transport,
+                max_retries=max_retries,
+            )
+        )
+        return cls(client, session_ttl_sec)
+
+    async def issue(
+        self, principal_id: str, user_id: str, scopes: Sequence[str], traits: Mapping[str, Any]
+    ) -> IssuedToken:
+        body: dict[str, Any] = {
+            "principal_id": principal_id,
+            "user_id": user_id,
+            "scopes": list(scopes),
+            "session_ttl_sec": self._ttl,
+        }
+        if traits:
+            body["traits"] = dict(traits)
+        started = time.monotonic()
+        try:
+            env = await self._client.issue_platform_token(body=body)
+        except VlunaAIError as exc:
+            status = getattr(exc, "status", None)
+            code = getattr(exc, "code", None)
+            if status is None or status == 429 or status >= 500 or status == 408:
+                log.warning(
+                    "token issuance unavailable: %s status=%s code=%s", type(exc).__name__, status, code
+                )
+                raise IssuerUnavailable(f"{type(exc).__name__} status={status} code={code}") from None
+            log.error("token issuance rejected: %s status=%s code=%s", type(exc).__name__, status, code)
+            raise IssuerRejected("Vluna rejected the token request", status=status, code=code) from None
+        except (OSError, TimeoutError) as exc:
+            raise IssuerUnavailable(type(exc).__name__) from None
+        data = env.data
+        if data is None:
+            raise IssuerUnavailable("empty issuance response")
+        log.debug("token issued in %.0f ms", (time.monotonic() - started) * 1000)
+        token_type = getattr(data.token_type, "value", data.token_type)
+        return IssuedToken(
+            access_token=data.access_token,
+            token_type=str(token_type),
+            expires_in=int(data.expires_in),
+            billing_account_id=data.billing_account_id,
+            billing_user_id=data.billing_user_id,
+            expires_at=parse_expires_at(getattr(data, "expires_at", None)),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()

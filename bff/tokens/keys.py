@@ -1,0 +1,57 @@
+"""Cache keys: an HMAC of (realm, principal, user, scopes), so no identity appears in Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable
+from itertools import combinations
+
+
+def canonical_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(scopes)))
+
+
+class CacheKeys:
+    def __init__(self, hmac_key: bytes, prefix: str, realm_id: str) -> None:
+        self._hmac_key = hmac_key
+        self._prefix = prefix
+        self._realm = realm_id
+
+    def __repr__(self) -> str:
+        return f"CacheKeys(prefix={self._prefix!r})"
+
+    def _digest(self, kind: str, *parts: object) -> str:
+        # JSON framing: ("a:b", "c") and ("a", "b:c") must not collide.
+        msg = json.dumps([kind, self._realm, *parts], separators=(",", ":")).encode()
+        return hmac.new(self._hmac_key, msg, hashlib.sha256).hexdigest()
+
+    def token(self, principal_id: str, user_id: str, scopes: Iterable[str]) -> str:
+        return (
+            f"{self._prefix}tok:{self._digest('tok', principal_id, user_id, list(canonical_scopes(scopes)))}"
+        )
+
+    def signed_out(self, principal_id: str, user_id: str) -> str:
+        return f"{self._prefix}out:{self._digest('out', principal_id, user_id)}"
+
+    def lock(self, token_key: str) -> str:
+        return f"{self._prefix}lock:{token_key[len(self._prefix) :]}"
+
+    def channel(self, token_key: str) -> str:
+        return f"{self._prefix}done:{token_key[len(self._prefix) :]}"
+
+    def channel_pattern(self) -> str:
+        return f"{self._prefix}done:*"
+
+    def token_key_of_channel(self, channel: str) -> str:
+        return f"{self._prefix}{channel[len(self._prefix) + len('done:') :]}"
+
+    def all_tokens(self, principal_id: str, user_id: str, allowed_scopes: Iterable[str]) -> list[str]:
+        """Every key this identity can have: one per non-empty subset of the allowed scopes."""
+        allowed = canonical_scopes(allowed_scopes)
+        return [
+            self.token(principal_id, user_id, combo)
+            for n in range(1, len(allowed) + 1)
+            for combo in combinations(allowed, n)
+        ]

@@ -1,0 +1,49 @@
+"""A pooled redis.asyncio client from settings: redis://, rediss://, Sentinel or Cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+from bff.settings import RedisSettings
+
+
+def make_redis(s: RedisSettings) -> Any:
+    common: dict[str, Any] = {
+        "socket_timeout": s.socket_timeout_sec,
+        "socket_connect_timeout": s.connect_timeout_sec,
+        "max_connections": s.max_connections,
+        "health_check_interval": 30,
+    }
+    if s.sentinels:
+        assert s.sentinel_service is not None
+        hosts = []
+        for hp in s.sentinels:
+            host, _, port = hp.rpartition(":")
+            hosts.append((host, int(port)))
+        sentinel_kwargs: dict[str, Any] = {"socket_timeout": s.socket_timeout_sec}
+        if s.sentinel_password is not None:
+            sentinel_kwargs["password"] = s.sentinel_password.get_secret_value()
+        master_kwargs = dict(common)
+        if s.url is not None:
+            # With Sentinel the URL only contributes credentials/db for the master.
+            from redis.asyncio.connection import parse_url
+
+            parsed = parse_url(s.url.get_secret_value())
+            for k in ("password", "username", "db"):
+                if k in parsed:
+                    master_kwargs[k] = parsed[k]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts, sentinel_kwargs=sentinel_kwargs, socket_timeout=s.socket_timeout_sec
+        )
+        return sentinel.master_for(s.sentinel_service, **master_kwargs)
+    assert s.url is not None
+    url = s.url.get_secret_value()
+    if s.cluster:
+        return RedisCluster.from_url(
+            url, socket_timeout=s.socket_timeout_sec, socket_connect_timeout=s.connect_timeout_sec
+        )
+    return Redis.from_url(url, **common)

@@ -1,0 +1,128 @@
+"""Issuance through the real SDK against the Vluna emulator (in-process transport)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from bff_support import Keys, client_for, make_settings
+from vlunaai import RequestContext
+from vlunaai.testing import VlunaEmulator
+
+from bff.settings import Settings
+from bff.tokens.issuer import IssuerRejected, IssuerUnavailable, SdkTokenIssuer
+
+OP = "issue_platform_token"
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[VlunaEmulator]:
+    async with VlunaEmulator() as emu:
+        yield emu
+
+
+def sdk_issuer(
+    emu: VlunaEmulator, *, secret: str | None = None, timeout: float = 5.0, retries: int = 0
+) -> SdkTokenIssuer:
+    return SdkTokenIssuer.create(
+        base_url=emu.service_base_url,
+        realm_id=emu.realm_id,
+        key_id=emu.service_key_id,
+        secret=secret or emu.service_key_secret,
+        session_ttl_sec=600,
+        timeout_sec=timeout,
+        max_retries=retries,
+        transport=emu.transport(),
+    )
+
+
+async def test_issue_through_the_sdk(emulator: VlunaEmulator) -> None:
+    issuer = sdk_issuer(emulator)
+    token = await issuer.issue("org:acme", "alice", ["checkout"], {"email": "a@acme.test"})
+    await issuer.aclose()
+    assert token.token_type == "Bearer" and token.expires_in == 600
+    assert token.billing_account_id and token.billing_user_id and token.expires_at
+    assert emulator.calls(OP) == 1
+    assert "access_token" not in repr(token) and token.access_token not in repr(token)
+    # The platform token works on the bearer API.
+    bearer = emulator.bearer_client(error_mode="raise")
+    await bearer.list_catalog_products(context=RequestContext(access_token=token.access_token))
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+async def test_unavailable_statuses(emulator: VlunaEmulator, status: int) -> None:
+    emulator.inject_fault(OP, status=status, retry_after=0, times=None)
+    issuer = sdk_issuer(emulator)
+    with pytest.raises(IssuerUnavailable):
+        await issuer.issue("org:acme", "alice", ["checkout"], {})
+    await issuer.aclose()
+
+
+async def test_connection_dropped_and_slow_are_unavailable(emulator: VlunaEmulator) -> None:
+    emulator.inject_fault(OP, drop_connection=True, times=1)
+    issuer = sdk_issuer(emulator)
+    with pytest.raises(IssuerUnavailable):
+        await issuer.issue("org:acme", "alice", ["checkout"], {})
+    emulator.inject_fault(OP, latency=5, times=1)
+    slow = sdk_issuer(emulator, timeout=0.1)
+    with pytest.raises(IssuerUnavailable):
+        await slow.issue("org:acme", "alice", ["checkout"], {})
+    await issuer.aclose()
+    await slow.aclose()
+
+
+async def test_wrong_service_key_is_rejected_not_unavailable(emulator: VlunaEmulator) -> None:
+    issuer = sdk_issuer(emulator, secret="d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZyE=")
+    with pytest.raises(IssuerRejected) as info:
+        await issuer.issue("org:acme", "alice", ["checkout"], {})
+    await issuer.aclose()
+    assert info.value.status == 401
+    assert "d3Jvbmc" not in str(info.value)
+
+
+async def test_first_call_failing_once_is_retried(emulator: VlunaEmulator) -> None:
+    emulator.inject_fault(OP, status=500, retry_after=0, times=1)
+    issuer = sdk_issuer(emulator, retries=1)
+    assert (await issuer.issue("org:new", "u1", ["portal"], {})).access_token
+    await issuer.aclose()
+    assert emulator.calls(OP) == 2
+
+
+def emulated(keys: Keys, emu: VlunaEmulator, prefix: str) -> Settings:
+    return make_settings(
+        keys,
+        vluna={
+            "base_url": emu.service_base_url,
+            "realm_id": emu.realm_id,
+            "service_key_id": emu.service_key_id,
+            "service_key_secret": emu.service_key_secret,
+            "max_retries": 0,
+        },
+        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": "redis://127.0.0.1:6379/0"}},
+    )
+
+
+async def test_end_to_end_with_emulator_and_redis(
+    keys: Keys, emulator: VlunaEmulator, prefix: str, redis_client: aioredis.Redis
+) -> None:
+    settings = emulated(keys, emulator, prefix)
+    issuer = sdk_issuer(emulator)
+    async with client_for(settings, issuer) as client:
+        h = {"Authorization": f"Bearer {keys.token('alice', org_id='acme', email='alice@acme.test')}"}
+        r = await client.get("/vluna/token", headers=h)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (await client.get("/vluna/token", headers=h)).json()["access_token"] == body["access_token"]
+        assert emulator.calls(OP) == 1
+        # Vluna goes down: the cached token is still served; a new user gets 503.
+        emulator.inject_fault(OP, status=503, retry_after=0, times=None)
+        assert (await client.get("/vluna/token", headers=h)).json()["access_token"] == body["access_token"]
+        r = await client.get("/vluna/token", headers={"Authorization": f"Bearer {keys.token('bob')}"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+    bearer = emulator.bearer_client(error_mode="raise")
+    products: Any = await bearer.list_catalog_products(
+        context=RequestContext(access_token=body["access_token"])
+    )
+    assert products.ok

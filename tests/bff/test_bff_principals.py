@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bff.auth.identity import Identity
+from bff.errors import Forbidden
+from bff.principals import PrincipalMapper
+from bff.settings import MappingSettings
+from bff.tokens.broker import Principal
+
+RULES = MappingSettings.model_validate(
+    {
+        "principal": [
+            {"claim": "org_id", "template": "org:{value}"},
+            {"claim": "team", "template": "team:{tenant}:{value}"},
+            {"claim": "sub", "template": "user:{value}"},
+        ],
+        "user_claim": "sub",
+        "traits": {"email": "email", "name": "name", "admin": "is_admin"},
+    }
+)
+
+
+async def mapped(claims: dict[str, Any], settings: MappingSettings = RULES) -> Principal:
+    return await PrincipalMapper(settings).map(Identity(claims=claims, method="bearer"))
+
+
+async def test_first_present_claim_wins_with_template() -> None:
+    p = await mapped(
+        {"sub": "u1", "org_id": "acme", "email": "a@x", "name": "A", "is_admin": True, "extra": "no"}
+    )
+    assert (p.principal_id, p.user_id) == ("org:acme", "u1")
+    assert p.traits == {"email": "a@x", "name": "A", "admin": True}
+
+
+async def test_fallback_and_other_claims_in_template() -> None:
+    assert (await mapped({"sub": "u1"})).principal_id == "user:u1"
+    assert (await mapped({"sub": "u1", "team": "t9", "tenant": "eu"})).principal_id == "team:eu:t9"
+    # A template whose other placeholder is missing does not match; the next rule does.
+    assert (await mapped({"sub": "u1", "team": "t9"})).principal_id == "user:u1"
+    assert (await mapped({"sub": 42})).principal_id == "user:42"
+
+
+async def test_template_cannot_reach_attributes() -> None:
+    s = MappingSettings.model_validate({"principal": [{"claim": "sub", "template": "{value.__class__}"}]})
+    p = await mapped({"sub": "x"}, s)
+    assert p.principal_id == "{value.__class__}"  # left as text, never evaluated
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {},
+        {"org_id": "acme"},  # no user id
+        {"sub": ""},
+        {"sub": True},
+        {"sub": ["a"]},
+        {"sub": "x" * 300},
+        {"sub": "bad\nid"},
+        {"sub": {"nested": 1}},
+    ],
+)
+async def test_unmappable_users_are_forbidden_with_a_clear_message(claims: dict[str, Any]) -> None:
+    with pytest.raises(Forbidden) as info:
+        await mapped(claims)
+    assert info.value.code == "unmapped_principal"
+    assert info.value.status == 403
+
+
+async def test_hook_replaces_rules() -> None:
+    async def hook(identity: Identity) -> Any:
+        if identity.claims.get("banned"):
+            return None
+        return {"principal_id": f"acct:{identity.claims['acct']}", "user_id": identity.claims["sub"]}
+
+    mapper = PrincipalMapper(RULES, hook)
+    p = await mapper.map(Identity(claims={"sub": "u", "acct": "7"}, method="hook"))
+    assert (p.principal_id, p.user_id) == ("acct:7", "u")
+    with pytest.raises(Forbidden):
+        await mapper.map(Identity(claims={"sub": "u", "banned": True}, method="hook"))
