@@ -249,7 +249,9 @@ class Gen:
         return "\n".join(lines)
 
     def object_class(self, name: str, s: dict[str, Any], synonyms: list[tuple[str, str, bool]]) -> str:
-        lines = [f"class {name}(VlunaModel):"]
+        # Only models with renamed fields pay for the synonym validator.
+        base = "VlunaSynonymModel" if synonyms else "VlunaModel"
+        lines = [f"class {name}({base}):"]
         if s.get("description"):
             lines.append(f"    {_docstring(s['description'])}")
         if synonyms:
@@ -330,7 +332,7 @@ class Gen:
             "",
             "from pydantic import Field",
             "",
-            "from vlunaai._models import VlunaModel, VlunaRootModel",
+            "from vlunaai._models import VlunaModel, VlunaRootModel, VlunaSynonymModel",
         ]
         models = objects + ordered_roots
         all_names = sorted(self.defs)
@@ -394,13 +396,12 @@ def build(module: str) -> tuple[str, int]:
     return gen.render(synonyms), len(defs)
 
 
-def main() -> None:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+def render() -> dict[str, str]:
+    """Every file this generator owns, by name inside sdk/vlunaai/generated/."""
+    files: dict[str, str] = {}
     for module in MODULES:
-        text, count = build(module)
-        (OUT_DIR / f"{module}_models.py").write_text(text, encoding="utf-8")
-        print(f"wrote sdk/vlunaai/generated/{module}_models.py ({count} definitions)")
-    init = (
+        files[f"{module}_models.py"], _ = build(module)
+    files["__init__.py"] = (
         HEADER
         + '"""Pydantic models of the VlunaAI APIs (both published generations merged).\n\n'
         + "Import a module by name, e.g. ``from vlunaai.generated import gate_models as gate``.\n"
@@ -414,7 +415,14 @@ def main() -> None:
         + '        return importlib.import_module(f"{__name__}.{name}")\n'
         + '    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")\n'
     )
-    (OUT_DIR / "__init__.py").write_text(init, encoding="utf-8")
+    return files
+
+
+def main() -> None:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, text in render().items():
+        (OUT_DIR / name).write_text(text, encoding="utf-8")
+        print(f"wrote sdk/vlunaai/generated/{name}")
 
 
 if __name__ == "__main__":

@@ -148,14 +148,21 @@ def render_mixin(ops: list[dict[str, Any]], client: str, class_name: str) -> str
     return "\n".join(out)
 
 
-def main() -> None:
+def render() -> dict[str, str]:
+    """Every file this generator owns, by name inside sdk/vlunaai/generated/."""
     ops = load_operations()
+    return {
+        "operations.py": render_table(ops),
+        "service_operations.py": render_mixin(ops, "service", "ServiceOperations"),
+        "bearer_operations.py": render_mixin(ops, "bearer", "BearerOperations"),
+    }
+
+
+def main() -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "operations.py").write_text(render_table(ops))
-    (OUT_DIR / "service_operations.py").write_text(render_mixin(ops, "service", "ServiceOperations"))
-    (OUT_DIR / "bearer_operations.py").write_text(render_mixin(ops, "bearer", "BearerOperations"))
-    counts = {c: sum(1 for o in ops if o["client"] == c) for c in ("service", "bearer")}
-    print(f"operations: {len(ops)} ({counts['service']} service, {counts['bearer']} bearer)")
+    for name, text in render().items():
+        (OUT_DIR / name).write_text(text)
+        print(f"wrote sdk/vlunaai/generated/{name}")
 
 
 if __name__ == "__main__":

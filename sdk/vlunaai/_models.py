@@ -14,7 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, RootModel, ValidationError, ValidationInfo, model_validator
 from typing_extensions import Self
 
-__all__ = ["VlunaModel", "VlunaRootModel", "parse_response"]
+__all__ = ["VlunaModel", "VlunaRootModel", "VlunaSynonymModel", "parse_response"]
 
 M = TypeVar("M", bound=BaseModel)
 RootT = TypeVar("RootT")
@@ -30,14 +30,18 @@ if tuple(int(x) for x in pydantic.VERSION.split(".")[:2]) >= (2, 11):
 
 
 class VlunaModel(BaseModel):
-    """Base of every generated model: unknown fields are kept, fields accept name or alias.
-
-    ``__vluna_synonyms__`` lists pairs of fields that carry the same value under the names of
-    the two API generations; whichever one is set fills the other. ``__vluna_require_one_of__``
-    lists pairs of which at least one must be given.
-    """
+    """Base of every generated model: unknown fields are kept, fields accept name or alias."""
 
     model_config = _config
+
+
+class VlunaSynonymModel(VlunaModel):
+    """Base of the models whose fields were renamed between the two API generations.
+
+    ``__vluna_synonyms__`` lists pairs of fields that carry the same value under the names of
+    the two generations; in an answer, whichever one is set fills the other.
+    ``__vluna_require_one_of__`` lists pairs of which at least one must be given.
+    """
 
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = ()
     __vluna_require_one_of__: ClassVar[tuple[tuple[str, str], ...]] = ()

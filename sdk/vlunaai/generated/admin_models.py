@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from vlunaai._models import VlunaModel, VlunaRootModel
+from vlunaai._models import VlunaModel, VlunaRootModel, VlunaSynonymModel
 
 
 class AccrualMode(str, Enum):
@@ -446,7 +446,7 @@ class GrantAssignmentUpdateRequest(VlunaModel):
     window_end: Optional[_dt.datetime] = Field(default=None)
 
 
-class GrantBinding(VlunaModel):
+class GrantBinding(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('grant_program_code', 'program_code'),)
     amount_xusd: Optional[Annotated[str, Field(pattern='^(0|[1-9][0-9]*)$')]] = Field(default=None)
     grant_program_code: Optional[str] = Field(default=None)

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from vlunaai._models import VlunaModel, VlunaRootModel
+from vlunaai._models import VlunaModel, VlunaRootModel, VlunaSynonymModel
 
 
 class AssignmentScope(str, Enum):

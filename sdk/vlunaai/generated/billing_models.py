@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from vlunaai._models import VlunaModel, VlunaRootModel
+from vlunaai._models import VlunaModel, VlunaRootModel, VlunaSynonymModel
 
 
 class Action(str, Enum):
@@ -626,14 +626,14 @@ class FeatureFamilyRef(VlunaModel):
     name: str
 
 
-class GrantBinding(VlunaModel):
+class GrantBinding(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('grant_program_code', 'program_code'),)
     amount_xusd: Optional[Annotated[str, Field(pattern='^(0|[1-9][0-9]*)$')]] = Field(default=None)
     grant_program_code: Optional[str] = Field(default=None)
     program_code: Optional[str] = Field(default=None)
 
 
-class Invoice(VlunaModel):
+class Invoice(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('payment_url', 'hosted_invoice_url'),)
     amount_due: Optional[int] = Field(default=None)
     amount_paid: Optional[int] = Field(default=None)
@@ -648,7 +648,7 @@ class Invoice(VlunaModel):
     updated_at: Optional[_dt.datetime] = Field(default=None)
 
 
-class InvoiceDetail(VlunaModel):
+class InvoiceDetail(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('payment_url', 'hosted_invoice_url'),)
     amount_due: Optional[int] = Field(default=None)
     amount_paid: Optional[int] = Field(default=None)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import Field
 
-from vlunaai._models import VlunaModel, VlunaRootModel
+from vlunaai._models import VlunaModel, VlunaRootModel, VlunaSynonymModel
 
 
 class Aggregate(str, Enum):
@@ -221,7 +221,7 @@ class AuthorizeRequest(VlunaModel):
     seat_id: Optional[Annotated[str, Field(max_length=256)]] = Field(default=None, description='Optional seat identifier. Required when seats policy is enabled.')
 
 
-class AuthorizeResponse(VlunaModel):
+class AuthorizeResponse(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     __vluna_require_one_of__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     budget_id: Optional[str] = Field(default=None)
@@ -244,7 +244,7 @@ class BatchCommitEnvelope(VlunaModel):
     trace_id: Optional[str] = Field(default=None, description='Request trace identity for correlation with response headers and operator logs.')
 
 
-class BatchCommitItem(VlunaModel):
+class BatchCommitItem(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     __vluna_require_one_of__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     as_of: Optional[_dt.datetime] = Field(default=None)
@@ -285,7 +285,7 @@ class CancelEnvelope(VlunaModel):
     trace_id: Optional[str] = Field(default=None)
 
 
-class CancelRequest(VlunaModel):
+class CancelRequest(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     __vluna_require_one_of__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     lease: Optional[str] = Field(default=None)
@@ -868,7 +868,7 @@ class SeatRecord(VlunaModel):
     state: State
 
 
-class SingleCommit(VlunaModel):
+class SingleCommit(VlunaSynonymModel):
     __vluna_synonyms__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     __vluna_require_one_of__: ClassVar[tuple[tuple[str, str], ...]] = (('lease', 'lease_token'),)
     as_of: Optional[_dt.datetime] = Field(default=None, description='Effective only when pricing_mode=floating')

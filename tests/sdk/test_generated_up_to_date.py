@@ -1,0 +1,19 @@
+"""The generated code is exactly what the generators produce from ../shared/vluna-api today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scripts.codegen import models, operations
+
+GENERATED = Path(__file__).resolve().parents[2] / "sdk" / "vlunaai" / "generated"
+
+
+@pytest.mark.parametrize("generator", [models, operations], ids=["models", "operations"])
+def test_generated_files_match_their_generator(generator: object) -> None:
+    rendered = generator.render()  # type: ignore[attr-defined]
+    assert rendered, "the generator produced nothing"
+    stale = [name for name, text in rendered.items() if (GENERATED / name).read_text() != text]
+    assert not stale, f"regenerate with `uv run python scripts/generate.py`: {stale} are out of date"
