@@ -7,8 +7,10 @@ One uvicorn process (one worker) serves three routes from the same app and the s
 - /bench/redis-get   a Litestar endpoint doing one Redis GET
 - /vluna/token       the BFF: JWT verification (RS256), principal mapping, HMAC key, Redis GET,
                      AES-GCM decryption (a cache hit: the token is issued once before measuring)
-The load generator is a minimal keep-alive HTTP/1.1 client on raw asyncio streams, so the
-client's own cost stays small next to the server's. Needs Redis at 127.0.0.1:6379.
+Load comes from a separate process (bench/_harness.py: wrk when installed, else the bounded
+Python generator in bench/_loadgen.py). Needs Redis at 127.0.0.1:6379.
+`uv run python -m bench` runs this scenario (and the others) with real `vluna-bff serve`
+processes and writes docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._harness import SHARED_REDIS_URL as REDIS_URL
+from bench._harness import cleanup_prefix, free_port, run_load
 
 # -- server side ---------------------------------------------------------------------------------
 
@@ -75,58 +76,6 @@ def serve(port: int, config_path: str) -> None:
     )
     app.on_startup.append(seed_ref)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
-# -- load generator ------------------------------------------------------------------------------
-
-
-async def _worker(port: int, request: bytes, deadline: float, lat: list[float], errors: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
-            lat.append(time.perf_counter() - t0)
-            if status != 200:
-                errors.append(status)
-    finally:
-        writer.close()
-
-
-async def measure(
-    port: int, path: str, headers: dict[str, str], seconds: float, conns: int
-) -> dict[str, float]:
-    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in headers.items()
-    )
-    request = (head + "\r\n").encode()
-    lat: list[float] = []
-    errors: list[int] = []
-    warm_deadline = time.perf_counter() + min(1.0, seconds / 4)
-    await asyncio.gather(*[_worker(port, request, warm_deadline, [], errors) for _ in range(conns)])
-    if errors:
-        raise SystemExit(f"{path}: non-200 answers during warm-up: {sorted(set(errors))}")
-    start = time.perf_counter()
-    await asyncio.gather(*[_worker(port, request, start + seconds, lat, errors) for _ in range(conns)])
-    elapsed = time.perf_counter() - start
-    if errors:
-        raise SystemExit(f"{path}: {len(errors)} non-200 answers: {sorted(set(errors))}")
-    q = statistics.quantiles(lat, n=100)
-    return {"rps": len(lat) / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000, "n": len(lat)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:
@@ -202,7 +151,7 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=10)
         os.unlink(cfg_path)
-        _cleanup(prefix)
+        cleanup_prefix(prefix)
 
 
 async def _run(port: int, user_jwt: str, seconds: float, conns: int, proc: subprocess.Popen[Any]) -> int:
@@ -230,7 +179,12 @@ async def _run(port: int, user_jwt: str, seconds: float, conns: int, proc: subpr
     ]
     results = {}
     for name, path, headers in rows:
-        results[name] = await measure(port, path, headers, seconds, conns)
+        r = await asyncio.to_thread(
+            run_load, f"http://127.0.0.1:{port}{path}", headers=headers, seconds=seconds, connections=conns
+        )
+        if r.non_2xx:
+            raise SystemExit(f"{path}: non-200 answers: {r.statuses}")
+        results[name] = {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "n": r.requests}
     redis_ref = results["Litestar + 1 Redis GET"]["rps"]
     bare_ref = results["bare Litestar JSON"]["rps"]
     cpus = os.cpu_count()
@@ -244,16 +198,6 @@ async def _run(port: int, user_jwt: str, seconds: float, conns: int, proc: subpr
     ratio = results["GET /vluna/token (cache hit)"]["rps"] / redis_ref
     print(f"\ncache-hit /vluna/token = {ratio:.2f} x the Redis-GET reference (aim: >= 0.50)")
     return 0
-
-
-def _cleanup(prefix: str) -> None:
-    import redis
-
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(match=f"{prefix}*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ async def time_round(call: Callable[[], Awaitable[Any]], calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
-async def main(calls: int, rounds: int, items: int, warmup: int) -> None:
+async def main(calls: int, rounds: int, items: int, warmup: int, as_json: bool = False) -> None:
     app = make_app(items)
     transport = httpx.ASGITransport(app=app)
 
@@ -177,6 +177,9 @@ async def main(calls: int, rounds: int, items: int, warmup: int) -> None:
         await bearer.close()
     rows = [(name, statistics.median(samples[name]), min(samples[name])) for name, _ in variants]
 
+    if as_json:
+        print(json.dumps({"median_us": {name: median * 1e6 for name, median, _ in rows}}))
+        return
     floor, floor_min = rows[0][1], rows[0][2]
     print(f"{calls} calls x {rounds} interleaved rounds, {items} items/page, {warmup} warm-up calls")
     print(f"{'':36} {'median us':>9} {'overhead':>9} {'ratio':>6}   {'best us':>8} {'overhead':>9}")
@@ -196,5 +199,6 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--items", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--json", action="store_true", help="print the median per-call times as JSON")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.rounds, args.items, args.warmup))
+    asyncio.run(main(args.calls, args.rounds, args.items, args.warmup, args.json))

@@ -30,6 +30,8 @@ from bff.auth.jwks import CompositeKeySource, JwksKeySource, KeySource, StaticKe
 from bff.auth.jwt import JwtVerifier
 from bff.errors import BffError
 from bff.hooks import load_hook
+from bff.observability.metrics import MeteredStats
+from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.principals import PrincipalMapper
 from bff.settings import Settings, parse_key_spec
 from bff.stats import Stats
@@ -57,6 +59,7 @@ class Services:
     notifier: Notifier | None
     owns_http: bool
     owns_redis: bool
+    proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
 
     def __repr__(self) -> str:
         return f"Services(methods={self.auth.methods})"
@@ -147,7 +150,7 @@ def build_services(
     realm_id: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Services:
-    stats = Stats()
+    stats = MeteredStats()
     owns_http = http is None
     http = http or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
     realm = realm_id or settings.vluna.realm_id or settings.dev.realm_id
@@ -177,6 +180,7 @@ def build_services(
             session_ttl_sec=settings.tokens.session_ttl_sec,
             timeout_sec=v.timeout_sec,
             max_retries=v.max_retries,
+            transport=PropagatingTransport(httpx.AsyncHTTPTransport()),
         )
     t = settings.tokens
     broker = TokenBroker(
@@ -189,7 +193,7 @@ def build_services(
             wait_timeout_sec=t.wait_timeout_sec,
             retry_after_sec=t.retry_after_sec,
         ),
-        issuer=issuer,
+        issuer=MeteredIssuer(issuer),
         cache=cache,
         cipher=_cipher(settings),
         keys=keys,
@@ -199,7 +203,7 @@ def build_services(
         notifier=notifier,
         clock=clock,
     )
-    mapper = PrincipalMapper(
+    mapper = ObservedPrincipalMapper(
         settings.mapping, load_hook(settings.mapping.hook) if settings.mapping.hook else None
     )
     return Services(
@@ -255,23 +259,35 @@ def create_app(
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,
     extra_routes: Sequence[ControllerRouterHandler] = (),
+    proxy_upstream: Any = None,
     on_shutdown: Sequence[Any] = (),
     clock: Callable[[], float] = time.time,
 ) -> Litestar:
     from bff.routes.token import token_routes
+    from bff.web import client_routes
 
     services = build_services(
         settings, issuer=issuer, redis=redis, http=http, dev_keys=dev_keys, realm_id=realm_id, clock=clock
     )
+    if settings.proxy.enabled:
+        from bff.proxy.routes import build_proxy
+
+        realm = realm_id or settings.vluna.realm_id or settings.dev.realm_id
+        services.proxy = build_proxy(settings, services, realm, upstream=proxy_upstream)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services.notifier is not None:
             await services.notifier.start()
+        if services.proxy is not None:
+            await services.proxy.start()
         try:
             yield
         finally:
             await services.broker.aclose()
+            if services.proxy is not None:
+                with contextlib.suppress(Exception):
+                    await services.proxy.aclose()
             if services.notifier is not None:
                 await services.notifier.stop()
             with contextlib.suppress(Exception):
@@ -288,15 +304,20 @@ def create_app(
     cors = (
         CORSConfig(
             allow_origins=list(s.cors_allow_origins),
-            allow_methods=["GET", "DELETE"],
-            allow_headers=["authorization", settings.auth.cookie.csrf_header.lower()],
+            allow_methods=["GET", "DELETE", "POST"] if settings.proxy.enabled else ["GET", "DELETE"],
+            allow_headers=[
+                "authorization",
+                settings.auth.cookie.csrf_header.lower(),
+                *_proxy_cors(settings)[0],
+            ],
+            expose_headers=_proxy_cors(settings)[1],
             allow_credentials=True,
         )
         if s.cors_allow_origins
         else None
     )
     app = Litestar(
-        route_handlers=[*token_routes(), *extra_routes],
+        route_handlers=[*token_routes(), *client_routes(), *_proxy_routes(settings), *extra_routes],
         lifespan=[lifespan],
         exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
         cors_config=cors,
@@ -305,11 +326,29 @@ def create_app(
         openapi_config=None,
     )
     app.state.services = services
+    from bff.observability.setup import instrument
+
+    instrument(app, settings, services)
     return app
+
+
+def _proxy_routes(settings: Settings) -> list[ControllerRouterHandler]:
+    from bff.proxy.routes import proxy_routes
+
+    return proxy_routes() if settings.proxy.enabled else []
+
+
+def _proxy_cors(settings: Settings) -> tuple[list[str], list[str]]:
+    from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
+
+    return (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS) if settings.proxy.enabled else ([], [])
 
 
 def create_app_from_env() -> Litestar:
     """Entry point for uvicorn workers (``--factory``): settings from VLUNA_BFF_CONFIG and env."""
+    from bff.observability.setup import configure_process
     from bff.settings import load_settings
 
-    return create_app(load_settings())
+    settings = load_settings()
+    configure_process(settings)  # each worker process sets up its own logging and tracing
+    return create_app(settings)

@@ -34,40 +34,55 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from bff.observability.serving import exit_zero_on_sigterm, multiprocess_metrics, start_metrics_server
+
     settings = _load(args.config)
     if settings.dev.enabled:
         print("dev.enabled is set: use `vluna-bff dev` for development", file=sys.stderr)
         return 2
     s = settings.server
+    o = settings.observability
     host = args.host or s.host
     port = args.port if args.port is not None else s.port
     workers = args.workers or s.workers
-    _setup_logging(s.log_level)
-    if workers > 1:
-        # Workers are separate processes: each rebuilds the settings from the same file and env.
-        if args.config:
-            os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-        uvicorn.run(
-            "bff.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=s.log_level,
-            proxy_headers=s.proxy_headers,
-            access_log=False,
+    grace = args.graceful_timeout if args.graceful_timeout is not None else o.shutdown_grace_sec
+    metrics_port = args.metrics_port if args.metrics_port is not None else o.metrics.port
+    if metrics_port is not None and args.metrics_port is not None:
+        settings = settings.model_copy(
+            update={
+                "observability": o.model_copy(
+                    update={"metrics": o.metrics.model_copy(update={"port": metrics_port})}
+                )
+            }
         )
-        return 0
-    from bff.app import create_app
+        # Workers rebuild the settings from the environment: tell them too.
+        os.environ["VLUNA_BFF__OBSERVABILITY__METRICS__PORT"] = str(metrics_port)
+    common: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "log_level": s.log_level,
+        "log_config": None,
+        "proxy_headers": s.proxy_headers,
+        "access_log": False,
+        "timeout_graceful_shutdown": grace,
+    }
+    exit_zero_on_sigterm()
+    with multiprocess_metrics(workers, o.metrics.multiprocess_dir):
+        # Imported only now: prometheus_client must see the multi-process directory in place.
+        from bff.observability.setup import configure_process
 
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=s.log_level,
-        proxy_headers=s.proxy_headers,
-        access_log=False,
-    )
+        configure_process(settings)
+        if metrics_port is not None and o.metrics.enabled:
+            start_metrics_server(o.metrics.host or host, metrics_port)
+        if workers > 1:
+            # Workers are separate processes: each rebuilds the settings from the same file and env.
+            if args.config:
+                os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+            uvicorn.run("bff.app:create_app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+            return 0
+        from bff.app import create_app
+
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
     return 0
 
 
@@ -85,7 +100,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # The dev sign-in lets anyone be anyone: never expose it beyond this machine.
         print(f"vluna-bff dev binds to loopback only (got {host!r})", file=sys.stderr)
         return 2
-    _setup_logging(s.log_level)
+    from bff.observability.serving import exit_zero_on_sigterm
+    from bff.observability.setup import configure_process
+
+    configure_process(settings)
     runtime = create_dev_app(settings)
     base = f"http://{host}:{port}"
     print(
@@ -100,7 +118,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
         ),
         flush=True,
     )
-    uvicorn.run(runtime.app, host=host, port=port, log_level=s.log_level, access_log=False)
+    exit_zero_on_sigterm()
+    uvicorn.run(
+        runtime.app,
+        host=host,
+        port=port,
+        log_level=s.log_level,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.observability.shutdown_grace_sec,
+    )
     return 0
 
 
@@ -116,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)
     p_serve.add_argument("--workers", type=int)
+    p_serve.add_argument(
+        "--graceful-timeout",
+        type=int,
+        help="seconds in-flight requests get to finish after SIGTERM (observability.shutdown_grace_sec)",
+    )
+    p_serve.add_argument(
+        "--metrics-port", type=int, help="serve /metrics on this port only (observability.metrics.port)"
+    )
     p_serve.set_defaults(fn=cmd_serve)
 
     p_check = sub.add_parser("check-config", help="validate the settings and print them, secrets redacted")

@@ -23,6 +23,7 @@ from litestar.types import ControllerRouterHandler
 
 from bff.auth.jwks import StaticKeySource, VerificationKey
 from bff.errors import BadRequest
+from bff.proxy.upstream import AsgiUpstream
 from bff.settings import DevSettings, Settings
 from bff.tokens.issuer import SdkTokenIssuer
 
@@ -103,8 +104,10 @@ class DevRuntime:
 def create_dev_app(settings: Settings) -> DevRuntime:
     """The BFF wired to an in-process emulator (no network hop) and the dev sign-in."""
     from vlunaai.testing import VlunaEmulator
+    from vlunaai.testing.handle import EMULATOR_BASE
 
     from bff.app import create_app
+    from bff.web import demo_routes
 
     # Controls on: a developer can inject faults or advance the emulator clock from tests.
     emulator = VlunaEmulator(controls_enabled=True)
@@ -125,6 +128,17 @@ def create_dev_app(settings: Settings) -> DevRuntime:
         issuer=issuer,
         dev_keys=signin.key_source,
         realm_id=realm_id,
-        extra_routes=signin.routes(settings.auth.cookie.name, settings.auth.cookie.csrf_header),
+        extra_routes=[
+            *signin.routes(settings.auth.cookie.name, settings.auth.cookie.csrf_header),
+            *demo_routes(
+                emulator_transport=emulator.transport,
+                emulator_base_url=EMULATOR_BASE,
+                cookie_name=settings.auth.cookie.name,
+                csrf_header=settings.auth.cookie.csrf_header,
+                csrf_value=settings.auth.cookie.csrf_value,
+            ),
+        ],
+        # The proxy calls the embedded emulator in-process too (production uses aiohttp).
+        proxy_upstream=AsgiUpstream(emulator.app, emulator.bearer_base_url),
     )
     return DevRuntime(app=app, signin=signin, emulator=emulator, realm_id=realm_id)

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from bff.proxy.config import ProxySettings, RateLimitSettings
+
 ENV_PREFIX = "VLUNA_BFF__"
 CONFIG_ENV = "VLUNA_BFF_CONFIG"
 
@@ -124,8 +126,10 @@ class RedisSettings(_Model):
     sentinel_password: SecretStr | None = None
     cluster: bool = False
     max_connections: int = Field(64, ge=1)
-    socket_timeout_sec: float = Field(0.5, gt=0)
-    connect_timeout_sec: float = Field(0.5, gt=0)
+    # Not lower: under a burst a busy event loop reads replies late, and a reply read late must
+    # not be taken for a Redis outage (that would bypass cross-replica single flight).
+    socket_timeout_sec: float = Field(2.0, gt=0)
+    connect_timeout_sec: float = Field(1.0, gt=0)
     down_backoff_sec: float = Field(5, ge=0)
 
 
@@ -155,6 +159,39 @@ class DevSettings(_Model):
     token_ttl_sec: int = Field(3600, ge=60)
 
 
+class MetricsSettings(_Model):
+    enabled: bool = True
+    path: str = "/metrics"
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str | None = None
+    multiprocess_dir: str | None = None
+
+
+class ReadinessSettings(_Model):
+    cache_ttl_sec: float = Field(5, ge=0, le=300)
+    timeout_sec: float = Field(2, gt=0, le=30)
+    check_vluna: bool = True
+    redis_down: Literal["degraded", "fail"] = "degraded"
+    vluna_down: Literal["degraded", "fail"] = "fail"
+
+
+class TracingSettings(_Model):
+    enabled: bool = False
+    service_name: str = "vluna-bff"
+    exporter: Literal["otlp", "console", "none"] = "otlp"
+
+
+class ObservabilitySettings(_Model):
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+    request_id_header: str = "X-Request-Id"
+    trust_request_id: bool = True
+    shutdown_grace_sec: int = Field(20, ge=1, le=600)
+    metrics: MetricsSettings = MetricsSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
+    tracing: TracingSettings = TracingSettings()
+
+
 class Settings(_Model):
     vluna: VlunaSettings = VlunaSettings()
     auth: AuthSettings = AuthSettings()
@@ -163,6 +200,9 @@ class Settings(_Model):
     cache: CacheSettings = CacheSettings()
     server: ServerSettings = ServerSettings()
     dev: DevSettings = DevSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
+    proxy: ProxySettings = ProxySettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
     def redacted_dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -282,6 +322,10 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
         )
     if t.safety_margin_sec * 2 >= t.session_ttl_sec:
         add(("tokens.safety_margin_sec", "must be less than half of tokens.session_ttl_sec"))
+    for i, route in enumerate(s.proxy.routes):
+        for scope in route.scopes or []:
+            if scope not in t.allowed_scopes:
+                add((f"proxy.routes[{i}].scopes", f"{scope!r} is not in tokens.allowed_scopes"))
 
     c = s.cache
     if not _PREFIX.match(c.key_prefix):
@@ -315,6 +359,13 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
         seen.add(kid)
     if c.hmac_key is not None and len(c.hmac_key.get_secret_value().encode()) < 32:
         add(("cache.hmac_key", "must be at least 32 bytes"))
+    o = s.observability
+    if not o.metrics.path.startswith("/") or o.metrics.path in ("/healthz", "/readyz"):
+        add(("observability.metrics.path", "must start with / and differ from /healthz and /readyz"))
+    if o.metrics.port and o.metrics.port == s.server.port:
+        add(("observability.metrics.port", "must differ from server.port"))
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", o.request_id_header):
+        add(("observability.request_id_header", "must be a header name"))
     return problems
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bff.observability.tracing import span
 from bff.stats import Stats
 from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
@@ -148,10 +149,13 @@ class TokenBroker:
         scopes_c = canonical_scopes(scopes)
         key = self._keys.token(principal.principal_id, principal.user_id, scopes_c)
         now = self._clock()
-        entry = await self._read(key, now)
+        with span("bff.token_cache.get") as sp:
+            entry = await self._read(key, now)
+            sp.set_attribute("bff.cache.hit", entry is not None)
         if entry is not None:
             self.stats.inc("cache_hits")
             if self._due(entry, now):
+                self.stats.inc("stale_served")
                 self._refresh_in_background(key, principal, scopes_c)
             return entry
         self.stats.inc("cache_misses")
@@ -207,6 +211,8 @@ class TokenBroker:
             fut = asyncio.ensure_future(self._fill(key, principal, scopes, refresh=False))
             self._inflight[key] = fut
             fut.add_done_callback(lambda f: self._settle(key, f))
+        else:
+            self.stats.inc("single_flight_waits")
         # Shielded: a caller that disconnects must not cancel the fill the others are waiting on.
         return await asyncio.shield(fut)
 
@@ -219,6 +225,7 @@ class TokenBroker:
     def _refresh_in_background(self, key: str, principal: Principal, scopes: tuple[str, ...]) -> None:
         if key in self._inflight:
             return
+        self.stats.inc("refresh_ahead")
         fut = asyncio.ensure_future(self._fill(key, principal, scopes, refresh=True))
         self._inflight[key] = fut
         fut.add_done_callback(lambda f: self._settle(key, f))

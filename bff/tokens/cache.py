@@ -82,6 +82,10 @@ class RedisGuard:
             # The exception type only: messages can carry the URL and its password.
             log.warning("redis unavailable (%s); serving from the in-process cache", type(exc).__name__)
 
+    def fell_back(self) -> None:
+        """A cache operation was served by the in-process cache because Redis was down (metrics)."""
+        self._stats.inc("redis_fallbacks")
+
     def succeeded(self) -> None:
         if self._down:
             self._down = False
@@ -126,10 +130,13 @@ class ResilientCache:
                 value = await self._primary.get(key)
             except REDIS_ERRORS as exc:
                 self._guard.failed(exc)
+                self._guard.fell_back()
             else:
                 self._guard.succeeded()
                 if value is not None:
                     return value
+        elif self._primary is not None:
+            self._guard.fell_back()
         return await self._fallback.get(key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -141,6 +148,8 @@ class ResilientCache:
             else:
                 self._guard.succeeded()
                 return
+        if self._primary is not None:
+            self._guard.fell_back()
         await self._fallback.set(key, value, ttl)
 
     async def delete(self, keys: Sequence[str]) -> None:

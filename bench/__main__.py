@@ -1,0 +1,474 @@
+"""Every benchmark scenario on this machine, in one run, into docs/benchmarks.md and .json.
+
+    uv run python -m bench            # full: 3 runs per scenario, 5 s per measurement (~4 min)
+    uv run python -m bench --quick    # 1 run, 2 s, 200 cold users (a smoke test, ~1.5 min)
+    uv run python -m bench --runs 5 --seconds 8 --only token,cold
+
+Every figure is the median of the runs; every scenario's reference is measured in the same run,
+interleaved with it, and the ratio is the median of the per-run ratios. Load comes from a
+separate process (wrk when installed, else `python -m bench._loadgen`; `BENCH_NO_WRK=1` forces
+the latter), only to 127.0.0.1. Peak memory is VmHWM from /proc of each server process (the
+largest process of its tree: with --workers 2, the largest worker). Needs Redis at 127.0.0.1:6379.
+
+Scenarios:
+  token    cache-hit GET /vluna/token (RS256 JWT, mapping, HMAC key, Redis GET, AES-GCM), against a
+           bare Litestar JSON endpoint and a Litestar endpoint doing one Redis GET
+  workers  the same cache-hit request with `serve --workers 2` against `--workers 1`
+  cold     1,000 distinct users, each asked for twice at once: issuances/s through the service,
+           exactly one issuance per user (emulator counters), against the SDK issuing directly
+  proxy    GET /vluna/api/v1/catalog/products (public cache on and off), against a minimal aiohttp
+           pass-through to the same emulator
+  sdk      the SDK's per-call overhead (bench/sdk_overhead.py) against bare httpx
+  proxy-script  bench/bff_proxy.py as it is, when present (its own output is quoted)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._harness import (
+    EMULATOR_SECRET,
+    PY,
+    REPO,
+    SHARED_REDIS_URL,
+    LoadResult,
+    Proc,
+    UserKeys,
+    bff_config,
+    cleanup_prefix,
+    run_load,
+    start_bff,
+    start_emulator,
+    start_server,
+    stopping,
+    write_config,
+    wrk_available,
+)
+
+SCENARIOS = ("token", "workers", "cold", "proxy", "sdk", "proxy-script")
+PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"
+
+
+@dataclass
+class Row:
+    scenario: str
+    name: str
+    unit: str = "req/s"
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    reference: str | None = None
+    ratios: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def add(self, r: LoadResult | dict[str, Any]) -> None:
+        self.runs.append(asdict(r) if isinstance(r, LoadResult) else dict(r))
+
+    def median(self, key: str) -> float:
+        return statistics.median(run[key] for run in self.runs) if self.runs else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "name": self.name,
+            "unit": self.unit,
+            "rps": round(self.median("rps"), 1),
+            "p50_ms": round(self.median("p50_ms"), 3),
+            "p99_ms": round(self.median("p99_ms"), 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "reference": self.reference,
+            "ratio": round(statistics.median(self.ratios), 3) if self.ratios else None,
+            "ratio_runs": [round(x, 3) for x in self.ratios],
+            "runs": self.runs,
+            "note": self.note,
+        }
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.keys = UserKeys()
+        self.rows: list[Row] = []
+        self.appendix: list[tuple[str, str]] = []
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def load(self, url: str, **kw: Any) -> LoadResult:
+        kw.setdefault("seconds", self.args.seconds)
+        kw.setdefault("connections", self.args.connections)
+        kw.setdefault("warmup", self.args.warmup)
+        r = run_load(url, **kw)
+        if r.non_2xx:
+            raise RuntimeError(f"{url}: answers other than 2xx under load: {r.statuses}")
+        return r
+
+    def row(self, scenario: str, name: str, **kw: Any) -> Row:
+        row = Row(scenario, name, **kw)
+        self.rows.append(row)
+        return row
+
+    def bff(self, emulator: Proc, prefix: str, workers: int = 1, **sections: Any) -> Proc:
+        cfg = write_config(bff_config(emulator.url, self.keys.pem(), prefix=prefix, **sections))
+        try:
+            return start_bff(cfg, workers=workers)
+        finally:
+            # The service has read it by the time it answers; the file holds secrets.
+            cfg.unlink()
+
+    def interleave(self, measures: list[tuple[Row, Callable[[], LoadResult | dict[str, Any]]]]) -> None:
+        """Runs x measures, interleaved so that drift in machine load hits every row alike."""
+        for i in range(self.args.runs):
+            for row, fn in measures:
+                self.log(f"  run {i + 1}/{self.args.runs}: {row.name}")
+                row.add(fn())
+
+    @staticmethod
+    def ratios(row: Row, ref: Row, higher_is_better: bool = True) -> None:
+        row.reference = ref.name
+        pairs = zip(row.runs[-len(ref.runs) :], ref.runs, strict=True)
+        row.ratios = [(a["rps"] / b["rps"]) if higher_is_better else (b["rps"] / a["rps"]) for a, b in pairs]
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    def token_and_workers(self, emulator: Proc, want_token: bool, want_workers: bool) -> None:
+        prefix = f"bench-{uuid.uuid4().hex[:10]}:"
+        ref_key = prefix + "ref"
+        auth = {"Authorization": f"Bearer {self.keys.token('alice', org='acme')}"}
+        ref = start_server("-m", "bench._refservers", "litestar", SHARED_REDIS_URL, ref_key, name="refs")
+        procs = [ref]
+        try:
+            w1 = self.bff(emulator, prefix, workers=1)
+            procs.append(w1)
+            w2 = self.bff(emulator, prefix, workers=2) if want_workers else None
+            if w2 is not None:
+                procs.append(w2)
+            for p in procs[1:]:
+                r = httpx.get(p.url + "/vluna/token", headers=auth, timeout=10)
+                r.raise_for_status()
+            measures: list[tuple[Row, Callable[[], LoadResult]]] = []
+            bare = self.row("token", "bare Litestar JSON (reference)")
+            one_get = self.row("token", "Litestar + 1 Redis GET (reference)")
+            token = self.row("token", "GET /vluna/token, cache hit, 1 worker")
+            if want_token:
+                measures += [
+                    (bare, lambda: self.load(ref.url + "/bench/json")),
+                    (one_get, lambda: self.load(ref.url + "/bench/redis-get")),
+                ]
+            measures.append((token, lambda: self.load(w1.url + "/vluna/token", headers=auth)))
+            two = None
+            if w2 is not None:
+                two = self.row("workers", "GET /vluna/token, cache hit, 2 workers")
+                measures.append((two, lambda: self.load(w2.url + "/vluna/token", headers=auth)))
+            self.interleave(measures)
+            if want_token:
+                self.ratios(token, one_get)
+                vs_bare = statistics.median(
+                    a["rps"] / b["rps"] for a, b in zip(token.runs, bare.runs, strict=True)
+                )
+                token.note = f"vs bare JSON: {vs_bare:.2f}"
+                bare.peak_rss_mb = one_get.peak_rss_mb = ref.peak_rss_mb()
+            else:
+                self.rows.remove(bare)
+                self.rows.remove(one_get)
+            token.peak_rss_mb = w1.peak_rss_mb()
+            if two is not None and w2 is not None:
+                self.ratios(two, token)
+                two.peak_rss_mb = w2.peak_rss_mb()
+                two.note = f"{os.cpu_count()} CPUs; the load generator shares them"
+        finally:
+            for p in reversed(procs):
+                p.stop()
+            cleanup_prefix(prefix)
+
+    def cold(self, emulator: Proc) -> None:
+        prefix = f"bench-{uuid.uuid4().hex[:10]}:"
+        users = self.args.cold_users
+        bff = self.bff(emulator, prefix)
+        svc = self.row(
+            "cold", f"cold start: {users} distinct users x 2 concurrent requests", unit="issuances/s"
+        )
+        ref = self.row("cold", "SDK issue_platform_token direct to Vluna (reference)", unit="issuances/s")
+        svc.reference = ref.name
+        try:
+            for i in range(self.args.runs):
+                run_id = uuid.uuid4().hex[:6]
+                names = [f"cold-{run_id}-{n}" for n in range(users)]
+                reqs = []
+                for name in names:
+                    h = {"Authorization": f"Bearer {self.keys.token(name, org=name)}"}
+                    reqs += [{"path": "/vluna/token", "headers": h}] * 2
+                emulator.reset("counters")  # type: ignore[attr-defined]
+                self.log(f"  run {i + 1}/{self.args.runs}: cold start, {users} users")
+                r = run_load(bff.url + "/vluna/token", requests=reqs, connections=64, seconds=120)
+                issued = emulator.issuances()  # type: ignore[attr-defined]
+                if r.non_2xx or r.requests != len(reqs):
+                    raise RuntimeError(f"cold start: {r.statuses}")
+                if issued != users:
+                    raise RuntimeError(f"single flight broken: {issued} issuances for {users} users")
+                run = asdict(r)
+                run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps)
+                svc.add(run)
+                self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance")
+                spec = {
+                    "mode": "sdk-issue",
+                    "base_url": emulator.url + "/mgt/v1",
+                    "realm_id": "realm_demo",
+                    "key_id": "pk-emulator",
+                    "secret": EMULATOR_SECRET,
+                    "users": [f"ref-{run_id}-{n}" for n in range(users)],
+                    "connections": 64,
+                }
+                out = subprocess.run(
+                    [PY, "-m", "bench._loadgen"],
+                    input=json.dumps(spec),
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                    timeout=180,
+                    check=True,
+                )
+                ref.add(json.loads(out.stdout.strip().splitlines()[-1]))
+            self.ratios(svc, ref)
+            svc.peak_rss_mb = bff.peak_rss_mb()
+            ref.peak_rss_mb = emulator.peak_rss_mb()
+            svc.note = f"issuances == users in every run (single flight held); {2 * users} requests per run"
+            ref.note = "peak RSS is the emulator's"
+        finally:
+            bff.stop()
+            cleanup_prefix(prefix)
+
+    def proxy(self, emulator: Proc) -> None:
+        prefix = f"bench-{uuid.uuid4().hex[:10]}:"
+        auth = {"Authorization": f"Bearer {self.keys.token('bob', org='globex')}"}
+        procs: list[Proc] = []
+        try:
+            cached = self.bff(emulator, prefix, rate_limit={"enabled": False})
+            procs.append(cached)
+            uncached = self.bff(
+                emulator, prefix, rate_limit={"enabled": False}, proxy={"public_cache_ttl_sec": 0}
+            )
+            procs.append(uncached)
+            tok = httpx.get(cached.url + "/vluna/token", headers=auth, timeout=10)
+            tok.raise_for_status()
+            path = "/vluna/api/v1/catalog/products"
+            for p in (cached, uncached):
+                r = httpx.get(p.url + path, headers=auth, timeout=10)
+                if r.status_code != 200:
+                    raise RuntimeError(f"proxy answered {r.status_code}: {r.text[:200]}")
+            passthru = start_server(
+                "-m",
+                "bench._refservers",
+                "aiohttp-pass",
+                emulator.url + "/api/v1",
+                tok.json()["access_token"],
+                "realm_demo",
+                name="aiohttp",
+            )
+            procs.append(passthru)
+            ref = self.row("proxy", "aiohttp pass-through to the emulator (reference)")
+            off = self.row("proxy", "GET /vluna/api/v1/catalog/products, public cache off")
+            on = self.row("proxy", "GET /vluna/api/v1/catalog/products, public cache on")
+            self.interleave(
+                [
+                    (ref, lambda: self.load(passthru.url + "/api/v1/catalog/products")),
+                    (off, lambda: self.load(uncached.url + path, headers=auth)),
+                    (on, lambda: self.load(cached.url + path, headers=auth)),
+                ]
+            )
+            self.ratios(off, ref)
+            self.ratios(on, ref)
+            ref.peak_rss_mb = passthru.peak_rss_mb()
+            off.peak_rss_mb = uncached.peak_rss_mb()
+            on.peak_rss_mb = cached.peak_rss_mb()
+            off.note = "both hit the emulator on every call (it shares the 2 CPUs)"
+            on.note = "catalog answered from the service's public cache (30 s)"
+        finally:
+            for p in reversed(procs):
+                p.stop()
+            cleanup_prefix(prefix)
+
+    def sdk(self) -> None:
+        calls = 1000 if self.args.quick else 3000
+        rows: dict[str, Row] = {}
+        for i in range(self.args.runs):
+            self.log(f"  run {i + 1}/{self.args.runs}: SDK per-call overhead")
+            out = subprocess.run(
+                [PY, "bench/sdk_overhead.py", "--json", "--calls", str(calls), "--rounds", "3"],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                timeout=300,
+                check=True,
+            )
+            for name, us in json.loads(out.stdout.strip().splitlines()[-1])["median_us"].items():
+                row = rows.get(name) or self.row("sdk", name, unit="calls/s")
+                rows[name] = row
+                row.add({"rps": 1e6 / us, "p50_ms": us / 1000, "p99_ms": float("nan"), "us_per_call": us})
+        names = list(rows)
+        floor = rows[names[0]]
+        floor.name += " (reference)"
+        for name in names[1:]:
+            self.ratios(rows[name], floor)
+            over = statistics.median(
+                a["us_per_call"] - b["us_per_call"] for a, b in zip(rows[name].runs, floor.runs, strict=False)
+            )
+            rows[name].note = f"overhead {over:.0f} us per call over bare get"
+        for row in rows.values():
+            row.note = (
+                row.note + "; " if row.note else ""
+            ) + "in-process ASGI, no socket: p50 = median us per call"
+
+    def run(self) -> None:
+        only = set(self.args.only.split(",")) if self.args.only else set(SCENARIOS)
+        emulator = start_emulator()
+        with stopping(emulator):
+            if only & {"token", "workers"}:
+                self.log("scenario: cache-hit token / workers")
+                self.token_and_workers(emulator, "token" in only, "workers" in only)
+            if "cold" in only:
+                self.log("scenario: cold start")
+                self.cold(emulator)
+            if "proxy" in only:
+                self.log("scenario: proxied catalog GET")
+                self.proxy(emulator)
+        if "sdk" in only:
+            self.log("scenario: SDK per-call overhead")
+            self.sdk()
+        if "proxy-script" in only and PROXY_SCRIPT.exists():
+            self.log("scenario: bench/bff_proxy.py (as it is)")
+            self.proxy_script()
+
+    def proxy_script(self) -> None:
+        cmd = [PY, str(PROXY_SCRIPT)]
+        if self.args.quick:
+            cmd += ["--seconds", "2"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=240, check=False)
+            text = out.stdout.strip() or out.stderr.strip()[-3000:]
+            if out.returncode != 0:
+                text = f"(exit status {out.returncode})\n{text}\n{out.stderr.strip()[-2000:]}"
+        except subprocess.TimeoutExpired:
+            text = "(did not finish within 240 s)"
+        self.appendix.append(("bench/bff_proxy.py", text))
+
+
+NOTES = """\
+## Reading it
+
+- `token`: the ratio to "Litestar + 1 Redis GET" is what the service adds on top of the one Redis
+  round trip a cache hit must make (RS256 verification is cached per token, then principal mapping,
+  HMAC key, AES-GCM decryption, JSON).
+- `workers`: two workers on two CPUs that the load generator also uses cannot double throughput;
+  a ratio far *below* 1 is not CPU but a stall: `serve --workers N>1` lets uvicorn bind the socket
+  with protocol 0, asyncio then leaves TCP_NODELAY off and every answer waits ~40 ms for a delayed
+  ACK (p50 ~44 ms). See tests/drills/test_workers_latency.py (xfail until fixed in bff/cli.py).
+- `cold`: every issuance is a signed call to the emulator (a separate process on the same CPUs);
+  the reference is the SDK issuing directly at the same concurrency, so the ratio is the cost of
+  the service's single flight (Redis lock, pub/sub release, encrypted cache write) per issuance.
+  Each run checks issuances == users with the emulator's counters.
+- `proxy`: with the public cache off both paths call the emulator on every request; with it on,
+  the catalog is answered by the service itself.
+- `sdk`: client-side only (in-process ASGI transport, no socket).
+"""
+
+
+def render(meta: dict[str, Any], rows: list[dict[str, Any]], appendix: Sequence[tuple[str, str]] = ()) -> str:
+    def f(x: Any, spec: str) -> str:
+        return "—" if x is None or x != x else format(x, spec)
+
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `uv run python -m bench` (see `bench/__main__.py`); do not edit by hand.",
+        "",
+        f"- when: {meta['when']}; machine: {meta['cpus']} CPUs, {meta['platform']}, Python {meta['python']}",
+        f"- load: {meta['load_tool']}, {meta['connections']} keep-alive connections, "
+        f"{meta['seconds']:g} s per measurement after {meta['warmup']:g} s warm-up, loopback only",
+        f"- {meta['runs']} run(s) per scenario, interleaved with the reference; "
+        "figures are medians of the runs, ratios the median of per-run ratios "
+        "(this machine is shared and noisy: read ratios, not absolutes)",
+        "- peak RSS: VmHWM of the server process (largest process of its tree)",
+        "",
+        "| scenario | what | rate | p50 ms | p99 ms | peak RSS MiB | reference | ratio | note |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['scenario']} | {r['name']} | {f(r['rps'], ',.0f')} {r['unit']} | "
+            f"{f(r['p50_ms'], '.2f')} | {f(r['p99_ms'], '.2f')} | {f(r['peak_rss_mb'], '.0f')} | "
+            f"{r['reference'] or ''} | "
+            f"{f(r['ratio'], '.2f')} | {r['note']} |"
+        )
+    out += [
+        "",
+        "Per-run figures are in `docs/benchmarks.json`. Scenario descriptions: `bench/__main__.py`.",
+        "",
+        NOTES,
+    ]
+    for title, text in appendix:
+        out += [f"## {title} (as it is)", "", "```", text, "```", ""]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1 run, 2 s, 200 cold users")
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--seconds", type=float)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--cold-users", type=int)
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    args.runs = args.runs or (1 if args.quick else 3)
+    args.seconds = args.seconds or (2.0 if args.quick else 5.0)
+    args.cold_users = args.cold_users or (200 if args.quick else 1000)
+    started = time.monotonic()
+    runner = Runner(args)
+    runner.run()
+    rows = [r.summary() for r in runner.rows]
+    meta = {
+        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "load_tool": "wrk (python generator for request lists)" if wrk_available() else "python generator",
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "quick": args.quick,
+        "wall_seconds": round(time.monotonic() - started),
+    }
+    md = Path(args.out)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    text = render(meta, rows, runner.appendix)
+    md.write_text(text)
+    extra = {title: body for title, body in runner.appendix}
+    md.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "appendix": extra}, indent=2) + "\n"
+    )
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

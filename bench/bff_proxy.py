@@ -1,0 +1,359 @@
+"""Throughput of the BFF proxy (GET catalog through /vluna/api/v1) against a minimal pass-through.
+
+    uv run python bench/bff_proxy.py [--seconds 5] [--connections 32]
+
+Processes (all on 127.0.0.1, each its own process):
+- the emulator (`python -m vlunaai.testing`), the upstream of everything below;
+- a minimal pass-through: one raw-ASGI uvicorn worker forwarding GET /api/v1/catalog/products
+  to the emulator with a fixed bearer token through one aiohttp ClientSession (the floor any
+  Python proxy on this stack can reach);
+- `vluna-bff serve` (one worker, Redis cache) with the proxy, public catalog cache off: every
+  request is authenticated (JWT, verification cached), mapped, rate-limited (one Redis
+  round trip), gets its token from the cache (Redis GET + AES-GCM), and is forwarded;
+- the same with the public catalog cache on (answered by the BFF without an upstream call).
+Load comes from a separate process per measurement: wrk when installed, else a keep-alive
+HTTP/1.1 load generator on raw asyncio streams. Needs Redis at 127.0.0.1:6379.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SECRET = base64.b64encode(b"bench-proxy-service-secret-32by!").decode()
+HS = "bench-proxy-hs-secret-0123456789abcdef"
+
+
+# -- the minimal aiohttp pass-through ------------------------------------------------------------
+
+
+def passthrough(port: int, upstream: str, token: str) -> None:
+    import aiohttp
+    import uvicorn
+
+    state: dict[str, Any] = {}
+    url = upstream + "/api/v1/catalog/products"
+    headers = {"Authorization": f"Bearer {token}", "X-Realm-Id": "realm_demo"}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await state["s"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        async with state["s"].get(url, headers=headers) as resp:
+            body = await resp.read()
+            status = resp.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- load generation -----------------------------------------------------------------------------
+
+
+async def _worker(port: int, request: bytes, deadline: float, lat: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(
+    port: int, path: str, headers: dict[str, str], seconds: float, conns: int
+) -> dict[str, float]:
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in headers.items()
+    )
+    request = (head + "\r\n").encode()
+    lat: list[float] = []
+    errors: list[int] = []
+    await asyncio.gather(
+        *[_worker(port, request, time.perf_counter() + 1.0, [], errors) for _ in range(conns)]
+    )
+    if errors:
+        return {"error": float(errors[0])}
+    start = time.perf_counter()
+    await asyncio.gather(*[_worker(port, request, start + seconds, lat, errors) for _ in range(conns)])
+    elapsed = time.perf_counter() - start
+    if errors:
+        return {"error": float(errors[0])}
+    q = statistics.quantiles(lat, n=100)
+    return {"rps": len(lat) / elapsed, "p50": q[49] * 1000, "p99": q[98] * 1000, "n": len(lat)}
+
+
+def _wrk(port: int, path: str, headers: dict[str, str], seconds: float, conns: int) -> dict[str, float]:
+    args = ["wrk", "-t2", f"-c{conns}", f"-d{max(1, int(seconds))}s", "--latency"]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    subprocess.run(
+        [*args[:4], "-d1s", *args[5:], f"http://127.0.0.1:{port}{path}"], capture_output=True, check=True
+    )
+    out = subprocess.run(
+        [*args, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
+    ).stdout
+    if "Non-2xx" in out:
+        return {"error": 1.0}
+
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99")}
+
+
+def measure(port: int, path: str, headers: dict[str, str], seconds: float, conns: int) -> dict[str, float]:
+    if shutil.which("wrk"):
+        return _wrk(port, path, headers, seconds, conns)
+    # A separate process, so that the load generator does not share an event loop or a GIL with
+    # anything measured.
+    out = subprocess.run(
+        [sys.executable, __file__, "--load", str(port), path, json.dumps(headers), str(seconds), str(conns)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(json.loads(out))
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, headers: dict[str, str] | None = None, want: int = 200) -> None:
+    import httpx
+
+    for _ in range(400):
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code == want:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def bff_config(tmp: Path, emulator: str, prefix: str, cache_ttl: float, rate_limit: bool = True) -> Path:
+    import yaml
+
+    data = {
+        "vluna": {
+            "base_url": f"{emulator}/mgt/v1",
+            "realm_id": "realm_demo",
+            "service_key_id": "pk-emulator",
+            "service_key_secret": SECRET,
+        },
+        "auth": {
+            "methods": ["bearer"],
+            "jwt": {"hs_secret": HS, "algorithms": ["HS256"], "issuer": "bench", "audience": ["bench"]},
+        },
+        "cache": {
+            "backend": "redis",
+            "redis": {"url": REDIS_URL},
+            "key_prefix": prefix,
+            "encryption_keys": ["k1:" + base64.b64encode(os.urandom(32)).decode()],
+            "hmac_key": "bench-hmac-key-0123456789abcdef0123",
+        },
+        "server": {"log_level": "warning"},
+        "rate_limit": {"enabled": rate_limit, "requests": 10_000_000, "write_requests": 10},
+        "proxy": {"public_cache_ttl_sec": cache_ttl},
+    }
+    path = tmp / f"bff-{cache_ttl:g}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--no-rate-limit", action="store_true", help="turn the per-user rate limit (a Redis call) off"
+    )
+    parser.add_argument("--passthrough", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.passthrough:
+        passthrough(int(args.passthrough[0]), args.passthrough[1], args.passthrough[2])
+        return 0
+    if args.load:
+        port, path, headers, seconds, conns = args.load
+        print(
+            json.dumps(asyncio.run(_load(int(port), path, json.loads(headers), float(seconds), int(conns))))
+        )
+        return 0
+
+    import httpx
+    import jwt
+
+    procs: list[subprocess.Popen[Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    prefix = f"bench-proxy-{os.getpid()}:"
+    try:
+        emu = subprocess.Popen(
+            [sys.executable, "-m", "vlunaai.testing", "--port", "0", "--service-key-secret", SECRET],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=REPO,
+        )
+        procs.append(emu)
+        assert emu.stdout is not None
+        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", emu.stdout.readline())
+        assert m, "emulator did not start"
+        emulator = m.group(1)
+        user_jwt = jwt.encode(
+            {"sub": "bench-user", "iss": "bench", "aud": "bench", "exp": int(time.time()) + 3600},
+            HS,
+            algorithm="HS256",
+        )
+        auth = {"Authorization": f"Bearer {user_jwt}"}
+        ports: dict[str, int] = {}
+        for name, ttl in (("proxied", 0.0), ("proxied, catalog cache on", 30.0)):
+            ports[name] = free_port()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bff.cli",
+                        "serve",
+                        "--config",
+                        str(bff_config(tmp, emulator, prefix, ttl, not args.no_rate_limit)),
+                        "--port",
+                        str(ports[name]),
+                        "--workers",
+                        "1",
+                    ],
+                    cwd=REPO,
+                    env={k: v for k, v in os.environ.items() if not k.startswith("VLUNA_BFF")},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        # Warm: this issues and caches the user's platform token (one issuance, shared via Redis).
+        for name in ports:
+            wait_http(f"http://127.0.0.1:{ports[name]}/vluna/api/v1/catalog/products", auth)
+        token = httpx.get(f"http://127.0.0.1:{ports['proxied']}/vluna/token", headers=auth).json()[
+            "access_token"
+        ]
+        ports["aiohttp pass-through"] = free_port()
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--passthrough",
+                    str(ports["aiohttp pass-through"]),
+                    emulator,
+                    token,
+                ],
+                cwd=REPO,
+            )
+        )
+        wait_http(f"http://127.0.0.1:{ports['aiohttp pass-through']}/api/v1/catalog/products")
+        gen = "wrk" if shutil.which("wrk") else "python asyncio load generator (separate process)"
+        print(f"{args.seconds:g} s per target, {args.connections} connections, load: {gen}")
+        upstream_headers = {"Authorization": f"Bearer {token}", "X-Realm-Id": "realm_demo"}
+        targets = [
+            (
+                "emulator direct (upstream ceiling)",
+                int(emulator.rsplit(":", 1)[1]),
+                "/api/v1/catalog/products",
+                upstream_headers,
+            ),
+            ("aiohttp pass-through", ports["aiohttp pass-through"], "/api/v1/catalog/products", {}),
+            ("proxied", ports["proxied"], "/vluna/api/v1/catalog/products", auth),
+            (
+                "proxied, catalog cache on",
+                ports["proxied, catalog cache on"],
+                "/vluna/api/v1/catalog/products",
+                auth,
+            ),
+        ]
+        results: dict[str, dict[str, float]] = {}
+        for name, port, path, headers in targets:
+            results[name] = r = measure(port, path, headers, args.seconds, args.connections)
+            if "error" in r:
+                print(f"{name:36s} FAILED (non-200 answers)")
+                continue
+            print(f"{name:36s} {r['rps']:8.0f} req/s   p50 {r['p50']:6.2f} ms   p99 {r['p99']:6.2f} ms")
+        base = results.get("aiohttp pass-through", {}).get("rps")
+        prox = results.get("proxied", {}).get("rps")
+        if base and prox:
+            print(f"ratio proxied / aiohttp pass-through: {prox / base:.2f} (goal >= 0.50)")
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""``/healthz`` (alive), ``/readyz`` (ready to serve, with JSON detail), ``/metrics``.
+
+None of them needs user authentication: they are for the platform (kubelet, Prometheus).
+
+Readiness checks, cached for ``observability.readiness.cache_ttl_sec`` so that probes of many
+kubelets and load balancers cost Vluna one call per interval per process:
+
+- ``config``: the settings were loaded and validated (otherwise the process would not run);
+- ``redis``: ``PING`` answers. When it does not, the service still works from its in-process
+  cache, so ``readiness.redis_down`` decides: ``degraded`` (200, ``"redis": "degraded"``) or
+  ``fail`` (503);
+- ``vluna``: a cheap signed call (``list_catalog_products`` with ``limit=1``) succeeds. A 401 or
+  403 (wrong key or realm) always fails; unreachable/5xx follows ``readiness.vluna_down``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from litestar import Request, Response, get
+from litestar.types import ControllerRouterHandler
+
+from bff.observability import metrics
+from bff.observability.context import current_request_id
+from bff.settings import Settings
+
+log = logging.getLogger("bff.readiness")
+
+PROBE_OPERATION = "list_catalog_products"
+_LEVEL = {"ok": 1.0, "degraded": 0.5, "not_used": 1.0, "skipped": 1.0}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class VlunaProbe:
+    """The signed call readiness makes; built lazily, shares the issuer's SDK client if it can."""
+
+    def __init__(self, settings: Settings, issuer: Any) -> None:
+        self._settings = settings
+        self._issuer = issuer
+        self._client: Any = None
+        self._owns = False
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            shared = getattr(self._issuer, "_client", None)
+            if shared is not None and hasattr(shared, PROBE_OPERATION):
+                self._client = shared
+            else:
+                self._client = _build_client(self._settings)
+                self._owns = self._client is not None
+        return self._client
+
+    @property
+    def configured(self) -> bool:
+        return self._get_client() is not None
+
+    async def check(self, timeout: float) -> str:
+        """ok | unreachable | rejected"""
+        from vlunaai import RequestContext, VlunaAIError
+
+        client = self._get_client()
+        started = time.perf_counter()
+        outcome, result = "error", "unreachable"
+        try:
+            await asyncio.wait_for(
+                client.list_catalog_products(
+                    query={"limit": 1},
+                    context=RequestContext(request_id=current_request_id(), request_timeout_seconds=timeout),
+                ),
+                timeout,
+            )
+            outcome, result = "ok", "ok"
+        except VlunaAIError as exc:
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                outcome, result = "rejected", "rejected"
+            else:
+                outcome = "unavailable"
+            log.warning("readiness: Vluna check failed: %s status=%s", type(exc).__name__, status)
+        except (OSError, asyncio.TimeoutError) as exc:
+            outcome = "unavailable"
+            log.warning("readiness: Vluna check failed: %s", type(exc).__name__)
+        finally:
+            metrics.observe_upstream(PROBE_OPERATION, outcome, time.perf_counter() - started)
+        return result
+
+    async def aclose(self) -> None:
+        if self._owns and self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.close()
+
+
+def _build_client(settings: Settings) -> Any:
+    v = settings.vluna
+    if not (v.realm_id and v.service_key_id and v.service_key_secret):
+        return None
+    import httpx
+    from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
+
+    from bff.observability.upstream import PropagatingTransport
+
+    return create_service_client(
+        ServiceClientOptions(
+            config=VlunaAIConfig(base_url=v.base_url, realm_id=v.realm_id, timeout_seconds=v.timeout_sec),
+            service_key=ServiceKeyCredentials(
+                key_id=v.service_key_id, secret=v.service_key_secret.get_secret_value()
+            ),
+            error_mode="raise",
+            max_retries=0,
+            transport=PropagatingTransport(httpx.AsyncHTTPTransport()),
+        )
+    )
+
+
+class Readiness:
+    def __init__(self, settings: Settings, redis: Any, probe: VlunaProbe | None) -> None:
+        self._r = settings.observability.readiness
+        self._redis = redis
+        self._probe = probe
+        self._cached: tuple[float, int, dict[str, Any]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def _redis_state(self) -> str:
+        if self._redis is None:
+            return "not_used"
+        try:
+            await asyncio.wait_for(self._redis.ping(), self._r.timeout_sec)
+        except Exception as exc:  # any failure means: not reachable now
+            log.warning("readiness: Redis check failed: %s", type(exc).__name__)
+            return "degraded" if self._r.redis_down == "degraded" else "down"
+        return "ok"
+
+    async def _vluna_state(self) -> str:
+        if not self._r.check_vluna or self._probe is None or not self._probe.configured:
+            return "skipped"
+        result = await self._probe.check(self._r.timeout_sec)
+        if result == "unreachable" and self._r.vluna_down == "degraded":
+            return "degraded"
+        return result
+
+    async def check(self) -> tuple[int, dict[str, Any]]:
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and now - cached[0] < self._r.cache_ttl_sec:
+            return cached[1], {**cached[2], "cached": True}
+        async with self._lock:
+            cached = self._cached
+            if cached is not None and time.monotonic() - cached[0] < self._r.cache_ttl_sec:
+                return cached[1], {**cached[2], "cached": True}
+            redis_state, vluna_state = await asyncio.gather(self._redis_state(), self._vluna_state())
+            checks = {"config": "ok", "redis": redis_state, "vluna": vluna_state}
+            failing = [k for k, v in checks.items() if v not in _LEVEL]
+            degraded = [k for k, v in checks.items() if v == "degraded"]
+            status = "not_ready" if failing else ("degraded" if degraded else "ready")
+            code = 503 if failing else 200
+            for name, state in checks.items():
+                metrics.READINESS.labels(check=name).set(_LEVEL.get(state, 0.0))
+            body = {
+                "status": status,
+                "checks": checks,
+                "checked_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            }
+            self._cached = (time.monotonic(), code, body)
+            return code, {**body, "cached": False}
+
+
+def refresh_breaker_gauge(services: Any) -> None:
+    """The proxy's breaker as of now (open turns half-open by time alone, without an event)."""
+    proxy = getattr(services, "proxy", None)
+    if proxy is None or not hasattr(proxy, "breaker_state"):
+        return
+    with contextlib.suppress(Exception):
+        metrics.set_breaker_state(metrics.PROXY_BREAKER, str(proxy.breaker_state()["state"]))
+
+
+def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
+    m = settings.observability.metrics
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> Response[dict[str, str]]:
+        return Response({"status": "ok"}, headers=NO_STORE)
+
+    @get("/readyz")
+    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+        readiness: Readiness = request.app.state.readiness
+        code, body = await readiness.check()
+        return Response(body, status_code=code, headers=NO_STORE)
+
+    routes: list[ControllerRouterHandler] = [healthz, readyz]
+    if m.enabled and m.port is None:
+
+        @get(m.path, sync_to_thread=False, include_in_schema=False)
+        def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
+            refresh_breaker_gauge(request.app.state.services)
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type, headers=NO_STORE)
+
+        routes.append(metrics_endpoint)
+    return routes

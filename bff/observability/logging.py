@@ -1,0 +1,149 @@
+"""Structured logs: one JSON object per line, every secret and token redacted.
+
+Redaction happens in the formatter, on the final text of every record (message, arguments,
+exception): the configured secrets by value (service-key secret, encryption and HMAC keys, Redis
+URL, ...), plus anything shaped like a credential (JWTs, ``Bearer ...``, ``access_token=...``,
+passwords in URLs). The service's own code does not log such values in the first place; this is
+the net under it, for third-party libraries too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, SecretStr
+
+from bff.observability.context import current_request
+
+REDACTED = "[REDACTED]"
+
+_PATTERNS = [
+    # JWTs (platform tokens, sign-in tokens): header.payload.signature, base64url.
+    (re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic|svc-auth[\w-]*)\s+[A-Za-z0-9._~+/=,:;-]{8,}"), rf"\1 {REDACTED}"),
+    (
+        re.compile(
+            r"(?i)((?:access_token|refresh_token|id_token|token|secret|password|passwd|api_key|"
+            r"authorization|cookie|set-cookie|signature)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}&]{4,}"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    # Credentials in URLs: scheme://user:password@host
+    (re.compile(r"(://[^:/@\s]*:)[^@\s/]+@"), rf"\1{REDACTED}@"),
+]
+
+_secrets: set[str] = set()
+
+# LogRecord attributes that are not extras.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn: the same message with ANSI colours
+}
+
+
+def register_secret(value: str | None) -> None:
+    """A value that must never appear in a log line (shorter than 6 characters: ignored)."""
+    if value and len(value) >= 6:
+        _secrets.add(value)
+        # An encryption key spec "<id>:<base64>": its key part alone is the secret too.
+        tail = value.split(":", 1)[1] if ":" in value else ""
+        if len(tail) >= 6:
+            _secrets.add(tail)
+
+
+def register_settings_secrets(settings: BaseModel) -> None:
+    """Every ``SecretStr`` anywhere in the settings tree."""
+    for secret in _walk_secrets(settings):
+        register_secret(secret)
+
+
+def _walk_secrets(node: Any) -> Iterable[str]:
+    if isinstance(node, SecretStr):
+        yield node.get_secret_value()
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _walk_secrets(getattr(node, name))
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _walk_secrets(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            yield from _walk_secrets(item)
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return redact(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": redact(record.getMessage()),
+        }
+        info = current_request.get()
+        if info is not None and "request_id" not in record.__dict__:
+            out["request_id"] = info.request_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_") and key not in out:
+                out[key] = _clean(value)
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+            out["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure_logging(level: str, fmt: str = "json", stream: Any = None) -> logging.Handler:
+    """Root handler on stderr in the chosen format; uvicorn's loggers go through it too."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_vluna_bff", False):
+            root.removeHandler(old)
+    handler._vluna_bff = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers.clear()
+        lg.propagate = True
+    # Our own access log replaces uvicorn's (which would print raw paths with query strings).
+    logging.getLogger("uvicorn.access").disabled = True
+    return handler

@@ -1,0 +1,235 @@
+"""Prometheus metrics (prometheus-client).
+
+Multi-process safe: when ``PROMETHEUS_MULTIPROC_DIR`` is set (``vluna-bff serve --workers N``
+sets it), every worker writes its samples to files there and a scrape of any worker (or of the
+separate metrics port, served by the supervisor) aggregates all of them.
+
+Labels are bounded: the route *template* (never the raw path), the method, the status code, an
+operation or event name chosen by the code. Never a user, principal, token or secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from bff.stats import Stats
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# ``*_created`` series double the series count for little use.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HTTP_REQUESTS = Counter(
+    "vluna_bff_http_requests",
+    "HTTP requests by method, route template and status",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "vluna_bff_http_request_duration_seconds",
+    "HTTP request latency by method and route template",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "vluna_bff_http_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum"
+)
+TOKEN_CACHE = Counter(
+    "vluna_bff_token_cache_events",
+    "Token cache: hit, miss, refresh_ahead (background renewal started), stale_served (a token past "
+    "its refresh point served), single_flight_wait (joined an issuance under way in this process), "
+    "cross_replica_wait (got the token another replica issued), wait_timeout, unreadable",
+    ["event"],
+)
+TOKEN_REFRESHES = Counter(
+    "vluna_bff_token_refreshes", "Background token renewals by outcome (ok, failed)", ["outcome"]
+)
+UPSTREAM_REQUESTS = Counter(
+    "vluna_bff_upstream_requests",
+    "Calls to Vluna by operation and outcome (ok, unavailable, rejected, error)",
+    ["operation", "outcome"],
+)
+UPSTREAM_LATENCY = Histogram(
+    "vluna_bff_upstream_request_duration_seconds",
+    "Latency of calls to Vluna by operation (retries included)",
+    ["operation"],
+    buckets=_LATENCY_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "vluna_bff_upstream_errors", "Failed calls to Vluna by operation and kind", ["operation", "kind"]
+)
+BREAKER_STATE = Gauge(
+    "vluna_bff_breaker_state",
+    "Circuit breaker state by breaker: 0 closed, 1 half-open, 2 open (max over live workers)",
+    ["breaker"],
+    multiprocess_mode="livemax",
+)
+REDIS_ERRORS = Counter("vluna_bff_redis_errors", "Redis commands that failed (Redis then counts as down)")
+REDIS_FALLBACKS = Counter(
+    "vluna_bff_redis_fallbacks", "Cache operations served by the in-process cache because Redis was down"
+)
+EVENTS = Counter("vluna_bff_events", "Every internal event counter of the service, by name", ["event"])
+READINESS = Gauge(
+    "vluna_bff_readiness_check",
+    "Last readiness result per check: 1 ok, 0.5 degraded, 0 failing",
+    ["check"],
+    multiprocess_mode="livemax",
+)
+
+# Internal counter name -> (metric, label value); everything is also in vluna_bff_events_total.
+_TOKEN_EVENTS = {
+    "cache_hits": "hit",
+    "cache_misses": "miss",
+    "refresh_ahead": "refresh_ahead",
+    "stale_served": "stale_served",
+    "single_flight_waits": "single_flight_wait",
+    "waited_for_other": "cross_replica_wait",
+    "wait_timeouts": "wait_timeout",
+    "cache_unreadable": "unreadable",
+}
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_MAX_EVENT_NAMES = 256
+PROXY_BREAKER = "vluna_api"
+BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
+
+
+class MeteredStats(Stats):
+    """The process counters, mirrored into Prometheus as they are incremented."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._names: set[str] = set()
+
+    def inc(self, name: str, n: int = 1) -> None:
+        super().inc(name, n)
+        event = _TOKEN_EVENTS.get(name)
+        if event is not None:
+            TOKEN_CACHE.labels(event=event).inc(n)
+        elif name == "redis_errors":
+            REDIS_ERRORS.inc(n)
+        elif name == "redis_fallbacks":
+            REDIS_FALLBACKS.inc(n)
+        elif name == "refreshes":
+            TOKEN_REFRESHES.labels(outcome="ok").inc(n)
+        elif name == "refresh_failures":
+            TOKEN_REFRESHES.labels(outcome="failed").inc(n)
+        elif name == "proxy.breaker.open":
+            set_breaker_state(PROXY_BREAKER, "open")
+        elif name == "proxy.breaker.closed":
+            set_breaker_state(PROXY_BREAKER, "closed")
+        # The catch-all: bounded, so a name built from data can never blow up the series count.
+        if name not in self._names:
+            if len(self._names) >= _MAX_EVENT_NAMES or not _EVENT_NAME.match(name):
+                name = "other"
+            else:
+                self._names.add(name)
+        EVENTS.labels(event=name).inc(n)
+
+
+def observe_upstream(operation: str, outcome: str, seconds: float, error_kind: str | None = None) -> None:
+    """One call to Vluna (the proxy records its calls through this too)."""
+    UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome).inc()
+    UPSTREAM_LATENCY.labels(operation=operation).observe(seconds)
+    if outcome != "ok":
+        UPSTREAM_ERRORS.labels(operation=operation, kind=error_kind or outcome).inc()
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[float]]:
+    """``with timed() as t: ...``; afterwards ``t[0]`` holds the elapsed seconds."""
+    out = [0.0]
+    started = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out[0] = time.perf_counter() - started
+
+
+def set_breaker_state(breaker: str, state: str) -> None:
+    """closed / half_open / open -> 0 / 1 / 2 (the proxy calls this on every transition)."""
+    BREAKER_STATE.labels(breaker=breaker).set(BREAKER_STATES.get(state, 2.0))
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_workers(path: str) -> list[int]:
+    """Drop the live gauges of workers that are gone (crashed or replaced); their counters stay."""
+    from prometheus_client import multiprocess
+
+    dead: set[int] = set()
+    for file in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        pid_text = os.path.basename(file).rsplit("_", 1)[-1][: -len(".db")]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            dead.add(int(pid_text))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+class _MultiProcess(Collector):
+    def __init__(self, path: str) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self._path = path
+        self._inner = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        reap_dead_workers(self._path)
+        metrics: Iterable[Metric] = self._inner.collect()  # type: ignore[no-untyped-call]
+        return metrics
+
+
+def scrape_registry() -> Any:
+    """What a scrape reads: every worker's files in multi-process mode, else this process."""
+    path = multiprocess_dir()
+    if path is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    registry.register(_MultiProcess(path))
+    return registry
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(scrape_registry()), CONTENT_TYPE_LATEST
+
+
+def mark_this_worker_dead() -> None:
+    """On a worker's shutdown: its live gauges (in-flight, breaker state) stop counting."""
+    path = multiprocess_dir()
+    if path is not None:
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(Exception):
+            multiprocess.mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]

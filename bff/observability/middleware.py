@@ -1,0 +1,122 @@
+"""The outermost layer of every HTTP request: request id, metrics, access log line, server span.
+
+It wraps Litestar's whole ASGI handler (routing and exception handlers included), so 404s and
+errors are counted and logged like everything else. The route label is the matched route
+*template* (``/vluna/api/v1/{path:path}``), ``<unmatched>`` when nothing matched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, cast
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from bff.observability import metrics, tracing
+from bff.observability.context import RequestInfo, current_request, new_request_id, valid_request_id
+
+access_log = logging.getLogger("bff.access")
+
+UNMATCHED = "<unmatched>"
+PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
+
+
+class ObservabilityMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        request_id_header: str = "X-Request-Id",
+        trust_request_id: bool = True,
+        access_log_enabled: bool = True,
+        metrics_path: str = "/metrics",
+    ) -> None:
+        self.app = app
+        self._header = request_id_header.lower().encode("latin-1")
+        self._trust = trust_request_id
+        self._log = access_log_enabled
+        self._quiet = PROBE_ROUTES | {metrics_path}
+
+    def _incoming_id(self, scope: Scope) -> str:
+        if self._trust:
+            for name, value in scope.get("headers", ()):
+                if name == self._header:
+                    text = value.decode("latin-1")
+                    if valid_request_id(text):
+                        return text
+                    break
+        return new_request_id()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        request_id = self._incoming_id(scope)
+        method = str(cast(Any, scope)["method"])
+        info = RequestInfo(request_id=request_id, method=method)
+        token = current_request.set(info)
+        status = 500
+        header = (self._header, request_id.encode("latin-1"))
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        metrics.HTTP_IN_FLIGHT.inc()
+        started = time.perf_counter()
+        parent = _tracing_headers(scope) if tracing.enabled() else None
+        try:
+            with tracing.span(
+                f"{method}", kind="server", parent_headers=parent, attributes={"http.request.method": method}
+            ) as sp:
+                try:
+                    await self.app(scope, receive, send_wrapper)
+                finally:
+                    route = str(scope.get("path_template") or UNMATCHED)
+                    info.route = route
+                    sp.update_name(f"{method} {route}")
+                    sp.set_attribute("http.route", route)
+                    sp.set_attribute("http.response.status_code", status)
+                    sp.set_attribute("bff.request_id", request_id)
+                    if status >= 500:
+                        sp.set_status_error(str(status))
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.HTTP_IN_FLIGHT.dec()
+            metrics.HTTP_REQUESTS.labels(method=method, route=info.route, status=str(status)).inc()
+            metrics.HTTP_LATENCY.labels(method=method, route=info.route).observe(elapsed)
+            if self._log:
+                level = logging.DEBUG if info.route in self._quiet and status < 400 else logging.INFO
+                if access_log.isEnabledFor(level):
+                    access_log.log(
+                        level,
+                        "request",
+                        extra={
+                            "request_id": request_id,
+                            "method": method,
+                            "route": info.route,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 2),
+                            "principal_hash": info.principal,
+                            "user_hash": info.user,
+                        },
+                    )
+            current_request.reset(token)
+
+
+def _tracing_headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name in (b"traceparent", b"tracestate"):
+            out[name.decode()] = value.decode("latin-1")
+    return out
+
+
+def install(app: Any, **options: Any) -> None:
+    """Wrap a Litestar app's ASGI handler (after routing is built)."""
+    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, **options)

@@ -1,0 +1,73 @@
+"""Process-level pieces of ``vluna-bff serve``: the multi-process metrics directory, the optional
+separate metrics port, and a SIGTERM that ends in exit status 0 after a graceful shutdown.
+
+Graceful shutdown itself is uvicorn's: on SIGTERM it stops accepting connections, lets requests
+in flight finish (at most ``observability.shutdown_grace_sec``, then cancels them), then runs the
+app's shutdown (background refreshes cancelled, Redis, HTTP and SDK pools closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+# Not imported from .metrics: importing prometheus_client objects with the variable set but the
+# directory not made yet would fail.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger("bff.serve")
+
+
+@contextlib.contextmanager
+def multiprocess_metrics(workers: int, configured_dir: str | None) -> Iterator[str | None]:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers (before they start) when there are several.
+
+    A configured (or inherited) directory is emptied at start: samples of an earlier run must not
+    be added to this one's. A directory made here is removed at exit.
+    """
+    path = configured_dir or os.environ.get(MULTIPROC_ENV)
+    if workers <= 1 and not path:
+        yield None
+        return
+    created = False
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for file in glob.glob(os.path.join(path, "*.db")):
+            with contextlib.suppress(OSError):
+                os.remove(file)
+    else:
+        path = tempfile.mkdtemp(prefix="vluna-bff-metrics-")
+        created = True
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = path
+    try:
+        yield path
+    finally:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+            if previous is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+
+
+def start_metrics_server(host: str, port: int) -> Any:
+    """Serve the metrics (of every worker) on a port of their own, from this process."""
+    from prometheus_client import start_http_server
+
+    from bff.observability.metrics import scrape_registry
+
+    server, _thread = start_http_server(port, addr=host, registry=scrape_registry())
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+def exit_zero_on_sigterm() -> None:
+    """uvicorn re-raises the signal it handled once it has shut down; with this handler in place
+    that does not kill the process, so a graceful stop exits with status 0."""
+    signal.signal(signal.SIGTERM, lambda sig, frame: None)

@@ -1,0 +1,246 @@
+"""The HTTP client the proxy talks to Vluna's ``/api/v1`` with.
+
+Production: aiohttp. The proxy sits on every page view, so the client's per-request cost is the
+proxy's floor. Measured on the development machine (one uvicorn worker, loopback upstream), a
+bare pass-through managed ~800 req/s with httpx's AsyncClient, ~2,000 with httpx over an aiohttp
+transport and ~6,000 with aiohttp itself; `bench/bff_proxy.py` re-measures this. aiohttp's
+ClientSession keeps a keep-alive connection pool per host (bounded by
+``proxy.pool_max_connections``), parses responses in C, and gives per-request connect/read/total
+timeouts, which is all the proxy needs. httpx stays the SDK's client (token issuance is rare).
+
+Dev mode: `AsgiUpstream` calls the embedded emulator's ASGI app directly (no socket), so
+`vluna-bff dev` stays one process. It is chosen only by `bff.dev`; the production path never
+pays for the abstraction beyond one method call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+from yarl import URL
+
+# Upstream response headers a client may see; everything else (Set-Cookie, tracing and
+# server-internal headers) stays here.
+PASS_RESPONSE_HEADERS = ("retry-after", "idempotent-replayed")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    read: float
+    total: float
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    content_type: str
+    headers: dict[str, str]  # only PASS_RESPONSE_HEADERS, lower-case names
+    body: bytes
+
+
+class UpstreamError(Exception):
+    """No usable answer: the connection failed or broke, or the answer was unusable."""
+
+    kind = "connection"
+
+
+class UpstreamTimeout(UpstreamError):
+    kind = "timeout"
+
+
+class UpstreamTooLarge(UpstreamError):
+    kind = "too_large"
+
+
+class Upstream(Protocol):
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def send(
+        self,
+        method: str,
+        path_and_query: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse: ...
+
+
+def _pick_headers(raw: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name in PASS_RESPONSE_HEADERS:
+        value = raw.get(name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+class AiohttpUpstream:
+    def __init__(
+        self, base_url: str, *, max_connections: int, keepalive_timeout: float, max_response_bytes: int
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._limit = max_connections
+        self._keepalive = keepalive_timeout
+        self._max = max_response_bytes
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"AiohttpUpstream({self.base_url!r})"
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self._limit, limit_per_host=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=60
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),  # never keep or replay upstream cookies
+            skip_auto_headers=("User-Agent",),
+            trust_env=False,  # no proxy from the environment: the service key's traffic stays direct
+            auto_decompress=True,
+        )
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def send(
+        self,
+        method: str,
+        path_and_query: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        # encoded=True: the path was built from checked characters only; no re-quoting.
+        url = URL(self.base_url + path_and_query, encoded=True)
+        timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        try:
+            async with self._session.request(
+                method, url, headers=dict(headers), data=body, timeout=timeout, allow_redirects=False
+            ) as resp:
+                length = resp.content_length
+                if length is not None and length > self._max:
+                    raise UpstreamTooLarge("upstream answer too large")
+                if length is not None:
+                    data = await resp.read()
+                else:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in resp.content.iter_any():
+                        size += len(chunk)
+                        if size > self._max:
+                            raise UpstreamTooLarge("upstream answer too large")
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+                return UpstreamResponse(
+                    resp.status, resp.headers.get("content-type", ""), _pick_headers(resp.headers), data
+                )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout("upstream timed out") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"upstream connection failed ({type(exc).__name__})") from None
+
+
+class AsgiUpstream:
+    """Calls an ASGI app in-process (dev mode's embedded emulator)."""
+
+    def __init__(self, app: Any, base_url: str, *, max_response_bytes: int = 4 * 1024 * 1024) -> None:
+        self._app = app
+        url = URL(base_url)
+        self.base_url = base_url.rstrip("/")
+        self._prefix = url.path.rstrip("/")
+        self._host = url.host or "upstream"
+        self._max = max_response_bytes
+
+    def __repr__(self) -> str:
+        return f"AsgiUpstream({self.base_url!r})"
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def send(
+        self,
+        method: str,
+        path_and_query: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+    ) -> UpstreamResponse:
+        path, _, query = (self._prefix + path_and_query).partition("?")
+        payload = body or b""
+        hdrs = [(b"host", self._host.encode())]
+        hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if payload:
+            hdrs.append((b"content-length", str(len(payload)).encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": query.encode(),
+            "headers": hdrs,
+            "client": ("127.0.0.1", 0),
+            "server": (self._host, 80),
+        }
+        sent = False
+        status = 0
+        resp_headers: dict[str, str] = {}
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for k, v in message.get("headers", []):
+                    resp_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await asyncio.wait_for(self._app(scope, receive, send), timeouts.total)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout("upstream timed out") from None
+        except Exception as exc:
+            # The emulator's injected "dropped connection" lands here, like a reset socket.
+            raise UpstreamError(f"upstream connection failed ({type(exc).__name__})") from None
+        data = b"".join(chunks)
+        with contextlib.suppress(ValueError):
+            announced = int(resp_headers.get("content-length", len(data)))
+            if announced != len(data):
+                raise UpstreamError("upstream connection failed (incomplete answer)")
+        if not status:
+            raise UpstreamError("upstream connection failed (no answer)")
+        if len(data) > self._max:
+            raise UpstreamTooLarge("upstream answer too large")
+        return UpstreamResponse(
+            status, resp_headers.get("content-type", ""), _pick_headers(resp_headers), data
+        )

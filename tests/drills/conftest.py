@@ -1,0 +1,85 @@
+"""Drills: real processes (the emulator with its controls, `vluna-bff serve`, a private
+redis-server), loopback only, each bounded in time. Helpers come from bench/_harness.py."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench._harness import (  # noqa: E402 (after the sys.path entry)
+    Emulator,
+    Proc,
+    UserKeys,
+    bff_config,
+    cleanup_prefix,
+    start_bff,
+    start_emulator,
+    start_redis,
+    write_config,
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.drill)
+
+
+@pytest.fixture(scope="session")
+def user_keys() -> UserKeys:
+    return UserKeys()
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    emu = start_emulator()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Proc]:
+    """A redis-server of this test's own: drills may stop it (the shared one is never touched)."""
+    proc = start_redis()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def start_service(emulator: Emulator, user_keys: UserKeys, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start `vluna-bff serve` processes against the emulator; all are stopped in teardown."""
+    procs: list[Proc] = []
+    prefixes: list[tuple[str, str]] = []
+
+    def start(*, redis_url: str = "", workers: int = 1, like: Proc | None = None, **sections: Any) -> Proc:
+        """A new service; `like=other` starts a replica with other's exact configuration."""
+        if like is not None:
+            data = like.extra["config"]
+        else:
+            data = bff_config(emulator.url, user_keys.pem(), redis_url=redis_url, **sections)
+            prefixes.append((data["cache"]["key_prefix"], redis_url))
+        proc = start_bff(write_config(data, tmp_path), workers=workers)
+        proc.extra["config"] = data
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for p in procs:
+            p.stop()
+        for prefix, url in prefixes:
+            cleanup_prefix(prefix, url)

@@ -1,0 +1,89 @@
+"""Redis stopped for 10 s under steady load, then started again: zero 5xx on /vluna/token, and
+the shared cache is used again afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import httpx
+import redis
+
+from bench._harness import Emulator, Proc, UserKeys, start_redis
+
+OUTAGE_SEC = 10.0
+
+
+async def test_redis_stopped_for_10s_under_load(
+    emulator: Emulator, own_redis: Proc, start_service, user_keys: UserKeys
+) -> None:
+    bff = start_service(redis_url=own_redis.url, cache={"redis": {"down_backoff_sec": 1}})
+    users = [{"Authorization": f"Bearer {user_keys.token(f'r{i}', org=f'r{i}')}"} for i in range(12)]
+    statuses: Counter[int] = Counter()
+    stop = asyncio.Event()
+
+    async with httpx.AsyncClient(base_url=bff.url, timeout=15) as client:
+        for h in users:  # every user has a cached token before the outage
+            assert (await client.get("/vluna/token", headers=h)).status_code == 200
+        r = redis.Redis.from_url(own_redis.url)
+        assert r.dbsize() > 0
+
+        async def steady(h: dict[str, str]) -> None:
+            while not stop.is_set():
+                resp = await client.get("/vluna/token", headers=h)
+                statuses[resp.status_code] += 1
+                await asyncio.sleep(0.02)
+
+        load = [asyncio.create_task(steady(h)) for h in users]
+        try:
+            await asyncio.sleep(1.0)
+            own_redis.stop()
+            down_since = time.monotonic()
+            # New users during the outage: issued and served from the in-process cache.
+            during = [{"Authorization": f"Bearer {user_keys.token(f'd{i}', org=f'd{i}')}"} for i in range(5)]
+            for h in during:
+                resp = await client.get("/vluna/token", headers=h)
+                statuses[resp.status_code] += 1
+                assert resp.status_code == 200
+            await asyncio.sleep(max(0.0, OUTAGE_SEC - (time.monotonic() - down_since)))
+            restarted = start_redis(own_redis.port)
+            try:
+                await asyncio.sleep(1.0)
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*load), 20)
+                # The shared cache is used again: a user first seen now lands in Redis, and once
+                # there, their next request does not cause another issuance.
+                after = {"Authorization": f"Bearer {user_keys.token('after', org='after')}"}
+                r2 = redis.Redis.from_url(restarted.url)
+
+                async def lands_in_redis() -> bool:
+                    resp = await client.get("/vluna/token", headers=after)
+                    assert resp.status_code == 200
+                    return r2.dbsize() > 0
+
+                deadline = time.monotonic() + 15
+                while not await lands_in_redis():
+                    assert time.monotonic() < deadline, "the service never wrote to Redis again"
+                    await asyncio.sleep(0.2)
+                before = emulator.issuances()
+                for _ in range(5):
+                    assert (await client.get("/vluna/token", headers=after)).status_code == 200
+                assert emulator.issuances() == before
+                # A second replica started now finds the token in Redis: no new issuance.
+                other = start_service(like=bff)
+                async with httpx.AsyncClient(base_url=other.url, timeout=15) as c2:
+                    resp = await c2.get("/vluna/token", headers=after)
+                assert resp.status_code == 200
+                assert emulator.issuances() == before
+                r2.close()
+            finally:
+                restarted.stop()
+        finally:
+            stop.set()
+            for t in load:
+                t.cancel()
+            r.close()
+    assert sum(statuses.values()) > 100, statuses
+    assert not [s for s in statuses if s >= 500], statuses
+    assert set(statuses) == {200}, statuses
