@@ -326,8 +326,11 @@ def create_app(
         openapi_config=None,
     )
     app.state.services = services
+    from bff import http_guard
     from bff.observability.setup import instrument
 
+    # Inside the observability wrapper, so refused requests are still logged and counted.
+    http_guard.install(app)
     instrument(app, settings, services)
     return app
 

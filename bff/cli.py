@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("configuration OK (secrets redacted):")
     print(yaml.safe_dump(settings.redacted_dump(), sort_keys=False), end="")
     return 0
+
+
+def run_workers(workers: int, options: dict[str, object]) -> None:
+    """`uvicorn.run(..., workers=N)`, with TCP_NODELAY on the shared listening socket.
+
+    uvicorn binds that socket without naming the TCP protocol, so asyncio does not set
+    TCP_NODELAY on the connections it accepts, and every small answer then waits ~40 ms for the
+    client's delayed ACK. Linux passes the option from the listener to accepted connections.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("bff.app:create_app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    sock = config.bind_socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -78,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # Workers are separate processes: each rebuilds the settings from the same file and env.
             if args.config:
                 os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-            uvicorn.run("bff.app:create_app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+            run_workers(workers, common)
             return 0
         from bff.app import create_app
 
