@@ -46,6 +46,9 @@ class RedisLock:
         return max(0.0, int(ms) / 1000)
 
 
+STOP_TIMEOUT_SEC = 2.0
+
+
 class Notifier:
     def __init__(self, redis: Any, keys: CacheKeys) -> None:
         self._redis = redis
@@ -60,8 +63,11 @@ class Notifier:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: closing a pub/sub connection whose read was just cancelled can stall in
+            # redis-py, and shutdown must not wait on it (the process is ending anyway).
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_SEC)
+            if not done:
+                log.warning("lock notifier did not stop within %.0f s; leaving it", STOP_TIMEOUT_SEC)
             self._task = None
 
     @contextlib.contextmanager
@@ -108,5 +114,5 @@ class Notifier:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()
+                with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_SEC)
