@@ -128,6 +128,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             [
                 f"vluna-bff dev on {base} (emulated Vluna realm {runtime.realm_id!r}, "
                 f"cache: {settings.cache.backend})",
+                f"  demo page: {base}/  (sign in, watch the token renew, list the catalog, check out)",
                 f"  sign in:   curl -s '{base}/dev/login?user=alice&org=acme'",
                 f"  token:     curl -s -H 'Authorization: Bearer <token>' {base}/vluna/token",
                 f"  sign out:  curl -s -X DELETE -H 'Authorization: Bearer <token>' {base}/vluna/token",

@@ -23,6 +23,7 @@ from litestar.types import ControllerRouterHandler
 
 from bff.auth.jwks import StaticKeySource, VerificationKey
 from bff.errors import BadRequest
+from bff.observability.upstream import PropagatingTransport
 from bff.proxy.upstream import AsgiUpstream
 from bff.settings import DevSettings, Settings
 from bff.tokens.issuer import SdkTokenIssuer
@@ -121,7 +122,8 @@ def create_dev_app(settings: Settings) -> DevRuntime:
         session_ttl_sec=settings.tokens.session_ttl_sec,
         timeout_sec=settings.vluna.timeout_sec,
         max_retries=settings.vluna.max_retries,
-        transport=emulator.transport(),
+        # The same request-id and traceparent propagation as the production path.
+        transport=PropagatingTransport(emulator.transport()),
     )
     app = create_app(
         settings,
