@@ -374,9 +374,9 @@ NOTES = """\
   round trip a cache hit must make (RS256 verification is cached per token, then principal mapping,
   HMAC key, AES-GCM decryption, JSON).
 - `workers`: two workers on two CPUs that the load generator also uses cannot double throughput;
-  a ratio far *below* 1 is not CPU but a stall: `serve --workers N>1` lets uvicorn bind the socket
-  with protocol 0, asyncio then leaves TCP_NODELAY off and every answer waits ~40 ms for a delayed
-  ACK (p50 ~44 ms). See tests/drills/test_workers_latency.py (xfail until fixed in bff/cli.py).
+  a ratio far *below* 1 would be a stall, not CPU (before `serve` set TCP_NODELAY on the shared
+  listening socket, every answer waited ~40 ms for a delayed ACK: p50 ~44 ms, ratio 0.26;
+  tests/bff/test_bff_cli_workers.py pins the fix).
 - `cold`: every issuance is a signed call to the emulator (a separate process on the same CPUs);
   the reference is the SDK issuing directly at the same concurrency, so the ratio is the cost of
   the service's single flight (Redis lock, pub/sub release, encrypted cache write) per issuance.
