@@ -13,6 +13,7 @@ Secrets are ``SecretStr`` so that ``repr``, ``model_dump`` and every log line sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -417,6 +418,11 @@ def env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[tupl
             except OSError as exc:
                 problems.append((".".join(path), f"cannot read {name}: {exc.strerror}"))
                 continue
+            # A mounted list (e.g. encryption keys for rotation) is JSON, as in the environment;
+            # anything that does not parse stays text, since a secret may begin with a bracket.
+            if value.lstrip().startswith(("[", "{")):
+                with contextlib.suppress(json.JSONDecodeError):
+                    value = json.loads(value)
         elif raw.lstrip().startswith(("[", "{")):
             try:
                 value = json.loads(raw)

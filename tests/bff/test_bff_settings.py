@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,26 @@ def test_yaml_then_env_then_file_secrets(tmp_path: Path, keys: Keys) -> None:
     assert s.auth.jwt.leeway_sec == 12
     assert s.vluna.service_key_secret is not None
     assert s.vluna.service_key_secret.get_secret_value() == "ZnJvbS1hLWZpbGU="
+
+
+def test_secret_files_hold_json_lists_and_plain_text(tmp_path: Path, keys: Keys) -> None:
+    cfg = tmp_path / "bff.yaml"
+    cfg.write_text(yaml.safe_dump(base_settings(keys)))
+    rotation = [f"k2:{base64.b64encode(b'2' * 32).decode()}", f"k1:{base64.b64encode(b'1' * 32).decode()}"]
+    keys_file = tmp_path / "encryption-keys"
+    keys_file.write_text(json.dumps(rotation) + "\n")
+    bracketed = tmp_path / "hs"
+    bracketed.write_text("[not json, but a secret of at least 32 bytes]\n")
+    s = load_settings(
+        cfg,
+        environ={
+            "VLUNA_BFF__CACHE__ENCRYPTION_KEYS_FILE": str(keys_file),
+            "VLUNA_BFF__AUTH__JWT__HS_SECRET_FILE": str(bracketed),
+        },
+    )
+    assert [k.get_secret_value() for k in s.cache.encryption_keys] == rotation
+    assert s.auth.jwt.hs_secret is not None
+    assert s.auth.jwt.hs_secret.get_secret_value() == "[not json, but a secret of at least 32 bytes]"
 
 
 def test_config_path_from_env(tmp_path: Path, keys: Keys) -> None:
