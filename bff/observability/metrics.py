@@ -119,9 +119,17 @@ class MeteredStats(Stats):
     def __init__(self) -> None:
         super().__init__()
         self._names: set[str] = set()
+        # The event counter's child per name (labels() validates and locks on every call).
+        self._events: dict[str, Any] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
         super().inc(name, n)
+        event_child = self._events.get(name)
+        if event_child is not None:
+            # Seen before and not one of the names mirrored below: the common case.
+            event_child.inc(n)
+            return
+        mirrored = True
         event = _TOKEN_EVENTS.get(name)
         if event is not None:
             TOKEN_CACHE.labels(event=event).inc(n)
@@ -137,13 +145,19 @@ class MeteredStats(Stats):
             set_breaker_state(PROXY_BREAKER, "open")
         elif name == "proxy.breaker.closed":
             set_breaker_state(PROXY_BREAKER, "closed")
+        else:
+            mirrored = False
         # The catch-all: bounded, so a name built from data can never blow up the series count.
+        label = name
         if name not in self._names:
             if len(self._names) >= _MAX_EVENT_NAMES or not _EVENT_NAME.match(name):
-                name = "other"
+                label = "other"
             else:
                 self._names.add(name)
-        EVENTS.labels(event=name).inc(n)
+        child = EVENTS.labels(event=label)
+        child.inc(n)
+        if not mirrored and label == name:
+            self._events[name] = child
 
 
 def observe_upstream(operation: str, outcome: str, seconds: float, error_kind: str | None = None) -> None:

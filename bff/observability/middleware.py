@@ -8,6 +8,7 @@ errors are counted and logged like everything else. The route label is the match
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, cast
 
@@ -15,12 +16,22 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from bff.observability import metrics, tracing
-from bff.observability.context import RequestInfo, current_request, new_request_id, valid_request_id
+from bff.observability.context import RequestInfo, current_request, valid_request_id
 
 access_log = logging.getLogger("bff.access")
 
 UNMATCHED = "<unmatched>"
 PROBE_ROUTES = frozenset({"/healthz", "/readyz"})
+_MAX_SERIES = 4096
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, like ``uuid.uuid4().hex``, built without the
+    UUID object (this runs on every request that brings no id of its own)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
 
 
 class ObservabilityMiddleware:
@@ -38,6 +49,9 @@ class ObservabilityMiddleware:
         self._trust = trust_request_id
         self._log = access_log_enabled
         self._quiet = PROBE_ROUTES | {metrics_path}
+        # Metric children by label values: labels() validates and locks on every call.
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
 
     def _incoming_id(self, scope: Scope) -> str:
         if self._trust:
@@ -69,27 +83,35 @@ class ObservabilityMiddleware:
 
         metrics.HTTP_IN_FLIGHT.inc()
         started = time.perf_counter()
-        parent = _tracing_headers(scope) if tracing.enabled() else None
         try:
-            with tracing.span(
-                f"{method}", kind="server", parent_headers=parent, attributes={"http.request.method": method}
-            ) as sp:
+            if tracing.enabled():
+                parent = _tracing_headers(scope)
+                with tracing.span(
+                    f"{method}",
+                    kind="server",
+                    parent_headers=parent,
+                    attributes={"http.request.method": method},
+                ) as sp:
+                    try:
+                        await self.app(scope, receive, send_wrapper)
+                    finally:
+                        route = str(scope.get("path_template") or UNMATCHED)
+                        info.route = route
+                        sp.update_name(f"{method} {route}")
+                        sp.set_attribute("http.route", route)
+                        sp.set_attribute("http.response.status_code", status)
+                        sp.set_attribute("bff.request_id", request_id)
+                        if status >= 500:
+                            sp.set_status_error(str(status))
+            else:
                 try:
                     await self.app(scope, receive, send_wrapper)
                 finally:
-                    route = str(scope.get("path_template") or UNMATCHED)
-                    info.route = route
-                    sp.update_name(f"{method} {route}")
-                    sp.set_attribute("http.route", route)
-                    sp.set_attribute("http.response.status_code", status)
-                    sp.set_attribute("bff.request_id", request_id)
-                    if status >= 500:
-                        sp.set_status_error(str(status))
+                    info.route = str(scope.get("path_template") or UNMATCHED)
         finally:
             elapsed = time.perf_counter() - started
             metrics.HTTP_IN_FLIGHT.dec()
-            metrics.HTTP_REQUESTS.labels(method=method, route=info.route, status=str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method=method, route=info.route).observe(elapsed)
+            self._observe(method, info.route, status, elapsed)
             if self._log:
                 level = logging.DEBUG if info.route in self._quiet and status < 400 else logging.INFO
                 if access_log.isEnabledFor(level):
@@ -107,6 +129,23 @@ class ObservabilityMiddleware:
                         },
                     )
             current_request.reset(token)
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, str(status))
+        counter = self._counters.get(key)
+        if counter is None:
+            if len(self._counters) >= _MAX_SERIES:
+                self._counters.clear()
+            counter = self._counters[key] = metrics.HTTP_REQUESTS.labels(
+                method=method, route=route, status=key[2]
+            )
+        counter.inc()
+        histogram = self._histograms.get(key[:2])
+        if histogram is None:
+            if len(self._histograms) >= _MAX_SERIES:
+                self._histograms.clear()
+            histogram = self._histograms[key[:2]] = metrics.HTTP_LATENCY.labels(method=method, route=route)
+        histogram.observe(elapsed)
 
 
 def _tracing_headers(scope: Scope) -> dict[str, str]:

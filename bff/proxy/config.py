@@ -124,6 +124,9 @@ class ProxySettings(_Model):
     pool_max_connections: int = Field(100, ge=1)
     keepalive_timeout_sec: float = Field(30.0, gt=0)
     token_memo_sec: float = Field(5.0, ge=0, le=60)
+    # gc.freeze() once the service has started: the startup heap (imports, models, routes) is
+    # left out of the collector's full passes, which otherwise pause every request for tens of ms.
+    freeze_startup_heap: bool = True
 
     @field_validator("upstream_base_url")
     @classmethod
@@ -181,3 +184,7 @@ class RateLimitSettings(_Model):
     # Of those, writes (POST/PUT/PATCH/DELETE) per user per window.
     write_requests: int = Field(30, ge=1)
     window_sec: int = Field(60, ge=1, le=3600)
+    # Slots a replica reserves in Redis at once and then spends without a round trip (see
+    # bff/proxy/ratelimit.py): never more than `requests` per window across replicas; at most
+    # (replicas - 1) * (lease_size - 1) refused early. 1: one Redis round trip per request.
+    lease_size: int = Field(16, ge=1, le=1000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from litestar import Request, Response, route
-from litestar.types import ControllerRouterHandler
+from litestar import Request, route
+from litestar.types import ASGIApp, ControllerRouterHandler
 
 from bff.proxy.config import derive_upstream_base
 from bff.proxy.ratelimit import RateLimiter
@@ -55,9 +55,12 @@ def build_proxy(
 
 
 @route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def proxy_call(request: Request[Any, Any, Any]) -> Response[Any]:
+async def proxy_call(request: Request[Any, Any, Any]) -> ASGIApp:
+    # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
+    # still converted by Litestar as usual.
     proxy: ProxyService = request.app.state.services.proxy
-    return await proxy.handle(request)
+    answer: ASGIApp = await proxy.handle(request)  # type: ignore[assignment]
+    return answer
 
 
 def proxy_routes() -> list[ControllerRouterHandler]:
