@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,14 +17,10 @@ import redis.asyncio as aioredis
 import yaml
 from bff_support import ENC_KEY_1, HMAC_KEY, REDIS_URL, Keys, base_settings
 
+from bench._harness import free_port, start_emulator
+
 REPO = Path(__file__).resolve().parents[2]
 EMULATOR_SECRET = "cHJvY2Vzcy10ZXN0LXNlY3JldC1wcm9jZXNzLXRlc3Qh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -41,30 +35,11 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 @pytest.fixture
 def emulator_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vlunaai.testing",
-            "--port",
-            "0",
-            "--enable-controls",
-            "--service-key-secret",
-            EMULATOR_SECRET,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
+    emulator = start_emulator(secret=EMULATOR_SECRET)
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
-        assert match, f"emulator did not start: {first!r}"
-        yield match.group(1)
+        yield emulator.url
     finally:
-        stop(proc)
+        emulator.stop()
 
 
 def start_bff(cfg: Path, port: int, env: dict[str, str]) -> subprocess.Popen[Any]:

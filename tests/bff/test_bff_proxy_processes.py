@@ -4,7 +4,6 @@ both replicas (Redis), and the proxy's upstream is derived from `vluna.base_url`
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import pytest
 import yaml
 from bff_support import ENC_KEY_1, HMAC_KEY, REDIS_URL, Keys, base_settings
 from proxy_support import free_port
+
+from bench._harness import start_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "cHJveHktdGVzdC1zZWNyZXQtcHJveHktdGVzdCEhISE="
@@ -34,30 +35,11 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 @pytest.fixture
 def emulator_url() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vlunaai.testing",
-            "--port",
-            "0",
-            "--enable-controls",
-            "--service-key-secret",
-            SECRET,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
+    emulator = start_emulator(secret=SECRET)
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
-        assert match, f"emulator did not start: {first!r}"
-        yield match.group(1)
+        yield emulator.url
     finally:
-        stop(proc)
+        emulator.stop()
 
 
 def wait_ready(url: str, procs: list[subprocess.Popen[Any]]) -> None:
