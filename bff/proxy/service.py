@@ -24,7 +24,9 @@ import msgspec
 from litestar import Request, Response
 
 from bff.errors import BadRequest, BffError, ServiceUnavailable, UpstreamRejected
+from bff.observability import tracing
 from bff.observability.context import current_request_id
+from bff.observability.metrics import observe_upstream
 from bff.proxy.breaker import BreakerOpen, CircuitBreaker
 from bff.proxy.config import ProxySettings
 from bff.proxy.paths import Allowlist, Match, PathRefused
@@ -338,6 +340,8 @@ class ProxyService:
         }
         if entry.billing_account_id:
             headers["X-Billing-Account-ID"] = entry.billing_account_id
+        if tracing.enabled():
+            tracing.inject(headers)
         return headers
 
     def _path_and_query(self, p: _Prepared, entry: TokenEntry) -> str:
@@ -349,8 +353,9 @@ class ProxyService:
         return p.path_and_query + ("?" + urlencode(query) if query else "")
 
     async def _forward(self, method: str, p: _Prepared, entry: TokenEntry) -> UpstreamResponse:
+        operation = f"proxy {method} {p.match.route.route.path}"
         resp = await self._attempts(
-            method, self._path_and_query(p, entry), self._upstream_headers(p, entry), p.body
+            operation, method, self._path_and_query(p, entry), self._upstream_headers(p, entry), p.body
         )
         if resp.status == 401:
             # The cached token is no longer accepted (revoked, key rotated): drop it, get a new
@@ -360,7 +365,7 @@ class ProxyService:
             await self._broker.forget(p.principal)
             entry = await self._token(p.principal, p.match.route.route.scopes)
             resp = await self._attempts(
-                method, self._path_and_query(p, entry), self._upstream_headers(p, entry), p.body
+                operation, method, self._path_and_query(p, entry), self._upstream_headers(p, entry), p.body
             )
             if resp.status == 401:
                 # Not the browser's credential that failed: never answer 401 for it.
@@ -368,7 +373,12 @@ class ProxyService:
         return resp
 
     async def _attempts(
-        self, method: str, path_and_query: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        operation: str,
+        method: str,
+        path_and_query: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
     ) -> UpstreamResponse:
         s = self.settings
         loop = asyncio.get_running_loop()
@@ -395,16 +405,24 @@ class ProxyService:
             self.stats.inc("proxy.upstream.requests")
             failure: ProxyError | None = None
             resp: UpstreamResponse | None = None
+            started = loop.time()
             try:
                 resp = await self.upstream.send(method, path_and_query, headers, body, timeouts)
             except UpstreamTooLarge:
                 self.breaker.success()
                 self.stats.inc("proxy.upstream.errors")
+                observe_upstream(operation, "error", loop.time() - started, "too_large")
                 raise ProxyError(502, "upstream_invalid", "the billing service answered too much") from None
             except UpstreamTimeout:
                 failure = ProxyError(504, "upstream_timeout", "the billing service did not answer in time")
             except UpstreamError:
                 failure = ProxyError(502, "upstream_unavailable", "the billing service could not be reached")
+            observe_upstream(
+                operation,
+                "ok" if resp is not None and resp.status < 500 else "error",
+                loop.time() - started,
+                failure.code if failure is not None else None,
+            )
             if resp is not None and resp.status not in RETRY_STATUSES:
                 self.breaker.success()
                 return resp

@@ -716,3 +716,18 @@ async def test_token_memo_saves_cache_reads(
             assert (await c.get(f"{P}/wallet/balance", headers=auth(keys))).status_code == 200
         assert stats.get("cache_hits") - before == reads
         assert server.emulator.calls("issue_platform_token") == 0
+
+
+async def test_proxied_calls_are_measured_as_upstream_calls(
+    client: AppClient, keys: Keys, server: EmulatorServer
+) -> None:
+    from bff.observability.metrics import UPSTREAM_REQUESTS
+
+    operation = "proxy GET /catalog/products"
+    before = UPSTREAM_REQUESTS.labels(operation=operation, outcome="ok")._value.get()
+    r = await client.get(f"{P}/catalog/products", headers=auth(keys))
+    assert r.status_code == 200
+    after = UPSTREAM_REQUESTS.labels(operation=operation, outcome="ok")._value.get()
+    assert after == before + 1
+    # Tracing is off here: no trace context is made up and sent upstream.
+    assert "traceparent" not in server.recorder.api_calls()[-1].headers
