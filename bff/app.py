@@ -326,9 +326,11 @@ def create_app(
         openapi_config=None,
     )
     app.state.services = services
-    from bff import http_guard
+    from bff import cors_credentials, http_guard
     from bff.observability.setup import instrument
 
+    if cors is not None:
+        cors_credentials.install(app)
     # Inside the observability wrapper, so refused requests are still logged and counted.
     http_guard.install(app)
     instrument(app, settings, services)

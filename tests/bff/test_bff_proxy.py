@@ -576,6 +576,8 @@ async def test_cors_answers_only_for_configured_origins(
     r = await client.get(f"{P}/wallet/balance", headers={**auth(keys), "Origin": "https://evil.test"})
     # No Access-Control-Allow-Origin: the browser withholds the answer from the other origin's script.
     assert "access-control-allow-origin" not in r.headers
+    # And no grant of credentials to an origin that is not configured.
+    assert "access-control-allow-credentials" not in r.headers
 
 
 async def test_cookie_calls_need_the_anti_forgery_header(
