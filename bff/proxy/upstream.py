@@ -184,55 +184,14 @@ class AsgiUpstream:
         timeouts: Timeouts,
     ) -> UpstreamResponse:
         path, _, query = (self._prefix + path_and_query).partition("?")
-        payload = body or b""
-        hdrs = [(b"host", self._host.encode())]
-        hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        if payload:
-            hdrs.append((b"content-length", str(len(payload)).encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": "",
-            "query_string": query.encode(),
-            "headers": hdrs,
-            "client": ("127.0.0.1", 0),
-            "server": (self._host, 80),
-        }
-        sent = False
-        status = 0
-        resp_headers: dict[str, str] = {}
-        chunks: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                await asyncio.sleep(3600)
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for k, v in message.get("headers", []):
-                    resp_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
+        call = asgi_call(self._app, method, path, path, query, headers, body or b"", self._host)
         try:
-            await asyncio.wait_for(self._app(scope, receive, send), timeouts.total)
+            status, resp_headers, data = await asyncio.wait_for(call, timeouts.total)
         except asyncio.TimeoutError:
             raise UpstreamTimeout("upstream timed out") from None
         except Exception as exc:
             # The emulator's injected "dropped connection" lands here, like a reset socket.
             raise UpstreamError(f"upstream connection failed ({type(exc).__name__})") from None
-        data = b"".join(chunks)
         with contextlib.suppress(ValueError):
             announced = int(resp_headers.get("content-length", len(data)))
             if announced != len(data):
@@ -244,3 +203,59 @@ class AsgiUpstream:
         return UpstreamResponse(
             status, resp_headers.get("content-type", ""), _pick_headers(resp_headers), data
         )
+
+
+async def asgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    raw_path: str,
+    query: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    host: str,
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to an ASGI app in this process: (status, lower-cased headers, body)."""
+    hdrs = [(b"host", host.encode())]
+    hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    if body:
+        hdrs.append((b"content-length", str(len(body)).encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": raw_path.encode("latin-1"),
+        "root_path": "",
+        "query_string": query.encode("latin-1"),
+        "headers": hdrs,
+        "client": ("127.0.0.1", 0),
+        "server": (host, 80),
+    }
+    sent = False
+    status = 0
+    resp_headers: dict[str, str] = {}
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            # After the one body, the client just waits: like a connection that stays open.
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            for k, v in message.get("headers", []):
+                resp_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, resp_headers, b"".join(chunks)

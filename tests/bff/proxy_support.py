@@ -15,6 +15,7 @@ import uvicorn
 from bff_support import AppClient, Keys, client_for, make_settings
 from vlunaai.testing import VlunaEmulator
 
+from bff.proxy.upstream import asgi_call
 from bff.settings import Settings
 from bff.tokens.issuer import SdkTokenIssuer
 
@@ -185,48 +186,10 @@ async def raw_request(
 ) -> RawAnswer:
     """One request with its path exactly as given (``path`` percent-decoded like uvicorn does)."""
     path, _, query = raw_path.partition("?")
-    hdrs = [(b"host", b"bff.test")]
-    hdrs += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    if body:
-        hdrs.append((b"content-length", str(len(body)).encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(path),
-        "raw_path": path.encode("latin-1"),
-        "root_path": "",
-        "query_string": query.encode("latin-1"),
-        "headers": hdrs,
-        "client": ("127.0.0.1", 5000),
-        "server": ("bff.test", 80),
-    }
-    sent = False
-    status = 0
-    out_headers: dict[str, str] = {}
-    chunks: list[bytes] = []
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            for k, v in message.get("headers", []):
-                out_headers[k.decode("latin-1").lower()] = v.decode("latin-1")
-        elif message["type"] == "http.response.body":
-            chunks.append(message.get("body", b""))
-
-    await app(scope, receive, send)
-    return RawAnswer(status, out_headers, b"".join(chunks))
+    status, out_headers, data = await asgi_call(
+        app, method, unquote(path), path, query, headers or {}, body, "bff.test"
+    )
+    return RawAnswer(status, out_headers, data)
 
 
 def free_port() -> int:
