@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 from litestar import Request, Response
 
-from bff.errors import BadRequest, BffError, ServiceUnavailable, UpstreamRejected
+from bff.errors import BadRequest, BffError, UpstreamRejected
 from bff.observability import tracing
 from bff.observability.context import current_request_id
 from bff.observability.metrics import observe_upstream
@@ -40,8 +40,9 @@ from bff.proxy.upstream import (
     UpstreamTimeout,
     UpstreamTooLarge,
 )
+from bff.routes.token import token_or_http_error
 from bff.stats import Stats
-from bff.tokens.broker import Principal, TokenBroker, TokenEntry, TokenRejected, TokenUnavailable
+from bff.tokens.broker import Principal, TokenBroker, TokenEntry
 
 log = logging.getLogger("bff.proxy")
 
@@ -307,16 +308,7 @@ class ProxyService:
         memo = self._memo.get(key)
         if memo is not None and memo[1] > now:
             return memo[0]
-        try:
-            entry: TokenEntry = await self._broker.get_token(principal, wanted)
-        except TokenUnavailable as exc:
-            raise ServiceUnavailable(
-                "billing tokens are temporarily unavailable",
-                retry_after=exc.retry_after,
-                code="token_unavailable",
-            ) from None
-        except TokenRejected:
-            raise UpstreamRejected("the billing service refused to issue a token for this user") from None
+        entry = await token_or_http_error(self._broker, principal, wanted)
         ttl = self.settings.token_memo_sec
         if ttl > 0:
             left = entry.expires_at - self._broker.now() - 30  # never near the token's expiry

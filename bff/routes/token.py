@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from bff.errors import BadRequest, ServiceUnavailable, UpstreamRejected
-from bff.tokens.broker import Principal, TokenRejected, TokenUnavailable
+from bff.tokens.broker import Principal, TokenBroker, TokenEntry, TokenRejected, TokenUnavailable
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -32,6 +33,20 @@ def parse_scopes(raw: str | None, allowed: list[str], default: list[str]) -> tup
     return tuple(sorted(wanted))
 
 
+async def token_or_http_error(broker: TokenBroker, principal: Principal, scopes: Sequence[str]) -> TokenEntry:
+    """The broker's token, with its failures as the HTTP errors every route answers with."""
+    try:
+        return await broker.get_token(principal, scopes)
+    except TokenUnavailable as exc:
+        raise ServiceUnavailable(
+            "billing tokens are temporarily unavailable",
+            retry_after=exc.retry_after,
+            code="token_unavailable",
+        ) from None
+    except TokenRejected:
+        raise UpstreamRejected("the billing service refused to issue a token for this user") from None
+
+
 async def _principal(request: Request[Any, Any, Any]) -> Principal:
     services = request.app.state.services
     identity = await services.auth.authenticate(request)
@@ -48,16 +63,7 @@ async def get_token(
     # Authenticate first: an anonymous caller learns nothing about the configured scopes.
     principal = await _principal(request)
     wanted = parse_scopes(scopes, t.allowed_scopes, t.default_scopes)
-    try:
-        entry = await services.broker.get_token(principal, wanted)
-    except TokenUnavailable as exc:
-        raise ServiceUnavailable(
-            "billing tokens are temporarily unavailable",
-            retry_after=exc.retry_after,
-            code="token_unavailable",
-        ) from None
-    except TokenRejected:
-        raise UpstreamRejected("the billing service refused to issue a token for this user") from None
+    entry = await token_or_http_error(services.broker, principal, wanted)
     now = services.broker.now()
     body = {
         "access_token": entry.access_token,
