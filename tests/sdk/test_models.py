@@ -20,7 +20,7 @@ from vlunaai.generated import admin_models, billing_mgt_models, billing_models, 
 from vlunaai.generated import billing_models as billing
 from vlunaai.generated import gate_models as gate
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "vluna-api"
+SCHEMAS = Path(__file__).resolve().parents[2] / "spec" / "vluna-api"
 MODULES = {
     "admin": admin_models,
     "billing": billing_models,
