@@ -89,6 +89,11 @@ REDIS_FALLBACKS = Counter(
     "vluna_bff_redis_fallbacks", "Cache operations served by the in-process cache because Redis was down"
 )
 EVENTS = Counter("vluna_bff_events", "Every internal event counter of the service, by name", ["event"])
+START_TIME = Gauge(
+    "vluna_bff_start_time_seconds",
+    "Unix time this server process started (the newest worker's); its changes count restarts",
+    multiprocess_mode="max",
+)
 READINESS = Gauge(
     "vluna_bff_readiness_check",
     "Last readiness result per check: 1 ok, 0.5 degraded, 0 failing",
@@ -111,6 +116,16 @@ _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MAX_EVENT_NAMES = 256
 PROXY_BREAKER = "vluna_api"
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
+
+
+def initialise_series() -> None:
+    """Create the series of the bounded label sets at 0, so that rates and alerts see them from the
+    first scrape instead of after the first event (an absent series is not a zero)."""
+    for event in _TOKEN_EVENTS.values():
+        TOKEN_CACHE.labels(event=event)
+    for outcome in ("ok", "failed"):
+        TOKEN_REFRESHES.labels(outcome=outcome)
+    START_TIME.set(time.time())
 
 
 class MeteredStats(Stats):

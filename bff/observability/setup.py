@@ -27,6 +27,7 @@ def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     hmac_key = settings.cache.hmac_key
     set_id_hasher(IdHasher.derived_from(hmac_key.get_secret_value().encode() if hmac_key else None))
     register_settings_secrets(settings)
+    metrics.initialise_series()
     probe = VlunaProbe(settings, services.issuer) if o.readiness.check_vluna else None
     app.state.readiness = Readiness(settings, services.redis, probe)
     for route in health_routes(settings):

@@ -16,84 +16,23 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from helm_support import (
+    CHART,
+    EXAMPLES,
+    K8S_VERSIONS,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    SENTINELS,
+    VALUE_SETS,
+    app_pod,
+    by_kind,
+    one,
+    render,
+    settings_config_map,
+    template,
+)
 from kubernetes_validate.utils import SchemaNotFoundError
-
-from scripts import get_helm
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "helm" / "vluna-bff"
-VALUES = Path(__file__).resolve().parent / "values"
-
-# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest the validator ships.
-K8S_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
-NAMESPACE = "bff"
-RELEASE = "shop"
-
-# values file -> description; None is the chart's own values.yaml
-VALUE_SETS = {
-    "defaults": [],
-    "minimal": [VALUES / "minimal.yaml"],
-    "production": [VALUES / "production.yaml"],
-}
-SENTINELS = ("SENTINEL-", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQEBAQEBAQEBAQEBAQEBAQEBAQEB")
-
-
-@pytest.fixture(scope="session")
-def helm() -> str:
-    # A missing helm is fetched (the script is pinned by URL and SHA-256); if that fails, the
-    # tests fail with the script's reason: never a skip.
-    return str(get_helm.get_helm())
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; Kubernetes tooling rejects them. So do we."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        assert key not in seen, f"duplicate key {key!r} at line {key_node.start_mark.line + 1}"
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def template(
-    helm: str, values: list[Path], *sets: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    cmd = [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    for f in values:
-        cmd += ["-f", str(f)]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def render(helm: str, values: list[Path], *sets: str) -> list[dict[str, Any]]:
-    out = template(helm, values, *sets).stdout
-    docs = [d for d in yaml.load_all(out, Loader=_UniqueKeyLoader) if d]
-    assert docs
-    return docs
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind]
-
-
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = by_kind(docs, kind)
-    assert len(found) == 1, f"{len(found)} {kind} objects"
-    return found[0]
-
-
-def app_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return one(docs, "Deployment")["spec"]["template"]["spec"]
 
 
 @pytest.fixture(scope="module", params=list(VALUE_SETS))
@@ -185,7 +124,7 @@ def test_separate_metrics_port(helm: str) -> None:
     assert {"port": "metrics", "protocol": "TCP"} in ingress_ports
     for k8s in K8S_VERSIONS:
         for doc in docs:
-            if doc["kind"] != "ServiceMonitor":
+            if doc["kind"] not in ("ServiceMonitor", "PrometheusRule"):
                 kubernetes_validate.validate(doc, k8s, strict=True)
 
 
@@ -215,7 +154,7 @@ def test_every_manifest_is_valid_kubernetes(rendered: tuple[str, list[dict[str, 
             kubernetes_validate.validate(doc, k8s, strict=True)
         except SchemaNotFoundError:
             # CRDs the validator has no schema for; their shape is checked in their own tests.
-            assert doc["kind"] in {"ServiceMonitor"}, f"no schema for {name}"
+            assert doc["kind"] in {"ServiceMonitor", "PrometheusRule"}, f"no schema for {name}"
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{name} is not valid Kubernetes {k8s}: {exc.message} at {list(exc.path)}")
         assert doc["metadata"].get("namespace") in (NAMESPACE, None), name
@@ -235,7 +174,15 @@ def test_objects_per_values_set(rendered: tuple[str, list[dict[str, Any]]]) -> N
     expected = {
         "defaults": always,
         "minimal": [*always, "Secret"],
-        "production": [*always, "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "ServiceMonitor"],
+        "production": [
+            *always,
+            "ConfigMap",
+            "HorizontalPodAutoscaler",
+            "Ingress",
+            "NetworkPolicy",
+            "PrometheusRule",
+            "ServiceMonitor",
+        ],
     }[name]
     assert kinds == sorted(expected)
 
@@ -321,7 +268,7 @@ def test_service_and_selectors_match_the_pods(rendered: tuple[str, list[dict[str
 
 
 def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return yaml.safe_load(one(docs, "ConfigMap")["data"]["bff.yaml"])
+    return yaml.safe_load(settings_config_map(docs)["data"]["bff.yaml"])
 
 
 def _secret_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, str], str | None, list[str]]:
@@ -343,7 +290,7 @@ def _secret_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, str], str | No
 
 def test_config_map_holds_the_settings_without_secrets(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = rendered
-    cm = one(docs, "ConfigMap")
+    cm = settings_config_map(docs)
     text = json.dumps(cm)
     for s in SENTINELS:
         assert s not in text, f"{name}: a secret value is in the ConfigMap"
@@ -351,7 +298,7 @@ def test_config_map_holds_the_settings_without_secrets(rendered: tuple[str, list
     assert cfg["server"]["host"] == "0.0.0.0"
     assert "service_key_secret" not in cfg.get("vluna", {})
     assert not {"encryption_keys", "hmac_key"} & set(cfg.get("cache", {}))
-    assert one(docs, "ConfigMap")["metadata"]["name"] == next(
+    assert settings_config_map(docs)["metadata"]["name"] == next(
         v["configMap"]["name"] for v in app_pod(docs)["volumes"] if "configMap" in v
     )
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -378,7 +325,7 @@ def test_chart_created_secret_feeds_the_service_as_files(helm: str, tmp_path: Pa
     root = tmp_path / "pod"
     config = root / "etc/vluna-bff/bff.yaml"
     config.parent.mkdir(parents=True)
-    config.write_text(one(docs, "ConfigMap")["data"]["bff.yaml"])
+    config.write_text(settings_config_map(docs)["data"]["bff.yaml"])
     environ = {}
     for var, path in files.items():
         f = root / path.lstrip("/")
@@ -496,8 +443,16 @@ def test_production_service_monitor_shape(helm: str) -> None:
 
 def test_optional_objects_are_off_by_default(helm: str) -> None:
     docs = render(helm, [])
-    for kind in ("HorizontalPodAutoscaler", "Ingress", "NetworkPolicy", "ServiceMonitor", "Secret"):
+    for kind in (
+        "HorizontalPodAutoscaler",
+        "Ingress",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Secret",
+    ):
         assert not by_kind(docs, kind), kind
+    assert len(by_kind(docs, "ConfigMap")) == 1, "the dashboard ConfigMap is optional"
     assert one(docs, "Deployment")["spec"]["replicas"] == 2
     docs = render(helm, [], "podDisruptionBudget.enabled=false", "serviceAccount.create=false")
     assert not by_kind(docs, "PodDisruptionBudget") and not by_kind(docs, "ServiceAccount")
@@ -517,7 +472,7 @@ def test_notes_warn_about_missing_secrets_and_memory_cache(helm: str) -> None:
     assert "WARNING: secrets.serviceKeySecret is not set" in out.stdout
     assert 'config.cache.backend is not "redis"' in out.stdout
     out = subprocess.run(
-        [*cmd, "-f", str(VALUES / "minimal.yaml")], capture_output=True, text=True, timeout=60, check=False
+        [*cmd, "-f", str(EXAMPLES / "minimal.yaml")], capture_output=True, text=True, timeout=60, check=False
     )
     assert out.returncode == 0, out.stderr
     assert "WARNING" not in out.stdout
