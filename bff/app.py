@@ -32,6 +32,7 @@ from bff.errors import BffError
 from bff.hooks import load_hook
 from bff.observability.metrics import MeteredStats
 from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
+from bff.openapi import openapi_config
 from bff.principals import PrincipalMapper
 from bff.settings import Settings, parse_key_spec
 from bff.stats import Stats
@@ -323,7 +324,7 @@ def create_app(
         cors_config=cors,
         debug=False,
         logging_config=None,
-        openapi_config=None,
+        openapi_config=openapi_config(settings),
     )
     app.state.services = services
     from bff import cors_credentials, http_guard

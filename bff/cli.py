@@ -32,6 +32,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    import json
+
+    from bff.openapi import document
+
+    text = json.dumps(document(_load(args.config)), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def run_workers(workers: int, options: dict[str, object]) -> None:
     """`uvicorn.run(..., workers=N)`, with TCP_NODELAY on the shared listening socket.
 
@@ -174,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_check = sub.add_parser("check-config", help="validate the settings and print them, secrets redacted")
     common(p_check)
     p_check.set_defaults(fn=cmd_check_config)
+
+    p_openapi = sub.add_parser(
+        "openapi", help="print the OpenAPI document of these settings (what openapi.path serves)"
+    )
+    common(p_openapi)
+    p_openapi.add_argument("--output", "-o", help="write it to this file instead of stdout")
+    p_openapi.set_defaults(fn=cmd_openapi)
 
     p_dev = sub.add_parser("dev", help="run with an embedded emulator and a development sign-in")
     common(p_dev)

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
+
+class ErrorBody(TypedDict):
+    """The body of every error answer."""
+
+    error: str
+    message: str
+
 
 class BffError(Exception):
     status = 500

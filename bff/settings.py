@@ -194,6 +194,13 @@ class ObservabilitySettings(_Model):
     tracing: TracingSettings = TracingSettings()
 
 
+class OpenApiSettings(_Model):
+    # Serve the OpenAPI document. None: in dev mode only (`vluna-bff openapi` prints it anyway).
+    enabled: bool | None = None
+    # Where: the document at <path> and <path>/openapi.json.
+    path: str = "/vluna/openapi"
+
+
 class Settings(_Model):
     vluna: VlunaSettings = VlunaSettings()
     auth: AuthSettings = AuthSettings()
@@ -205,6 +212,7 @@ class Settings(_Model):
     observability: ObservabilitySettings = ObservabilitySettings()
     proxy: ProxySettings = ProxySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    openapi: OpenApiSettings = OpenApiSettings()
 
     def redacted_dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -366,6 +374,12 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
         add(("observability.metrics.path", "must start with / and differ from /healthz and /readyz"))
     if o.metrics.port and o.metrics.port == s.server.port:
         add(("observability.metrics.port", "must differ from server.port"))
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", s.openapi.path) or s.openapi.path in (
+        "/healthz",
+        "/readyz",
+        o.metrics.path,
+    ):
+        add(("openapi.path", "a path like /vluna/openapi, other than the probes and metrics"))
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", o.request_id_header):
         add(("observability.request_id_header", "must be a header name"))
     return problems

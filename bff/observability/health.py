@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ControllerRouterHandler
 
 from bff.observability import metrics
@@ -181,11 +182,21 @@ def refresh_breaker_gauge(services: Any) -> None:
 def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
     m = settings.observability.metrics
 
-    @get("/healthz", sync_to_thread=False)
+    @get("/healthz", sync_to_thread=False, tags=["probes"], operation_id="healthz", summary="Liveness")
     def healthz() -> Response[dict[str, str]]:
         return Response({"status": "ok"}, headers=NO_STORE)
 
-    @get("/readyz")
+    @get(
+        "/readyz",
+        tags=["probes"],
+        operation_id="readyz",
+        summary="Readiness, with the state and reason of each check",
+        responses={
+            503: ResponseSpec(
+                data_container=dict[str, Any], description="not ready (same body)", generate_examples=False
+            )
+        },
+    )
     async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         readiness: Readiness = request.app.state.readiness
         code, body = await readiness.check()

@@ -4,17 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from litestar import Request, Response, delete, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from bff.errors import BadRequest, ServiceUnavailable, UpstreamRejected
+from bff.errors import BadRequest, ErrorBody, ServiceUnavailable, UpstreamRejected
 from bff.tokens.broker import Principal, TokenBroker, TokenEntry, TokenRejected, TokenUnavailable
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
+
+
+class TokenBody(TypedDict):
+    """The caller's platform token (``Cache-Control: no-store``)."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    expires_at: str
+    billing_account_id: str | None
+    billing_user_id: str | None
+    scopes: list[str]
+
+
+def _errors(**described: str) -> dict[int, ResponseSpec]:
+    return {
+        int(status[1:]): ResponseSpec(data_container=ErrorBody, description=text, generate_examples=False)
+        for status, text in described.items()
+    }
+
+
+_AUTH_ERRORS = {
+    "s401": "no valid credential (unauthenticated; WWW-Authenticate says why)",
+    "s403": "cookie without the anti-forgery header, or no principal for this user",
+}
 
 
 def parse_scopes(raw: str | None, allowed: list[str], default: list[str]) -> tuple[str, ...]:
@@ -54,10 +80,26 @@ async def _principal(request: Request[Any, Any, Any]) -> Principal:
     return principal
 
 
-@get("/vluna/token")
+@get(
+    "/vluna/token",
+    operation_id="getToken",
+    summary="The caller's platform token",
+    description="Issued by Vluna for the signed-in user's principal, cached by the service.",
+    tags=["tokens"],
+    responses=_errors(
+        **_AUTH_ERRORS,
+        s400="scopes outside tokens.allowed_scopes (invalid_scopes)",
+        s502="Vluna refused to issue a token for this user (upstream_rejected)",
+        s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
+        "auth_unavailable; Retry-After)",
+    ),
+)
 async def get_token(
-    request: Request[Any, Any, Any], scopes: Annotated[str | None, QueryParameter()] = None
-) -> Response[dict[str, Any]]:
+    request: Request[Any, Any, Any],
+    scopes: Annotated[
+        str | None, QueryParameter(description="comma-separated subset of tokens.allowed_scopes")
+    ] = None,
+) -> Response[TokenBody]:
     services = request.app.state.services
     t = services.settings.tokens
     # Authenticate first: an anonymous caller learns nothing about the configured scopes.
@@ -65,7 +107,7 @@ async def get_token(
     wanted = parse_scopes(scopes, t.allowed_scopes, t.default_scopes)
     entry = await token_or_http_error(services.broker, principal, wanted)
     now = services.broker.now()
-    body = {
+    body: TokenBody = {
         "access_token": entry.access_token,
         "token_type": entry.token_type,
         "expires_in": entry.expires_in(now),
@@ -79,7 +121,17 @@ async def get_token(
     return Response(body, headers=NO_STORE)
 
 
-@delete("/vluna/token", status_code=204)
+@delete(
+    "/vluna/token",
+    status_code=204,
+    operation_id="deleteToken",
+    summary="Sign out: forget the caller's cached platform tokens",
+    tags=["tokens"],
+    responses=_errors(
+        **_AUTH_ERRORS,
+        s503="the identity provider's keys unavailable for now (auth_unavailable; Retry-After)",
+    ),
+)
 async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     principal = await _principal(request)
     await request.app.state.services.broker.forget(principal)

@@ -112,6 +112,7 @@ def target(user_keys: UserKeys) -> Iterator[Target]:
         redis_url=SHARED_REDIS_URL,
         auth={"jwt": {"leeway_sec": 5}},
         proxy={"max_body_bytes": 16 * 1024},
+        openapi={"enabled": True},
     )
     cfg = write_config(data)
     try:
