@@ -42,7 +42,7 @@ from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
 from bff.tokens.lock import Notifier, RedisLock
-from bff.tokens.redis_client import make_redis
+from bff.tokens.redis_client import make_redis, redis_target
 
 log = logging.getLogger("bff")
 
@@ -158,7 +158,7 @@ def build_services(
     c = settings.cache
     hmac_key = c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32)
     keys = CacheKeys(hmac_key, c.key_prefix, realm)
-    guard = RedisGuard(stats, c.redis.down_backoff_sec)
+    guard = RedisGuard(stats, c.redis.down_backoff_sec, redis_target(c.redis))
     owns_redis = False
     if c.backend == "redis" and redis is None:
         redis = make_redis(c.redis)

@@ -9,10 +9,14 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from bff.probes import ProbeLine
 
 DEV_CONFIG = Path("config/bff.dev.yaml")
 
@@ -29,7 +33,44 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     print("configuration OK (secrets redacted):")
     print(yaml.safe_dump(settings.redacted_dump(), sort_keys=False), end="")
-    return 0
+    if not args.probe:
+        return 0
+    lines = _probe(settings, args.probe_timeout)
+    print(f"probes ({len(lines)}):")
+    from bff.observability.logging import redact
+
+    for line in lines:
+        print(redact(str(line)))
+    failed = [line for line in lines if not line.ok]
+    print(f"{len(failed)} probe(s) failed" if failed else "every probe passed")
+    return 1 if failed else 0
+
+
+def _probe(settings: Settings, timeout: float) -> list[ProbeLine]:
+    import asyncio
+
+    from bff.observability.logging import register_settings_secrets
+    from bff.probes import run_probes
+
+    register_settings_secrets(settings)
+    return asyncio.run(run_probes(settings, timeout))
+
+
+def startup_probes(settings: Settings, strict: bool) -> bool:
+    """Log every start-up probe (failures at error); False when --strict-startup should stop."""
+    log = logging.getLogger("bff.startup")
+    timeout = max(settings.observability.readiness.timeout_sec, 2.0)
+    failed = 0
+    for line in _probe(settings, timeout):
+        if line.ok:
+            log.info("start-up check %s: %s", line.check, line.text, extra={"check": line.check})
+        else:
+            failed += 1
+            log.error("start-up check %s failed: %s", line.check, line.text, extra={"check": line.check})
+    if failed and strict:
+        log.error("%d start-up check(s) failed; not starting (--strict-startup)", failed)
+        return False
+    return True
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -102,6 +143,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from bff.observability.setup import configure_process
 
         configure_process(settings)
+        if not args.skip_startup_checks and not startup_probes(settings, args.strict_startup):
+            return 1
         if metrics_port is not None and o.metrics.enabled:
             start_metrics_server(o.metrics.host or host, metrics_port)
         if workers > 1:
@@ -182,10 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument(
         "--metrics-port", type=int, help="serve /metrics on this port only (observability.metrics.port)"
     )
+    p_serve.add_argument(
+        "--strict-startup",
+        action="store_true",
+        help="exit with status 1 when a start-up check (Redis, identity provider, Vluna) fails",
+    )
+    p_serve.add_argument(
+        "--skip-startup-checks", action="store_true", help="start without checking Redis, keys and Vluna"
+    )
     p_serve.set_defaults(fn=cmd_serve)
 
     p_check = sub.add_parser("check-config", help="validate the settings and print them, secrets redacted")
     common(p_check)
+    p_check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also connect: Redis (PING, permissions), the identity provider (discovery, JWKS), Vluna "
+        "(a signed call); exit status 1 when one fails",
+    )
+    p_check.add_argument("--probe-timeout", type=float, default=5.0, help="seconds per probe (default 5)")
     p_check.set_defaults(fn=cmd_check_config)
 
     p_openapi = sub.add_parser(

@@ -55,6 +55,8 @@ class VlunaSettings(_Model):
 
 class JwtSettings(_Model):
     jwks_url: str | None = None
+    # Find jwks_uri (and the algorithms) in <issuer>/.well-known/openid-configuration.
+    discovery: bool = False
     jwks_cache_ttl_sec: float = Field(3600, gt=0)
     jwks_refresh_min_interval_sec: float = Field(30, ge=0)
     public_keys_pem: list[str] = []
@@ -289,8 +291,25 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
             add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
         if j.hs_secret is not None and len(j.hs_secret.get_secret_value().encode()) < 32:
             add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
-        if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.public_keys_pem or dev):
-            add(("auth.jwt.jwks_url", "a JWKS URL or auth.jwt.public_keys_pem is required"))
+        if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.discovery or j.public_keys_pem or dev):
+            add(
+                (
+                    "auth.jwt.jwks_url",
+                    "a JWKS URL, auth.jwt.discovery or auth.jwt.public_keys_pem is required",
+                )
+            )
+        if j.discovery and j.jwks_url:
+            add(("auth.jwt.discovery", "set either auth.jwt.discovery or auth.jwt.jwks_url, not both"))
+        if j.discovery and not j.issuer:
+            add(("auth.jwt.discovery", "needs auth.jwt.issuer (discovery is read from the issuer's URL)"))
+        for name in ("jwks_url", "issuer"):
+            value = getattr(j, name)
+            if (
+                value
+                and (j.discovery or name == "jwks_url")
+                and not value.startswith(("https://", "http://"))
+            ):
+                add((f"auth.jwt.{name}", "must be an http(s) URL"))
         if not dev:
             if not j.issuer:
                 add(("auth.jwt.issuer", "required: tokens of other issuers must be rejected"))

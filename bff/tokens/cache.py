@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from bff import netdiag
 from bff.stats import Stats
 
 log = logging.getLogger("bff.cache")
@@ -64,8 +65,9 @@ class RedisGuard:
     """Remembers that Redis failed, so that for a short backoff requests skip it instead of each
     paying a connect timeout; logs the transitions once and counts every failure."""
 
-    def __init__(self, stats: Stats, backoff_sec: float) -> None:
+    def __init__(self, stats: Stats, backoff_sec: float, target: str = "Redis") -> None:
         self._stats = stats
+        self._target = target
         self._backoff = backoff_sec
         self._down_until = 0.0
         self._down = False
@@ -79,8 +81,11 @@ class RedisGuard:
         self._down_until = time.monotonic() + self._backoff
         if not self._down:
             self._down = True
-            # The exception type only: messages can carry the URL and its password.
-            log.warning("redis unavailable (%s); serving from the in-process cache", type(exc).__name__)
+            # Where (no password) and the cause in words; never the exception's own text, which
+            # could carry the URL.
+            log.warning(
+                "%s unavailable: %s; serving from the in-process cache", self._target, netdiag.cause(exc).text
+            )
 
     def fell_back(self) -> None:
         """A cache operation was served by the in-process cache because Redis was down (metrics)."""
@@ -89,7 +94,7 @@ class RedisGuard:
     def succeeded(self) -> None:
         if self._down:
             self._down = False
-            log.info("redis available again")
+            log.info("%s available again", self._target)
 
 
 class RedisCache:

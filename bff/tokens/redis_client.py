@@ -8,15 +8,26 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+from bff import netdiag
 from bff.settings import RedisSettings
 
 
-def make_redis(s: RedisSettings) -> Any:
+def redis_target(s: RedisSettings) -> str:
+    """Where Redis is, for log lines and probe results: host:port, db, TLS, user; no password."""
+    if s.sentinels:
+        return f"Redis via Sentinel master {s.sentinel_service!r} at {', '.join(s.sentinels)}"
+    address = netdiag.redis_address(s.url.get_secret_value()) if s.url else "?"
+    return f"Redis Cluster {address}" if s.cluster else f"Redis {address}"
+
+
+def make_redis(s: RedisSettings, **extra: Any) -> Any:
+    """``extra``: more client arguments (the start-up probe passes ``retry``)."""
     common: dict[str, Any] = {
         "socket_timeout": s.socket_timeout_sec,
         "socket_connect_timeout": s.connect_timeout_sec,
         "max_connections": s.max_connections,
         "health_check_interval": 30,
+        **extra,
     }
     if s.sentinels:
         assert s.sentinel_service is not None
@@ -44,6 +55,6 @@ def make_redis(s: RedisSettings) -> Any:
     url = s.url.get_secret_value()
     if s.cluster:
         return RedisCluster.from_url(
-            url, socket_timeout=s.socket_timeout_sec, socket_connect_timeout=s.connect_timeout_sec
+            url, socket_timeout=s.socket_timeout_sec, socket_connect_timeout=s.connect_timeout_sec, **extra
         )
     return Redis.from_url(url, **common)
