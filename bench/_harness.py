@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE
 
+CONTROL = {CONTROL_HEADER: CONTROL_HEADER_VALUE}  # the emulator's controls require it
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 LOOPBACK = "127.0.0.1"
@@ -139,7 +141,7 @@ class Emulator(Proc):
 
     def control(self, method: str, path: str, **kw: Any) -> httpx.Response:
         with httpx.Client(base_url=self.url, timeout=10) as c:
-            return c.request(method, f"/__emulator__/{path}", **kw)
+            return c.request(method, f"/__emulator__/{path}", headers=CONTROL, **kw)
 
     def counters(self) -> dict[str, int]:
         r = self.control("GET", "counters")

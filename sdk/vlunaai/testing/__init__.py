@@ -8,10 +8,19 @@
 
 from __future__ import annotations
 
-from .app import create_app
+from .app import CONTROL_HEADER, CONTROL_HEADER_VALUE, create_app
 from .core import EmulatorSettings
 from .faults import Fault
 from .handle import VlunaEmulator
 from .seed import Seed, load_seed
 
-__all__ = ["EmulatorSettings", "Fault", "Seed", "VlunaEmulator", "create_app", "load_seed"]
+__all__ = [
+    "CONTROL_HEADER",
+    "CONTROL_HEADER_VALUE",
+    "EmulatorSettings",
+    "Fault",
+    "Seed",
+    "VlunaEmulator",
+    "create_app",
+    "load_seed",
+]
