@@ -379,6 +379,21 @@ def start_server(*argv: str, name: str) -> Proc:
     return Proc(name, popen, url=url, port=int(url.rsplit(":", 1)[1]))
 
 
+def start_dev(*args: str, env: Mapping[str, str] | None = None, stderr: Any = subprocess.DEVNULL) -> Proc:
+    """`vluna-bff dev --port 0` (any free port): its banner's first line names the URL, and is
+    printed only once the socket is bound."""
+    popen = subprocess.Popen(
+        [PY, "-m", "bff.cli", "dev", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=REPO,
+        env=dict(env) if env is not None else None,
+    )
+    banner, url = _read_listening(popen, timeout=60)
+    return Proc("dev", popen, url=url, port=int(url.rsplit(":", 1)[1]), extra={"banner": banner})
+
+
 def cleanup_prefix(prefix: str, redis_url: str = SHARED_REDIS_URL) -> None:
     import redis
 
