@@ -367,7 +367,7 @@ class ProxyService:
             # one, try once more.
             self.stats.inc("proxy.token.reissued")
             self._forget_memo(p.principal)
-            await self._broker.forget(p.principal)
+            await self._broker.forget(p.principal, strict=False)
             entry = await self._token(p.principal, p.match.route.route.scopes)
             resp = await self._attempts(
                 operation, method, self._path_and_query(p, entry), self._upstream_headers(p, entry), p.body
