@@ -73,9 +73,13 @@ async def test_token_route_errors_and_security(keys: Keys) -> None:
         "token_type",
         "expires_in",
         "expires_at",
+        "lifetime_sec",
+        "issued_at",
         "billing_account_id",
         "billing_user_id",
         "scopes",
+        "realm_id",
+        "api_base_url",
     }
     assert token["properties"]["scopes"]["items"]["enum"] == ["checkout", "portal"]
     assert get["security"] == [{"bearerAuth": []}, {"sessionCookie": [], "csrfHeader": []}]
