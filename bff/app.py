@@ -71,15 +71,19 @@ class Services:
 def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncClient) -> JwtVerifier:
     j = settings.auth.jwt
     sources: list[KeySource] = []
-    if j.jwks_url:
-        sources.append(
-            JwksKeySource(
-                j.jwks_url,
-                http,
-                cache_ttl_sec=j.jwks_cache_ttl_sec,
-                min_refresh_interval_sec=j.jwks_refresh_min_interval_sec,
-            )
+    jwks: JwksKeySource | None = None
+    if j.jwks_url or j.discovery:
+        jwks = JwksKeySource(
+            j.jwks_url,
+            http,
+            issuer=j.issuer,
+            discovery=j.discovery,
+            algorithms=j.algorithms,
+            algorithms_explicit="algorithms" in j.model_fields_set,
+            cache_ttl_sec=j.jwks_cache_ttl_sec,
+            min_refresh_interval_sec=j.jwks_refresh_min_interval_sec,
         )
+        sources.append(jwks)
     if j.public_keys_pem:
         sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     issuers = [j.issuer] if j.issuer else []
@@ -102,6 +106,8 @@ def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncC
         required_claims=j.required_claims,
         cache_ttl_sec=j.verified_cache_ttl_sec,
         cache_max_entries=j.verified_cache_max_entries,
+        jwks=jwks,
+        static_keys=bool(j.public_keys_pem) or dev_keys is not None,
     )
 
 
@@ -132,7 +138,7 @@ def build_auth(settings: Settings, http: httpx.AsyncClient, dev_keys: KeySource 
         elif method == "hook":
             assert a.hook.callable is not None
             chain.append(HookAuthenticator(load_hook(a.hook.callable)))
-    return AuthChain(chain)
+    return AuthChain(chain, verifier=verifier)
 
 
 def _cipher(settings: Settings) -> TokenCipher:

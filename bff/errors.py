@@ -35,12 +35,24 @@ class Unauthenticated(BffError):
     status = 401
     code = "unauthenticated"
 
-    def __init__(self, message: str, *, code: str | None = None, invalid: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        invalid: bool = True,
+        reason: str | None = None,
+        details: dict[str, str] | None = None,
+    ) -> None:
         # RFC 6750: no error attribute when no credentials were presented at all.
         challenge = 'Bearer realm="vluna-bff"'
         if invalid:
             challenge += ', error="invalid_token"'
         super().__init__(message, code=code, headers={"WWW-Authenticate": challenge})
+        # For the operator (bff/auth/diagnostics.py), never sent to the client: a code from a
+        # fixed set, and non-secret claim values (expected vs received).
+        self.reason = reason or ("invalid_token" if invalid else "no_credentials")
+        self.details = details or {}
 
 
 class Forbidden(BffError):

@@ -19,8 +19,9 @@ import logging
 import time
 from typing import Any, Literal
 
+from bff import netdiag
 from bff.observability import metrics
-from bff.observability.context import current_request_id
+from bff.observability.context import current_request_id, quiet_http
 from bff.settings import Settings
 
 log = logging.getLogger("bff.readiness")
@@ -51,6 +52,7 @@ class VlunaProbe:
         self._issuer = issuer
         self._client: Any = None
         self._owns = False
+        self.last_error: str | None = None
 
     def _get_client(self) -> Any:
         if self._client is None:
@@ -74,15 +76,23 @@ class VlunaProbe:
         started = time.perf_counter()
         outcome = "error"
         result: ProbeResult = "unreachable"
+        # The call's own httpx line goes to debug, like the probe's access log line.
+        quiet = quiet_http.set(True)
         try:
             await probe_call(self._get_client(), timeout)
             outcome, result = "ok", "ok"
+            self.last_error = None
         except VlunaAIError as exc:
             status = getattr(exc, "status", None)
             if status in (401, 403):
                 outcome, result = "rejected", "rejected"
             else:
                 outcome = "unavailable"
+            self.last_error = f"signed {PROBE_OPERATION}: " + (
+                f"HTTP {status} {getattr(exc, 'code', None) or ''}".rstrip()
+                if status
+                else netdiag.cause(exc).text
+            )
             log.warning(
                 "readiness: Vluna check failed: %s status=%s code=%s",
                 type(exc).__name__,
@@ -91,8 +101,10 @@ class VlunaProbe:
             )
         except (OSError, asyncio.TimeoutError) as exc:
             outcome = "unavailable"
+            self.last_error = f"signed {PROBE_OPERATION}: {netdiag.cause(exc).text}"
             log.warning("readiness: Vluna check failed: %s", type(exc).__name__)
         finally:
+            quiet_http.reset(quiet)
             metrics.observe_upstream(PROBE_OPERATION, outcome, time.perf_counter() - started)
         return result
 

@@ -15,7 +15,10 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from bff import netdiag
+from bff.auth import oidc
 from bff.errors import ServiceUnavailable
+from bff.observability import metrics
 
 log = logging.getLogger("bff.jwks")
 
@@ -91,59 +94,156 @@ def parse_jwks(doc: Any) -> list[VerificationKey]:
 
 
 class JwksKeySource:
+    """The provider's keys from a JWKS URL, or found by OpenID Connect discovery.
+
+    - ``discovery``: ``<issuer>/.well-known/openid-configuration`` names ``jwks_uri`` (and the
+      algorithms); the issuer it states must equal ``issuer`` exactly. Read again on every refresh,
+      so a provider that moves its keys is followed.
+    - A ``url`` that answers a discovery document instead of a JWKS (a common mistake) is followed
+      the same way, with one INFO line saying so.
+
+    Keys are refreshed after ``cache_ttl_sec``, and on an unknown kid at most once per
+    ``min_refresh_interval_sec``. A failed refresh keeps the keys known so far; the failure is
+    logged with its URL and cause, counted, and kept for ``/readyz`` (``last_error``).
+    """
+
     def __init__(
         self,
-        url: str,
+        url: str | None,
         http: httpx.AsyncClient,
         *,
+        issuer: str | None = None,
+        discovery: bool = False,
+        algorithms: Sequence[str] = (),
+        algorithms_explicit: bool = True,
         cache_ttl_sec: float = 3600,
         min_refresh_interval_sec: float = 30,
         timeout_sec: float = 3.0,
     ) -> None:
+        if url is None and not (discovery and issuer):
+            raise ValueError("a JWKS URL, or discovery with an issuer, is required")
         self._url = url
         self._http = http
+        self._issuer = issuer
+        self._discovery = discovery
+        self._configured_algorithms = list(algorithms)
+        self._algorithms_explicit = algorithms_explicit
         self._ttl = cache_ttl_sec
         self._min_interval = min_refresh_interval_sec
         self._timeout = timeout_sec
         self._keys: list[VerificationKey] = []
+        self._accepted: list[str] | None = None
         self._fetched_at: float | None = None
         self._last_attempt: float | None = None
         self._lock = asyncio.Lock()
+        self._told_followed = False
         self.fetches = 0
+        self.last_error: str | None = None
+        for outcome in oidc.FETCH_OUTCOMES:
+            metrics.JWKS_FETCHES.labels(outcome=outcome)
+
+    @property
+    def source(self) -> str:
+        return netdiag.redacted_url(self._url or oidc.discovery_url(self._issuer or ""))
+
+    @property
+    def known_keys(self) -> int:
+        return len(self._keys)
 
     async def keys_for(self, kid: str | None, alg: str) -> Sequence[Any]:
-        now = time.monotonic()
-        if self._fetched_at is None or now - self._fetched_at >= self._ttl:
-            await self._refresh(now, bounded=self._fetched_at is not None)
+        await self._fresh()
         found = _select(self._keys, kid, alg)
         if not found and kid is not None and all(k.kid != kid for k in self._keys):
             # A new kid usually means the IdP rotated keys; the bound stops forged kids from
             # turning every request into a JWKS fetch.
             await self._refresh(time.monotonic(), bounded=True)
             found = _select(self._keys, kid, alg)
-        if not found and self._fetched_at is None:
+        if not found and not self._keys:
             raise ServiceUnavailable(
                 "identity provider keys are unavailable", retry_after=5, code="auth_unavailable"
             )
         return found
+
+    async def accepted_algorithms(self) -> list[str] | None:
+        """The algorithms to accept when the keys come by discovery (None: the configured ones)."""
+        await self._fresh()
+        return self._accepted
+
+    async def ensure_keys(self) -> str | None:
+        """For readiness: None when keys are known; otherwise why not (after a bounded retry)."""
+        if not self._keys:
+            await self._refresh(time.monotonic(), bounded=True)
+        if self._keys:
+            return None
+        return self.last_error or f"no key fetched yet from {self.source}"
+
+    async def _fresh(self) -> None:
+        now = time.monotonic()
+        if self._fetched_at is None or now - self._fetched_at >= self._ttl:
+            # Bounded once tried: while the provider is down, requests do not each fetch.
+            await self._refresh(now, bounded=self._last_attempt is not None)
 
     async def _refresh(self, requested_at: float, *, bounded: bool) -> None:
         async with self._lock:
             last = self._last_attempt
             if last is not None and last >= requested_at:
                 return  # someone refreshed while we waited for the lock
-            if bounded and last is not None and requested_at - last < self._min_interval:
+            # Without any key, retry sooner: every sign-in waits for this.
+            interval = self._min_interval if self._keys else min(self._min_interval, 5.0)
+            if bounded and last is not None and requested_at - last < interval:
                 return
             self._last_attempt = time.monotonic()
             self.fetches += 1
             try:
-                resp = await self._http.get(self._url, timeout=self._timeout)
-                resp.raise_for_status()
-                keys = parse_jwks(resp.json())
-            except (httpx.HTTPError, ValueError) as exc:
-                log.warning(
-                    "JWKS fetch failed (%s); keeping %d known keys", type(exc).__name__, len(self._keys)
-                )
+                keys, accepted = await self._fetch()
+            except oidc.KeysUnavailable as exc:
+                metrics.JWKS_FETCHES.labels(outcome=exc.reason).inc()
+                self.last_error = exc.text
+                log.warning("JWKS fetch failed: %s; keeping %d known key(s)", exc.text, len(self._keys))
                 return
+            metrics.JWKS_FETCHES.labels(outcome="ok").inc()
+            metrics.JWKS_KEYS.set(len(keys))
+            metrics.JWKS_FETCHED_AT.set(time.time())
             self._keys = keys
+            self._accepted = accepted
             self._fetched_at = time.monotonic()
+            self.last_error = None
+
+    async def _fetch(self) -> tuple[list[VerificationKey], list[str] | None]:
+        found: oidc.Discovery | None = None
+        if self._discovery:
+            assert self._issuer is not None
+            where = oidc.discovery_url(self._issuer)
+            found = oidc.parse_discovery(
+                await oidc.get_json(self._http, where, self._timeout), where, self._issuer
+            )
+            url = found.jwks_uri
+            doc = await oidc.get_json(self._http, url, self._timeout)
+        else:
+            assert self._url is not None
+            url = self._url
+            doc = await oidc.get_json(self._http, url, self._timeout)
+            if oidc.is_discovery_document(doc):
+                found = oidc.parse_discovery(doc, url, self._issuer)
+                if not self._told_followed:
+                    self._told_followed = True
+                    log.info(
+                        "auth.jwt.jwks_url %s is an OpenID Connect discovery document: using its "
+                        "jwks_uri %s (auth.jwt.discovery: true says so directly)",
+                        netdiag.redacted_url(url),
+                        netdiag.redacted_url(found.jwks_uri),
+                    )
+                url = found.jwks_uri
+                doc = await oidc.get_json(self._http, url, self._timeout)
+        oidc.check_jwks_shape(doc, url)
+        keys = parse_jwks(doc)
+        if not keys:
+            raise oidc.KeysUnavailable(
+                "no_keys", f"GET {netdiag.redacted_url(url)}: the JWKS lists no usable signing key"
+            )
+        accepted = None
+        if found is not None and found.algorithms:
+            accepted = oidc.effective_algorithms(
+                self._configured_algorithms, self._algorithms_explicit, found.algorithms
+            )
+        return keys, accepted

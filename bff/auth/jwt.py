@@ -11,7 +11,8 @@ from typing import Any
 
 import jwt
 
-from bff.auth.jwks import KeySource
+from bff.auth.diagnostics import shown
+from bff.auth.jwks import JwksKeySource, KeySource
 from bff.errors import Unauthenticated
 from bff.settings import HS_ALGORITHMS
 
@@ -29,8 +30,14 @@ class JwtVerifier:
         required_claims: Sequence[str] = ("exp", "sub"),
         cache_ttl_sec: float = 60,
         cache_max_entries: int = 10_000,
+        jwks: JwksKeySource | None = None,
+        static_keys: bool = False,
     ) -> None:
         self._algorithms = frozenset(a for a in algorithms if a.lower() != "none")
+        # The JWKS source: its keys for readiness and, with OpenID Connect discovery, the
+        # provider's algorithms (narrowed by the configured ones).
+        self._jwks = jwks
+        self._static_keys = static_keys
         self._issuers = list(issuers)
         self._audiences = list(audiences)
         self._keys = key_source
@@ -66,17 +73,37 @@ class JwtVerifier:
             self._verified.popitem(last=False)
         return claims
 
+    async def _allowed_algorithms(self) -> frozenset[str]:
+        if self._jwks is None:
+            return self._algorithms
+        discovered = await self._jwks.accepted_algorithms()
+        return self._algorithms if discovered is None else frozenset(discovered)
+
+    async def key_problem(self) -> str | None:
+        """For readiness: None while some verification key is known, else why none is."""
+        if self._static_keys or self._hs_secret:
+            return None
+        if self._jwks is not None:
+            return await self._jwks.ensure_keys()
+        return "no verification key is configured"
+
     async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
-            raise Unauthenticated("malformed token") from None
+            raise Unauthenticated("malformed token", reason="malformed") from None
         alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            raise Unauthenticated("token algorithm not allowed")
+        allowed = await self._allowed_algorithms()
+        if not isinstance(alg, str) or alg not in allowed:
+            raise Unauthenticated(
+                "token algorithm not allowed",
+                reason="algorithm_not_allowed",
+                details={"expected alg": ",".join(sorted(allowed)), "received alg": shown(alg)},
+            )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise Unauthenticated("malformed token")
+            raise Unauthenticated("malformed token", reason="malformed")
+        seen = {"alg": alg, "kid": shown(kid)}
         keys: Sequence[Any]
         if alg in HS_ALGORITHMS:
             # The shared secret only for HS*, and HS* only with the shared secret: a public key can
@@ -85,7 +112,9 @@ class JwtVerifier:
         else:
             keys = await self._keys.keys_for(kid, alg) if self._keys else []
         if not keys:
-            raise Unauthenticated("no key to verify this token (unknown kid)")
+            raise Unauthenticated(
+                "no key to verify this token (unknown kid)", reason="unknown_kid", details=seen
+            )
         for key in keys:
             try:
                 claims: dict[str, Any] = jwt.decode(
@@ -101,15 +130,46 @@ class JwtVerifier:
             except jwt.InvalidSignatureError:
                 continue
             except jwt.ExpiredSignatureError:
-                raise Unauthenticated("token expired") from None
+                raise Unauthenticated("token expired", reason="expired", details=seen) from None
             except jwt.ImmatureSignatureError:
-                raise Unauthenticated("token not yet valid") from None
+                raise Unauthenticated("token not yet valid", reason="not_yet_valid", details=seen) from None
             except jwt.InvalidAudienceError:
-                raise Unauthenticated("token audience not accepted") from None
+                # The signature held: the claims are the issuer's own, safe to compare in the log.
+                raise Unauthenticated(
+                    "token audience not accepted",
+                    reason="audience_mismatch",
+                    details={
+                        "expected aud": ",".join(self._audiences),
+                        "received aud": shown(_claim(token, "aud")),
+                        **seen,
+                    },
+                ) from None
             except jwt.InvalidIssuerError:
-                raise Unauthenticated("token issuer not accepted") from None
+                raise Unauthenticated(
+                    "token issuer not accepted",
+                    reason="issuer_mismatch",
+                    details={
+                        "expected iss": " or ".join(repr(i) for i in self._issuers),
+                        "received iss": repr(shown(_claim(token, "iss"))),
+                        **seen,
+                    },
+                ) from None
             except jwt.MissingRequiredClaimError as exc:
-                raise Unauthenticated(f"token lacks the {exc.claim!r} claim") from None
-            except jwt.InvalidTokenError:
-                raise Unauthenticated("invalid token") from None
-        raise Unauthenticated("token signature invalid")
+                raise Unauthenticated(
+                    f"token lacks the {exc.claim!r} claim",
+                    reason="missing_claim",
+                    details={"missing claim": shown(exc.claim), **seen},
+                ) from None
+            except jwt.InvalidTokenError as exc:
+                raise Unauthenticated(
+                    "invalid token", reason="invalid_token", details={"problem": type(exc).__name__, **seen}
+                ) from None
+        raise Unauthenticated("token signature invalid", reason="bad_signature", details=seen)
+
+
+def _claim(token: str, name: str) -> Any:
+    """A claim of a token whose signature has just been verified (for the diagnostics line)."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False}).get(name)
+    except jwt.InvalidTokenError:
+        return None

@@ -27,6 +27,8 @@ class RequestInfo:
 
 
 current_request: ContextVar[RequestInfo | None] = ContextVar("vluna_bff_request", default=None)
+# Set while the service makes its own probe calls: their httpx lines are logged at debug.
+quiet_http: ContextVar[bool] = ContextVar("vluna_bff_quiet_http", default=False)
 
 
 def valid_request_id(value: str | None) -> bool:

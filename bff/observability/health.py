@@ -11,7 +11,12 @@ kubelets and load balancers cost Vluna one call per interval per process:
   ``fail`` (503);
 - ``vluna``: the probe call of ``bff.vluna_probe`` (a signed, unbound ``list_feature_families``,
   which every Vluna server accepts) succeeds. A 401 or 403 (wrong key or realm) always fails;
-  unreachable/5xx follows ``readiness.vluna_down``.
+  unreachable/5xx follows ``readiness.vluna_down``;
+- ``auth``: a key can verify user tokens (``not_used`` without JWT sign-in). ``no_keys`` (503)
+  while the JWKS (or discovery) has not given one and no PEM key or HS secret is configured:
+  every sign-in would be refused, so the replica must not take traffic.
+
+Each check that is not ``ok`` has its reason in ``reasons`` (host:port or URL and the cause).
 """
 
 from __future__ import annotations
@@ -21,15 +26,20 @@ import contextlib
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ControllerRouterHandler
 
+from bff import netdiag
 from bff.observability import metrics
 from bff.settings import Settings
+from bff.tokens.redis_client import redis_target
 from bff.vluna_probe import VlunaProbe
+
+if TYPE_CHECKING:
+    from bff.auth.chain import AuthChain
 
 log = logging.getLogger("bff.readiness")
 
@@ -37,31 +47,50 @@ _LEVEL = {"ok": 1.0, "degraded": 0.5, "not_used": 1.0, "skipped": 1.0}
 NO_STORE = {"Cache-Control": "no-store"}
 
 
+State = tuple[str, str | None]  # (state, reason when not ok)
+
+
 class Readiness:
-    def __init__(self, settings: Settings, redis: Any, probe: VlunaProbe | None) -> None:
+    def __init__(
+        self, settings: Settings, redis: Any, probe: VlunaProbe | None, auth: AuthChain | None = None
+    ) -> None:
         self._r = settings.observability.readiness
         self._redis = redis
+        self._redis_target = redis_target(settings.cache.redis)
         self._probe = probe
+        self._auth = auth
         self._cached: tuple[float, int, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
-    async def _redis_state(self) -> str:
+    async def _redis_state(self) -> State:
         if self._redis is None:
-            return "not_used"
+            return "not_used", None
         try:
             await asyncio.wait_for(self._redis.ping(), self._r.timeout_sec)
+        except asyncio.TimeoutError:
+            reason = f"{self._redis_target}: PING: no answer within {self._r.timeout_sec:g} s"
         except Exception as exc:  # any failure means: not reachable now
-            log.warning("readiness: Redis check failed: %s", type(exc).__name__)
-            return "degraded" if self._r.redis_down == "degraded" else "down"
-        return "ok"
+            reason = f"{self._redis_target}: PING: {netdiag.cause(exc).text}"
+        else:
+            return "ok", None
+        log.warning("readiness: %s", reason)
+        return ("degraded" if self._r.redis_down == "degraded" else "down"), reason
 
-    async def _vluna_state(self) -> str:
+    async def _vluna_state(self) -> State:
         if not self._r.check_vluna or self._probe is None or not self._probe.configured:
-            return "skipped"
+            return "skipped", None
         result = await self._probe.check(self._r.timeout_sec)
+        reason = None if result == "ok" else self._probe.last_error
         if result == "unreachable" and self._r.vluna_down == "degraded":
-            return "degraded"
-        return result
+            return "degraded", reason
+        return result, reason
+
+    async def _auth_state(self) -> State:
+        """Not ready while no key can verify a token (JWKS empty or unreachable, no static key)."""
+        if self._auth is None:
+            return "not_used", None
+        problem = await self._auth.key_problem()
+        return ("ok", None) if problem is None else ("no_keys", problem)
 
     async def check(self) -> tuple[int, dict[str, Any]]:
         now = time.monotonic()
@@ -72,8 +101,15 @@ class Readiness:
             cached = self._cached
             if cached is not None and time.monotonic() - cached[0] < self._r.cache_ttl_sec:
                 return cached[1], {**cached[2], "cached": True}
-            redis_state, vluna_state = await asyncio.gather(self._redis_state(), self._vluna_state())
-            checks = {"config": "ok", "redis": redis_state, "vluna": vluna_state}
+            (redis_state, redis_why), (vluna_state, vluna_why), (auth_state, auth_why) = await asyncio.gather(
+                self._redis_state(), self._vluna_state(), self._auth_state()
+            )
+            checks = {"config": "ok", "redis": redis_state, "vluna": vluna_state, "auth": auth_state}
+            reasons = {
+                name: why
+                for name, why in (("redis", redis_why), ("vluna", vluna_why), ("auth", auth_why))
+                if why is not None
+            }
             failing = [k for k, v in checks.items() if v not in _LEVEL]
             degraded = [k for k, v in checks.items() if v == "degraded"]
             status = "not_ready" if failing else ("degraded" if degraded else "ready")
@@ -83,6 +119,7 @@ class Readiness:
             body = {
                 "status": status,
                 "checks": checks,
+                **({"reasons": reasons} if reasons else {}),
                 "checked_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
             }
             self._cached = (time.monotonic(), code, body)

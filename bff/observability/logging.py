@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from bff.observability.context import current_request
+from bff.observability.context import current_request, quiet_http
 
 REDACTED = "[REDACTED]"
 
@@ -148,6 +148,17 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
+class ProbeCallsAtDebug(logging.Filter):
+    """On the ``httpx`` logger: the INFO line of a probe's own call (``quiet_http`` set) becomes a
+    DEBUG line, shown only when the root logger is at debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and quiet_http.get():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_logging(level: str, fmt: str = "json", stream: Any = None) -> logging.Handler:
     """Root handler on stderr in the chosen format; uvicorn's loggers go through it too."""
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -163,6 +174,9 @@ def configure_logging(level: str, fmt: str = "json", stream: Any = None) -> logg
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    httpx_log = logging.getLogger("httpx")
+    if not any(isinstance(f, ProbeCallsAtDebug) for f in httpx_log.filters):
+        httpx_log.addFilter(ProbeCallsAtDebug())
     # Our own access log replaces uvicorn's (which would print raw paths with query strings).
     logging.getLogger("uvicorn.access").disabled = True
     return handler

@@ -89,6 +89,28 @@ REDIS_FALLBACKS = Counter(
     "vluna_bff_redis_fallbacks", "Cache operations served by the in-process cache because Redis was down"
 )
 EVENTS = Counter("vluna_bff_events", "Every internal event counter of the service, by name", ["event"])
+AUTH_FAILURES = Counter(
+    "vluna_bff_auth_failures",
+    "Refused sign-ins by reason (bff/auth/diagnostics.py REASONS: issuer_mismatch, expired, ...)",
+    ["reason"],
+)
+JWKS_FETCHES = Counter(
+    "vluna_bff_jwks_fetches",
+    "Fetches of the identity provider's keys (discovery included) by outcome: ok, refused, dns, "
+    "timeout, tls, http_status, not_json, not_jwks, not_discovery, issuer_mismatch, ...",
+    ["outcome"],
+)
+JWKS_KEYS = Gauge(
+    "vluna_bff_jwks_keys",
+    "Verification keys known from the JWKS (fewest of the live workers)",
+    multiprocess_mode="livemin",
+)
+JWKS_FETCHED_AT = Gauge(
+    "vluna_bff_jwks_fetched_timestamp_seconds",
+    "Unix time of the last successful JWKS fetch (the oldest of the live workers); its age is "
+    "time() minus this",
+    multiprocess_mode="livemin",
+)
 START_TIME = Gauge(
     "vluna_bff_start_time_seconds",
     "Unix time this server process started (the newest worker's); its changes count restarts",

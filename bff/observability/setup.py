@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Litestar
 
+from bff.auth import oidc
 from bff.observability import metrics, middleware, tracing
 from bff.observability.context import IdHasher, set_id_hasher
 from bff.observability.health import Readiness, health_routes
@@ -29,8 +30,10 @@ def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     set_id_hasher(IdHasher.derived_from(hmac_key.get_secret_value().encode() if hmac_key else None))
     register_settings_secrets(settings)
     metrics.initialise_series()
+    for outcome in oidc.FETCH_OUTCOMES:
+        metrics.JWKS_FETCHES.labels(outcome=outcome)
     probe = VlunaProbe(settings, services.issuer) if o.readiness.check_vluna else None
-    app.state.readiness = Readiness(settings, services.redis, probe)
+    app.state.readiness = Readiness(settings, services.redis, probe, services.auth)
     for route in health_routes(settings):
         app.register(route)
     middleware.install(

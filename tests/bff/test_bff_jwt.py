@@ -176,15 +176,21 @@ async def test_jwks_cached_and_refreshed_on_unknown_kid_at_a_bounded_rate(keys: 
     assert idp.fetches == 2
 
 
-async def test_first_refresh_on_unknown_kid_then_bounded(keys: Keys) -> None:
+async def test_an_empty_jwks_is_no_key_and_refetched_at_a_bounded_rate(keys: Keys) -> None:
     idp = IdP({"keys": []})
-    v, _ = verifier(keys, idp)
-    with pytest.raises(Unauthenticated):
+    v, source = verifier(keys, idp)
+    assert source is not None
+    # An empty key set verifies nothing: the same 503 as an unreachable provider (readiness fails)
+    with pytest.raises(ServiceUnavailable):
         await v.verify(keys.token(kid="rsa-1"))
+    assert source.last_error is not None and "lists no usable signing key" in source.last_error
     idp.jwks = keys.jwks()
-    with pytest.raises(Unauthenticated):  # within the interval: not fetched again
+    with pytest.raises(ServiceUnavailable):  # within the interval: not fetched again
         await v.verify(keys.token(kid="rsa-1"))
     assert idp.fetches == 1
+    source._last_attempt = -1e9  # the interval has passed
+    assert await v.verify(keys.token(kid="rsa-1"))
+    assert idp.fetches == 2
 
 
 async def test_jwks_down_at_start_is_503_not_401(keys: Keys) -> None:

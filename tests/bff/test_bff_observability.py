@@ -77,7 +77,8 @@ async def test_healthz_needs_no_auth_and_readyz_checks_vluna_with_a_signed_call(
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["status"] == "ready" and body["cached"] is False
-        assert body["checks"] == {"config": "ok", "redis": "not_used", "vluna": "ok"}
+        assert body["checks"] == {"config": "ok", "redis": "not_used", "vluna": "ok", "auth": "ok"}
+        assert "reasons" not in body
         assert emulator.calls(PROBE_OP) == 1
         # Cached briefly: a second probe does not reach Vluna.
         r = await client.get("/readyz")
@@ -117,6 +118,10 @@ async def test_readyz_fails_on_a_rejected_service_key_whatever_the_policy(
         r = await client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["checks"]["vluna"] == "rejected" and r.json()["status"] == "not_ready"
+        assert (
+            r.json()["reasons"]["vluna"]
+            == "signed list_feature_families: HTTP 401 AUTH.INVALID_SERVICE_SIGNATURE"
+        )
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("degraded", 200), ("fail", 503)])
@@ -135,7 +140,11 @@ async def test_readyz_when_redis_is_down_follows_the_policy(
             "config": "ok",
             "redis": "degraded" if policy == "degraded" else "down",
             "vluna": "skipped",
+            "auth": "ok",
         }
+        # where and why, never the password
+        why = r.json()["reasons"]["redis"]
+        assert why.startswith("Redis 127.0.0.1:") and " (db 0): PING: " in why, why
         # Degraded or not, tokens are still served from the in-process cache.
         r = await client.get("/vluna/token", headers=auth(keys))
         assert r.status_code == 200
