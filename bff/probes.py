@@ -263,8 +263,9 @@ async def probe_identity_provider(
         )
         return lines
     kids = ", ".join(sorted({str(k.kid) for k in usable}))
+    served = [alg for alg in algorithms if any(key_fits(alg, k.key) and k.alg in (None, alg) for k in usable)]
     lines.append(
-        ProbeLine(check, True, f"GET {shown}: {len(usable)} key(s) for {', '.join(algorithms)} (kid {kids})")
+        ProbeLine(check, True, f"GET {shown}: {len(usable)} key(s) for {', '.join(served)} (kid {kids})")
     )
     if discovered is None and j.issuer:
         lines.extend(await _issuer_hint(http, j.issuer, min(timeout, 3.0)))

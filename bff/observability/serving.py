@@ -52,8 +52,12 @@ def multiprocess_metrics(workers: int, configured_dir: str | None) -> Iterator[s
     finally:
         if created:
             shutil.rmtree(path, ignore_errors=True)
-            if previous is None:
-                os.environ.pop(MULTIPROC_ENV, None)
+        # Restored in every case: a configured directory left in the environment would send every
+        # later scrape of this process to that directory's files.
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
 
 
 def start_metrics_server(host: str, port: int) -> Any:

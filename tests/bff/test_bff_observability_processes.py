@@ -304,3 +304,4 @@ def test_serve_makes_and_removes_the_multiprocess_dir(
     with multiprocess_metrics(2, str(configured)) as path:
         assert path == str(configured) and not list(configured.glob("*.db"))
     assert configured.exists()
+    assert MULTIPROC_ENV not in os.environ, "the configured directory leaked into the environment"
