@@ -52,7 +52,8 @@ class ProxyRoute(_Model):
     query: list[str] = []
     # The service adds ?billing_account_id=<the caller's own account> (never taken from the client).
     account_query: bool = False
-    # Same answer for every user of the realm: may be cached by the service (proxy.public_cache_ttl_sec).
+    # Cacheable GET (proxy.public_cache_ttl_sec): answers are cached per caller (principal and user),
+    # never shared between users, since Vluna personalises them (catalog subscription_state).
     public: bool = False
     # Token scopes used for this call; None: tokens.default_scopes (one cached token serves all).
     scopes: list[str] | None = None

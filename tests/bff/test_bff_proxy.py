@@ -608,11 +608,12 @@ async def test_public_catalog_is_cached_with_etags(
     client: AppClient, keys: Keys, server: EmulatorServer
 ) -> None:
     r1 = await client.get(f"{P}/catalog/products", headers=auth(keys))
-    r2 = await client.get(f"{P}/catalog/products", headers=auth(keys, "bob", "other"))
+    r2 = await client.get(f"{P}/catalog/products", headers=auth(keys))
     assert r1.status_code == r2.status_code == 200 and r1.content == r2.content
     assert server.emulator.calls("list_catalog_products") == 1
     etag = r1.headers["etag"]
     assert r1.headers["cache-control"].startswith("private, max-age=")
+    assert r1.headers["vary"] == "Accept-Language, Authorization, Cookie"
     r3 = await client.get(f"{P}/catalog/products", headers={**auth(keys), "If-None-Match": etag})
     assert r3.status_code == 304 and r3.content == b"" and r3.headers["etag"] == etag
     r4 = await client.get(f"{P}/catalog/products", headers={**auth(keys), "If-None-Match": '"other"'})
@@ -620,6 +621,10 @@ async def test_public_catalog_is_cached_with_etags(
     # Another query is another entry.
     await client.get(f"{P}/catalog/products", headers=auth(keys), params={"limit": "1"})
     assert server.emulator.calls("list_catalog_products") == 2
+    # Another user never gets this user's copy (answers are personalised): their own call.
+    r5 = await client.get(f"{P}/catalog/products", headers=auth(keys, "bob", "other"))
+    assert r5.status_code == 200
+    assert server.emulator.calls("list_catalog_products") == 3
     # Still authenticated, even from the cache.
     assert (await client.get(f"{P}/catalog/products")).status_code == 401
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator
+from vlunaai.testing.app import CONTROL_HEADER, CONTROL_HEADER_VALUE
 
 from .conftest import BASE
 from .test_cli import _start, _stop, _wait_ready
@@ -125,7 +126,7 @@ async def test_faults_counters_and_envelopes_in_the_servers_style() -> None:
             }
             assert r.headers["content-type"] == "application/json; charset=utf-8"
             assert "x-request-id" not in r.headers and "trace_id" not in r.json()
-            cfg = await http.get("/__emulator__/config")
+            cfg = await http.get("/__emulator__/config", headers={CONTROL_HEADER: CONTROL_HEADER_VALUE})
             assert cfg.json()["data"]["flavor"] == "oss"
 
 

@@ -16,15 +16,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import create_app
+    from .app import CONTROL_HEADER, CONTROL_HEADER_VALUE, create_app
     from .core import EmulatorSettings
     from .faults import Fault
     from .handle import VlunaEmulator
     from .seed import Seed, load_seed
 
-__all__ = ["EmulatorSettings", "Fault", "Seed", "VlunaEmulator", "create_app", "load_seed"]
+__all__ = [
+    "CONTROL_HEADER",
+    "CONTROL_HEADER_VALUE",
+    "EmulatorSettings",
+    "Fault",
+    "Seed",
+    "VlunaEmulator",
+    "create_app",
+    "load_seed",
+]
 
 _HOMES = {
+    "CONTROL_HEADER": ".app",
+    "CONTROL_HEADER_VALUE": ".app",
     "create_app": ".app",
     "EmulatorSettings": ".core",
     "Fault": ".faults",
