@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings, settings_warnings
 
 DEV_CONFIG = Path("config/bff.dev.yaml")
 
@@ -27,7 +27,10 @@ def _setup_logging(level: str) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    print("configuration OK (secrets redacted):")
+    warnings = settings_warnings(settings)
+    print(f"configuration OK{f' with {len(warnings)} warning(s)' if warnings else ''} (secrets redacted):")
+    for warning in warnings:
+        print(f"warning: {warning}")
     print(yaml.safe_dump(settings.redacted_dump(), sort_keys=False), end="")
     return 0
 
@@ -89,6 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from bff.observability.setup import configure_process
 
         configure_process(settings)
+        for warning in settings_warnings(settings):
+            logging.getLogger("bff").warning("configuration: %s", warning)
         if metrics_port is not None and o.metrics.enabled:
             start_metrics_server(o.metrics.host or host, metrics_port)
         if workers > 1:

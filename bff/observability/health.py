@@ -11,6 +11,9 @@ kubelets and load balancers cost Vluna one call per interval per process:
   ``fail`` (503);
 - ``vluna``: a cheap signed call (``list_catalog_products`` with ``limit=1``) succeeds. A 401 or
   403 (wrong key or realm) always fails; unreachable/5xx follows ``readiness.vluna_down``.
+
+``warnings`` lists configuration that works but is unsafe in production (``settings_warnings``),
+without changing the status.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from litestar.types import ControllerRouterHandler
 
 from bff.observability import metrics
 from bff.observability.context import current_request_id
-from bff.settings import Settings
+from bff.settings import Settings, settings_warnings
 
 log = logging.getLogger("bff.readiness")
 
@@ -122,6 +125,9 @@ class Readiness:
         self._r = settings.observability.readiness
         self._redis = redis
         self._probe = probe
+        # Configuration that works but is unsafe in production (e.g. the memory cache outside dev
+        # mode): reported in every answer, without changing the status.
+        self._warnings = settings_warnings(settings)
         self._cached: tuple[float, int, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -165,6 +171,8 @@ class Readiness:
                 "checks": checks,
                 "checked_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
             }
+            if self._warnings:
+                body["warnings"] = list(self._warnings)
             self._cached = (time.monotonic(), code, body)
             return code, {**body, "cached": False}
 
