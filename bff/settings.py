@@ -335,13 +335,15 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
             add(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
     if len(t.allowed_scopes) > 8:
         add(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
-    worst_issue = s.vluna.timeout_sec * (s.vluna.max_retries + 1)
+    # Attempts of one issuance: the retries, and never fewer than two, since a 500
+    # SERVER.UNEXPECTED (a new principal's first call on some servers) is always tried twice.
+    worst_issue = s.vluna.timeout_sec * (max(s.vluna.max_retries, 1) + 1)
     if t.lock_ttl_sec <= worst_issue:
         # A lock that expires while its holder still waits on Vluna lets a second replica issue.
         add(
             (
                 "tokens.lock_ttl_sec",
-                f"must exceed vluna.timeout_sec x (vluna.max_retries + 1) = {worst_issue:g}",
+                f"must exceed vluna.timeout_sec x (max(vluna.max_retries, 1) + 1) = {worst_issue:g}",
             )
         )
     if t.safety_margin_sec * 2 >= t.session_ttl_sec:

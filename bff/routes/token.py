@@ -11,7 +11,14 @@ from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from bff.errors import BadRequest, ServiceUnavailable, UpstreamRejected
-from bff.tokens.broker import Principal, TokenBroker, TokenEntry, TokenRejected, TokenUnavailable
+from bff.tokens.broker import (
+    Principal,
+    SignOutIncomplete,
+    TokenBroker,
+    TokenEntry,
+    TokenRejected,
+    TokenUnavailable,
+)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -91,7 +98,16 @@ def _iso(epoch: float) -> str:
 @delete("/vluna/token", status_code=204)
 async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     principal = await _principal(request)
-    await request.app.state.services.broker.forget(principal)
+    try:
+        await request.app.state.services.broker.forget(principal)
+    except SignOutIncomplete as exc:
+        # A 204 promises that no replica serves these tokens again; without Redis that cannot
+        # be promised, so the client is asked to sign out again later.
+        raise ServiceUnavailable(
+            "the sign-out could not be recorded; send it again",
+            retry_after=exc.retry_after,
+            code="sign_out_incomplete",
+        ) from None
     return Response(None, status_code=204, headers=NO_STORE)
 
 

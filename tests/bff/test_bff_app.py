@@ -242,7 +242,10 @@ async def test_redis_down_never_500(
             for _ in range(3):
                 r = await client.get("/vluna/token", headers=bearer(keys.token("bob")))
                 assert r.status_code == 200
-            assert (await client.delete("/vluna/token", headers=h)).status_code == 204
+            # A sign-out that cannot reach Redis is not promised: 503, try again later.
+            r = await client.delete("/vluna/token", headers=h)
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            assert r.json()["error"] == "sign_out_incomplete"
             assert client.app.state.services.stats.get("redis_errors") >= 1
     finally:
         await proxy.stop()

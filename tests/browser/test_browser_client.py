@@ -178,6 +178,68 @@ def test_sign_out_drops_the_token_everywhere(page: Page, service: Service) -> No
     assert after != before  # the service's cache was dropped: a new token was issued
 
 
+def refuse_sign_outs(page: Page, times: int) -> list[str]:
+    """The service's answer when it cannot record a sign-out (its Redis away), `times` times;
+    then DELETEs reach the real service. Returns the log of token requests as they happen."""
+    log: list[str] = []
+    left = [times]
+
+    def handle(route: Route) -> None:
+        log.append(route.request.method)
+        if route.request.method == "DELETE" and left[0] > 0:
+            left[0] -= 1
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1", "Cache-Control": "no-store"},
+                content_type="application/json",
+                body=json.dumps({"error": "sign_out_incomplete", "message": "send it again"}),
+            )
+        else:
+            route.continue_()
+
+    page.route("**/vluna/token*", handle)
+    return log
+
+
+def test_a_refused_sign_out_is_retried_and_token_requests_wait_for_it(page: Page, service: Service) -> None:
+    start(page, service)
+    before = page.evaluate("async () => (await c.getToken()).access_token")
+    page.wait_for_timeout(1100)  # so that a token issued after the sign-out has a later iat
+    log = refuse_sign_outs(page, 2)
+    out = page.evaluate(
+        """async () => {
+            let signedOut = 0;
+            c.on('signout', () => { signedOut += 1; });
+            const started = performance.now();
+            const done = c.signOut();
+            // Asked for while the sign-out is being retried: sent only once it went through.
+            const next = c.getToken();
+            await done;
+            const tookMs = performance.now() - started;
+            return { token: (await next).access_token, signedOut, tookMs };
+        }"""
+    )
+    assert log == ["DELETE", "DELETE", "DELETE", "GET"]
+    assert out["token"] != before and out["signedOut"] == 1
+    assert out["tookMs"] >= 2000  # Retry-After (1 s) honoured twice
+
+
+def test_a_sign_out_refused_too_often_fails(page: Page, service: Service) -> None:
+    start(page, service)
+    page.evaluate("async () => { await c.getToken(); }")
+    log = refuse_sign_outs(page, 10)
+    err = page.evaluate(
+        """async () => {
+            const { createClient } = await import('/vluna/client.js');
+            const c2 = createClient({ signOutRetries: 1 });
+            try { await c2.signOut(); return null; }
+            catch (e) { return { status: e.status, code: e.code, retryAfter: e.retryAfter }; }
+        }"""
+    )
+    assert err == {"status": 503, "code": "sign_out_incomplete", "retryAfter": 1}
+    assert log == ["DELETE", "DELETE"]
+
+
 @pytest.mark.parametrize("how", ["module", "global"])
 def test_one_file_two_builds(context: BrowserContext, service: Service, how: str) -> None:
     page = context.new_page()
