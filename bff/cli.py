@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings, settings_warnings
 
 if TYPE_CHECKING:
     from bff.probes import ProbeLine
@@ -31,7 +31,10 @@ def _setup_logging(level: str) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    print("configuration OK (secrets redacted):")
+    warnings = settings_warnings(settings)
+    print(f"configuration OK{f' with {len(warnings)} warning(s)' if warnings else ''} (secrets redacted):")
+    for warning in warnings:
+        print(f"warning: {warning}")
     print(yaml.safe_dump(settings.redacted_dump(), sort_keys=False), end="")
     if not args.probe:
         return 0
@@ -78,7 +81,9 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
     from bff.openapi import document
 
-    text = json.dumps(document(_load(args.config)), indent=2) + "\n"
+    # The document depends on routes, sign-in methods and the proxy allowlist, not on secrets or
+    # Redis: a build step can print it from the settings file alone.
+    text = json.dumps(document(load_settings(args.config, complete=False)), indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -143,6 +148,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from bff.observability.setup import configure_process
 
         configure_process(settings)
+        for warning in settings_warnings(settings):
+            logging.getLogger("bff").warning("configuration: %s", warning)
         if not args.skip_startup_checks and not startup_probes(settings, args.strict_startup):
             return 1
         if metrics_port is not None and o.metrics.enabled:

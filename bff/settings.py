@@ -107,7 +107,8 @@ class HookAuthSettings(_Model):
 
 
 class AuthSettings(_Model):
-    methods: list[AuthMethod] = ["bearer"]
+    # Bearer for apps and API clients; cookie (with the anti-forgery header) for browsers.
+    methods: list[AuthMethod] = ["bearer", "cookie"]
     jwt: JwtSettings = JwtSettings()
     cookie: CookieSettings = CookieSettings()
     introspection: IntrospectionSettings = IntrospectionSettings()
@@ -120,9 +121,13 @@ class PrincipalRule(_Model):
 
 
 class MappingSettings(_Model):
-    principal: list[PrincipalRule] = [PrincipalRule(claim="sub", template="user:{value}")]
+    # An organisation's members share its billing account; a user without an org bills alone.
+    principal: list[PrincipalRule] = [
+        PrincipalRule(claim="org_id", template="org:{value}"),
+        PrincipalRule(claim="sub", template="user:{value}"),
+    ]
     user_claim: str = "sub"
-    traits: dict[str, str] = {}
+    traits: dict[str, str] = {"email": "email", "name": "name"}
     hook: str | None = None
 
 
@@ -153,7 +158,9 @@ class RedisSettings(_Model):
 
 
 class CacheSettings(_Model):
-    backend: Literal["memory", "redis"] = "memory"
+    # redis: shared by every replica (one issuance per user across replicas, sign-out seen by all).
+    # memory: this process only; a warning outside dev mode.
+    backend: Literal["memory", "redis"] = "redis"
     redis: RedisSettings = RedisSettings()
     key_prefix: str = "vbff:"
     encryption_keys: list[SecretStr] = []
@@ -421,6 +428,21 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     return problems
 
 
+def settings_warnings(s: Settings) -> list[str]:
+    """What works but is unsafe in production: logged by ``serve`` at start, listed in ``/readyz``
+    and printed by ``check-config``. Dev mode (one process on a laptop) has none."""
+    if s.dev.enabled:
+        return []
+    warnings: list[str] = []
+    if s.cache.backend == "memory":
+        warnings.append(
+            "cache.backend: memory keeps tokens in this process only: replicas do not share single "
+            "flight (one issuance per user each) and a sign-out on one is not seen by the others; "
+            "use redis whenever more than one process can serve"
+        )
+    return warnings
+
+
 def api_base_url(s: Settings) -> str:
     """Vluna's /api/v1 base URL as apps reach it (what ``GET /vluna/token`` hands out)."""
     from bff.proxy.config import derive_upstream_base
@@ -435,13 +457,15 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def validate_settings(data: Mapping[str, Any]) -> Settings:
+def validate_settings(data: Mapping[str, Any], *, complete: bool = True) -> Settings:
+    """``complete=False``: types and shapes only, without the checks that a runnable service
+    needs (secrets, Redis URL, ...); for printing the OpenAPI document at build time."""
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         # Only location and message: pydantic's own str() would echo input values (secrets).
         raise SettingsError([(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    problems = _semantic_problems(settings)
+    problems = _semantic_problems(settings) if complete else []
     if problems:
         raise SettingsError(problems)
     return settings
@@ -508,6 +532,7 @@ def load_settings(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    complete: bool = True,
 ) -> Settings:
     env = os.environ if environ is None else environ
     if path is None:
@@ -531,4 +556,4 @@ def load_settings(
     data = _merge(data, from_env)
     if overrides:
         data = _merge(data, overrides)
-    return validate_settings(data)
+    return validate_settings(data, complete=complete)

@@ -17,6 +17,9 @@ kubelets and load balancers cost Vluna one call per interval per process:
   every sign-in would be refused, so the replica must not take traffic.
 
 Each check that is not ``ok`` has its reason in ``reasons`` (host:port or URL and the cause).
+
+``warnings`` lists configuration that works but is unsafe in production (``settings_warnings``),
+without changing the status.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from litestar.types import ControllerRouterHandler
 
 from bff import netdiag
 from bff.observability import metrics
-from bff.settings import Settings
+from bff.settings import Settings, settings_warnings
 from bff.tokens.redis_client import redis_target
 from bff.vluna_probe import VlunaProbe
 
@@ -59,6 +62,9 @@ class Readiness:
         self._redis_target = redis_target(settings.cache.redis)
         self._probe = probe
         self._auth = auth
+        # Configuration that works but is unsafe in production (e.g. the memory cache outside dev
+        # mode): reported in every answer, without changing the status.
+        self._warnings = settings_warnings(settings)
         self._cached: tuple[float, int, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -122,6 +128,8 @@ class Readiness:
                 **({"reasons": reasons} if reasons else {}),
                 "checked_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
             }
+            if self._warnings:
+                body["warnings"] = list(self._warnings)
             self._cached = (time.monotonic(), code, body)
             return code, {**body, "cached": False}
 

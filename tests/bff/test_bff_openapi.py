@@ -46,7 +46,9 @@ async def test_on_by_default_in_dev_mode(keys: Keys) -> None:
     from bff.dev import create_dev_app
     from bff.settings import load_settings
 
-    settings = load_settings(None, environ={}, overrides={"dev": {"enabled": True}})
+    settings = load_settings(
+        None, environ={}, overrides={"dev": {"enabled": True}, "cache": {"backend": "memory"}}
+    )
     import httpx
 
     app = create_dev_app(settings).app

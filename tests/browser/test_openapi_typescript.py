@@ -52,9 +52,12 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
 def test_typed_client_from_the_document(tmp_path: Path) -> None:
     modules = npm_packages.install(TOOLS)
     document = tmp_path / "vluna-bff.openapi.json"
-    # As the guide says: the document of the settings, secrets not needed (dev mode checks).
-    env = {**os.environ, "VLUNA_BFF__DEV__ENABLED": "true"}
-    proc = run(sys.executable, "-m", "bff.cli", "openapi", "-o", str(document), cwd=REPO, env=env)
+    # As the guide says: the document of the settings file alone (no secrets, no Redis).
+    config = REPO / "config" / "bff.yaml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLUNA_BFF")}
+    proc = run(
+        sys.executable, "-m", "bff.cli", "openapi", "-c", str(config), "-o", str(document), cwd=REPO, env=env
+    )
     assert proc.returncode == 0, proc.stderr
 
     proc = run(
