@@ -40,6 +40,7 @@ from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
+from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock
 from bff.tokens.redis_client import make_redis
 
@@ -201,6 +202,9 @@ def build_services(
         stats=stats,
         lock=lock,
         notifier=notifier,
+        limiter=IssuanceLimiter(
+            t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
+        ),
         clock=clock,
     )
     mapper = ObservedPrincipalMapper(

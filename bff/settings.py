@@ -109,6 +109,17 @@ class MappingSettings(_Model):
     hook: str | None = None
 
 
+class IssuanceLimitSettings(_Model):
+    # Platform tokens issued per user (principal and user, every scope set) per window, counted
+    # across replicas in Redis. Cached tokens are served regardless. 0: no limit.
+    per_user: int = Field(10, ge=0)
+    # Tokens issued by this process per window, all users together. 0: no limit.
+    per_replica: int = Field(3000, ge=0)
+    # Tokens issued by all replicas together per window (counted in Redis). 0: no limit.
+    all_replicas: int = Field(0, ge=0)
+    window_sec: int = Field(60, ge=1, le=3600)
+
+
 class TokenSettings(_Model):
     allowed_scopes: list[str] = ["checkout", "portal"]
     default_scopes: list[str] = ["checkout", "portal"]
@@ -118,6 +129,7 @@ class TokenSettings(_Model):
     lock_ttl_sec: float = Field(15, gt=0)
     wait_timeout_sec: float = Field(15, gt=0)
     retry_after_sec: int = Field(5, ge=1)
+    issuance_limit: IssuanceLimitSettings = IssuanceLimitSettings()
 
 
 class RedisSettings(_Model):
