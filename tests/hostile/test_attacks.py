@@ -346,6 +346,10 @@ CASES = [
         body=b"{}",
         status=(400,),
     ),
+    # -- bounded observability (tests/hostile/test_observability_bounds.py for the series) ---------
+    Case("junk-method-1500-bytes", method="Q" * 1500, status=(400, 404, 405)),
+    Case("junk-method-on-proxy", method="PROPFIND", path=f"{P}/catalog/products", token=valid, status=(405,)),
+    Case("lower-case-method", method="get", path=f"{P}/catalog/products", token=valid, status=(404, 405)),
     Case("scopes-not-allowed", path="/vluna/token?scopes=admin,mgt", token=valid, status=(400,)),
     Case("scopes-too-long", path="/vluna/token?scopes=" + "checkout," * 100, token=valid, status=(400,)),
 ]
