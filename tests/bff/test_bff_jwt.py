@@ -225,3 +225,70 @@ async def test_verification_cache_never_outlives_the_token(keys: Keys) -> None:
     for digest, (claims, _) in list(v._verified.items()):
         v._verified[digest] = (claims, time.time() - 1)
     assert (await v.verify(long))["sub"] == "bob"
+
+
+def hs_signed(payload: bytes, secret: bytes = HS_SECRET.encode()) -> str:
+    """A token over exactly these payload bytes (so it may hold NaN, huge numbers, anything)."""
+    import hashlib
+    import hmac as hmac_mod
+
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(payload)
+    return signing_input + "." + b64(hmac_mod.new(secret, signing_input.encode(), hashlib.sha256).digest())
+
+
+def claims_json(**time_claims: str) -> bytes:
+    """Valid issuer, audience and subject; the time claims as raw JSON text."""
+    base = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE}
+    parts = [f"{json.dumps(k)}:{json.dumps(v)}" for k, v in base.items()]
+    parts += [f'"{k}":{v}' for k, v in time_claims.items()]
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "10" + "0" * 400,  # 10**400: the verification cache's float() overflowed (500)
+        "1e300",
+        "Infinity",
+        "-Infinity",
+        "NaN",
+        '"9999999999"',  # a numeric string: pyjwt takes it, RFC 7519 does not
+        '"4102444800"',
+        "true",
+        "null",
+        "[4102444800]",
+        '{"exp": 4102444800}',
+        "-1",
+        "253402300800",  # one second past 9999-12-31
+    ],
+)
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_time_claims_must_be_numeric_dates(keys: Keys, claim: str, raw: str) -> None:
+    v, _ = verifier(keys, cache_ttl_sec=60)
+    times = {"exp": str(int(time.time()) + 600), claim: raw}
+    with pytest.raises(Unauthenticated) as info:
+        await v.verify(hs_signed(claims_json(**times)))
+    assert info.value.status == 401
+    assert repr(claim) in info.value.message or "invalid token" in info.value.message
+    assert not v._verified
+
+
+async def test_numeric_dates_may_be_fractional(keys: Keys) -> None:
+    v, _ = verifier(keys)
+    now = time.time()
+    token = hs_signed(claims_json(exp=repr(now + 600.5), nbf=repr(now - 0.5), iat=repr(now - 1.25)))
+    assert (await v.verify(token))["sub"] == "alice"
+
+
+async def test_no_cached_verification_outlives_exp(keys: Keys) -> None:
+    from bff_support import FakeClock
+
+    clock = FakeClock()
+    v, _ = verifier(keys, cache_ttl_sec=60, leeway_sec=0, clock=clock)
+    token = hs_signed(claims_json(exp=str(int(time.time()) + 10)))
+    assert await v.verify(token)
+    assert await v.verify(token)  # from the cache
+    clock.advance(11)
+    with pytest.raises(Unauthenticated) as info:
+        await v.verify(token)
+    assert "expired" in info.value.message

@@ -97,6 +97,32 @@ def valid(keys: UserKeys) -> str:
     return keys.token("attacker", org="attacker-org")
 
 
+def rs256_over(keys: UserKeys, payload: bytes) -> str:
+    """Validly signed by the trusted key over exactly these payload bytes (NaN, 400-digit numbers,
+    nesting: whatever a JSON parser might choke on)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signing_input = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64raw(payload)}"
+    sig = keys.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64raw(sig)}"
+
+
+def _b64raw(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims_with(**raw: str) -> object:
+    """A signed token whose claims are valid except for the given ones, written as raw JSON."""
+
+    def make(keys: UserKeys) -> str:
+        good = {k: json.dumps(v) for k, v in _claims(sub="claims", org_id="claims-org").items()}
+        good.update(raw)
+        return rs256_over(keys, ("{" + ",".join(f'"{k}":{v}' for k, v in good.items()) + "}").encode())
+
+    return make
+
+
 @dataclass
 class Case:
     id: str
@@ -153,6 +179,29 @@ CASES = [
         body=b"{}",
     ),
     Case("alg-none-delete", method="DELETE", token=alg_none),
+    # -- claim values (validly signed by the trusted key) -----------------------------------
+    Case("exp-10-pow-400", token=claims_with(exp="1" + "0" * 400)),
+    Case("exp-numeric-string", token=claims_with(exp='"9999999999"')),
+    Case("exp-true", token=claims_with(exp="true")),
+    Case("exp-nan", token=claims_with(exp="NaN")),
+    Case("exp-infinity", token=claims_with(exp="Infinity")),
+    Case("exp-1e308", token=claims_with(exp="1e308")),
+    Case("exp-null", token=claims_with(exp="null")),
+    Case("exp-array", token=claims_with(exp="[9999999999]")),
+    Case("nbf-10-pow-400", token=claims_with(nbf="1" + "0" * 400)),
+    Case("nbf-string", token=claims_with(nbf='"0"')),
+    Case("iat-in-the-future", token=claims_with(iat="9999999999")),
+    Case("iat-object", token=claims_with(iat='{"t": 1}')),
+    Case("claim-with-4500-digits", token=claims_with(org_id="9" * 4500), status=(400, 401, 431)),
+    Case("claim-nested-3000-deep", token=claims_with(x="[" * 3000 + "]" * 3000), status=(400, 401, 431)),
+    Case("sub-object", token=claims_with(sub='{"id": 1}')),
+    Case("iss-list", token=claims_with(iss=json.dumps([ISSUER]))),
+    Case("aud-object", token=claims_with(aud=json.dumps({"aud": AUDIENCE}))),
+    Case("payload-not-an-object", token=lambda keys: rs256_over(keys, b"[1, 2, 3]")),
+    Case("payload-not-json", token=lambda keys: rs256_over(keys, b"\xff\xfe not json")),
+    Case("org-id-huge-int", token=claims_with(org_id="1" + "0" * 300), status=(403,)),
+    Case("exp-numeric-string-on-proxy", path=f"{P}/wallet/balance", token=claims_with(exp='"9999999999"')),
+    Case("exp-nan-cookie", token=claims_with(exp="NaN"), cookie=True, headers=[("X-Vluna-CSRF", "1")]),
     # -- cookies and CSRF ---------------------------------------------------------------------
     Case("cookie-without-csrf-header", token=valid, cookie=True, status=(403,)),
     Case(
