@@ -316,6 +316,17 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
             stray = _TEMPLATE_FIELD.sub("", rule.template)
             if "{" in stray or "}" in stray:
                 add((f"mapping.principal[{i}].template", "only {name} placeholders are allowed"))
+            between = _TEMPLATE_FIELD.split(rule.template)[2:-1:2]
+            if any(not text or re.search(r"[A-Za-z0-9%]", text) for text in between):
+                # Values are told apart by this text (and have its characters percent-encoded):
+                # it must exist and must not be made of what the encoding itself writes.
+                add(
+                    (
+                        f"mapping.principal[{i}].template",
+                        "placeholders must be separated by text without letters, digits or '%' "
+                        "(e.g. 'team:{tenant}:{value}')",
+                    )
+                )
 
     t = s.tokens
     if not t.allowed_scopes:

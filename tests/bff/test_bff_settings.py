@@ -169,3 +169,21 @@ def test_secrets_never_in_errors_dumps_or_reprs(keys: Keys) -> None:
         validate_settings(data)
     for secret in secrets:
         assert secret not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{value}{dept}", "t:{value}x{dept}", "{value}%{dept}", "{a}-{value}7{b}", "{value}:{dept}{x}"],
+)
+def test_templates_whose_values_could_run_together_are_refused(keys: Keys, template: str) -> None:
+    data = base_settings(keys, mapping={"principal": [{"claim": "org", "template": template}]})
+    with pytest.raises(SettingsError) as info:
+        validate_settings(data)
+    assert "mapping.principal[0].template" in fields_of(info.value)
+    assert "separated" in str(info.value)
+
+
+def test_templates_with_separated_placeholders_are_accepted(keys: Keys) -> None:
+    for template in ("t:{value}:{dept}", "{tenant}/{value}", "x-{value}|{a}.{b}", "org:{value}"):
+        data = base_settings(keys, mapping={"principal": [{"claim": "org", "template": template}]})
+        assert validate_settings(data).mapping.principal[0].template == template
