@@ -452,6 +452,12 @@ class ProxyService:
         if not _JSON_TYPE.match(resp.content_type):
             self.stats.inc("proxy.upstream.errors")
             log.warning("upstream answered %d with a non-JSON content type", resp.status)
+            if resp.status in (404, 405):
+                # The server has no such route (a route of another generation of the API: see
+                # proxy.upstream_flavor); its own page is never passed on.
+                raise ProxyError(
+                    404, "upstream_route_missing", "the billing service does not offer this call"
+                )
             raise ProxyError(502, "upstream_invalid", "the billing service gave an unexpected answer")
         headers = dict(cache_control)
         if current_request_id() is None:

@@ -87,15 +87,24 @@ async def get_token(
     body = {
         "access_token": entry.access_token,
         "token_type": entry.token_type,
+        # Seconds left, counted from this answer: an app adds it to its own clock.
         "expires_in": entry.expires_in(now),
-        "expires_at": datetime.fromtimestamp(int(entry.expires_at), tz=timezone.utc)
-        .isoformat()
-        .replace("+00:00", "Z"),
+        "expires_at": _iso(entry.expires_at),
+        # The token's whole life: renew once expires_in falls under a share of it.
+        "lifetime_sec": max(0, int(entry.expires_at - entry.issued_at)),
+        "issued_at": _iso(entry.issued_at),
         "billing_account_id": entry.billing_account_id,
         "billing_user_id": entry.billing_user_id,
         "scopes": list(entry.scopes),
+        # What an app needs to call Vluna's /api/v1 with the token itself.
+        "realm_id": services.realm_id,
+        "api_base_url": services.api_base_url,
     }
     return Response(body, headers=NO_STORE)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(int(epoch), tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @delete("/vluna/token", status_code=204)

@@ -119,6 +119,19 @@ def parse_authorization(value: str) -> SvcAuthHeader | None:
     )
 
 
+def default_content_type(method: str, body: str | bytes | None) -> str:
+    """The Content-Type signed (and sent) when the caller set none.
+
+    A body is JSON. A read without a body keeps the JSON type, as the published client sends it.
+    A write without a body (a bodyless POST, PATCH or DELETE) sends none and signs an empty
+    content-type line: servers refuse an announced JSON body that is empty (the open-source
+    server answers 400 "Body cannot be empty when content-type is set to 'application/json'").
+    """
+    if body or method.upper() in ("GET", "HEAD"):
+        return DEFAULT_CONTENT_TYPE
+    return ""
+
+
 def new_nonce() -> str:
     return secrets.token_hex(16)
 
@@ -177,7 +190,7 @@ class ServiceKeyAuth:
         timestamp = utc_timestamp()
         nonce = new_nonce()
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
-        content_type = lowered.get("content-type", DEFAULT_CONTENT_TYPE)
+        content_type = lowered.get("content-type", default_content_type(method, body))
         digest = content_digest(body)
         idem = idempotency_key or new_nonce()
         canonical = canonical_string(
@@ -203,8 +216,9 @@ class ServiceKeyAuth:
             "content-digest": digest,
             "idempotency-key": idem,
             "x-realm-id": realm_id,
-            "content-type": content_type,
         }
+        if content_type:
+            signed["content-type"] = content_type
         if billing_account_id:
             signed["x-billing-account-id"] = billing_account_id
         if principal_id:

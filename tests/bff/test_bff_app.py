@@ -51,8 +51,16 @@ async def test_token_endpoint_happy_path(
             "billing_account_id",
             "billing_user_id",
             "scopes",
+            "lifetime_sec",
+            "issued_at",
+            "realm_id",
+            "api_base_url",
         }
         assert body["token_type"] == "Bearer" and body["scopes"] == ["checkout", "portal"]
+        assert body["realm_id"] == settings.vluna.realm_id
+        # Not configured: Vluna's /api/v1 beside vluna.base_url (the /mgt/v1 one).
+        assert body["api_base_url"] == settings.vluna.base_url.replace("/mgt/v1", "/api/v1")
+        assert body["lifetime_sec"] == 900 and body["issued_at"].endswith("Z")
         assert body["billing_account_id"] == "ba_org:acme" and body["billing_user_id"] == "bu_alice"
         assert body["expires_at"].endswith("Z")
         assert 890 <= body["expires_in"] <= 900

@@ -51,13 +51,15 @@ async def test_issue_through_the_sdk(emulator: VlunaEmulator) -> None:
     await bearer.list_catalog_products(context=RequestContext(access_token=token.access_token))
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429])
-async def test_unavailable_statuses(emulator: VlunaEmulator, status: int) -> None:
+@pytest.mark.parametrize(("status", "calls"), [(500, 2), (502, 1), (503, 1), (429, 1)])
+async def test_unavailable_statuses(emulator: VlunaEmulator, status: int, calls: int) -> None:
     emulator.inject_fault(OP, status=status, retry_after=0, times=None)
     issuer = sdk_issuer(emulator)
     with pytest.raises(IssuerUnavailable):
         await issuer.issue("org:acme", "alice", ["checkout"], {})
     await issuer.aclose()
+    # max_retries 0: one attempt, except that a 500 SERVER.UNEXPECTED is always tried twice.
+    assert emulator.calls(OP) == calls
 
 
 async def test_connection_dropped_and_slow_are_unavailable(emulator: VlunaEmulator) -> None:
@@ -82,12 +84,37 @@ async def test_wrong_service_key_is_rejected_not_unavailable(emulator: VlunaEmul
     assert "d3Jvbmc" not in str(info.value)
 
 
-async def test_first_call_failing_once_is_retried(emulator: VlunaEmulator) -> None:
-    emulator.inject_fault(OP, status=500, retry_after=0, times=1)
-    issuer = sdk_issuer(emulator, retries=1)
-    assert (await issuer.issue("org:new", "u1", ["portal"], {})).access_token
-    await issuer.aclose()
-    assert emulator.calls(OP) == 2
+@pytest.mark.parametrize("retries", [0, 1, 2])
+async def test_first_call_failing_once_is_retried_with_the_same_key(retries: int) -> None:
+    # The server of the recordings: a new principal's first call answers 500 SERVER.UNEXPECTED
+    # (the account is created anyway), the same request again succeeds. Even with retries off
+    # the user never sees it, and both attempts carry one Idempotency-Key.
+    async with VlunaEmulator(flaky_account_creation=True) as emu:
+        keys_seen: list[str] = []
+        transport = emu.transport()
+        inner = transport.handle_async_request
+
+        async def spy(request: Any) -> Any:
+            keys_seen.append(request.headers["idempotency-key"])
+            return await inner(request)
+
+        transport.handle_async_request = spy  # type: ignore[method-assign]
+        issuer = SdkTokenIssuer.create(
+            base_url=emu.service_base_url,
+            realm_id=emu.realm_id,
+            key_id=emu.service_key_id,
+            secret=emu.service_key_secret,
+            session_ttl_sec=600,
+            timeout_sec=5,
+            max_retries=retries,
+            transport=transport,
+        )
+        assert (await issuer.issue("org:new", "alice", ["portal"], {})).access_token
+        assert emu.calls(OP) == 2 and len(set(keys_seen)) == 1
+        # An existing principal: one call, and a key of its own.
+        assert (await issuer.issue("org:new", "bob", ["portal"], {})).access_token
+        await issuer.aclose()
+        assert emu.calls(OP) == 3 and len(set(keys_seen)) == 2
 
 
 def emulated(keys: Keys, emu: VlunaEmulator, prefix: str) -> Settings:

@@ -304,6 +304,11 @@ async def test_non_json_upstream_answer_is_a_502(
     r = await client.get(f"{P}/wallet/balance", headers=auth(keys))
     assert r.status_code == 502 and error(r) == "upstream_invalid"
     assert b"login" not in r.content
+    # A server without the route answers its own HTML 404: ours is a JSON 404 that says so.
+    server.recorder.replace_answer = (404, b"text/html; charset=utf-8", b"<pre>Cannot GET</pre>")
+    r = await client.get(f"{P}/wallet/balance", headers=auth(keys))
+    assert r.status_code == 404 and error(r) == "upstream_route_missing"
+    assert r.headers["content-type"].startswith("application/json") and b"<pre>" not in r.content
 
 
 # -- bodies and idempotency ----------------------------------------------------------------------

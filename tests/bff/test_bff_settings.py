@@ -187,3 +187,13 @@ def test_templates_with_separated_placeholders_are_accepted(keys: Keys) -> None:
     for template in ("t:{value}:{dept}", "{tenant}/{value}", "x-{value}|{a}.{b}", "org:{value}"):
         data = base_settings(keys, mapping={"principal": [{"claim": "org", "template": template}]})
         assert validate_settings(data).mapping.principal[0].template == template
+
+
+def test_api_base_url_is_checked_and_never_the_service_api(keys: Keys) -> None:
+    ok = validate_settings(base_settings(keys, vluna={"api_base_url": "https://eu.api.vluna.test/api/v1/"}))
+    assert ok.vluna.api_base_url == "https://eu.api.vluna.test/api/v1"
+    for bad in ("https://eu.api.vluna.test/mgt/v1", "ftp://x/api/v1"):
+        with pytest.raises(SettingsError) as err:
+            validate_settings(base_settings(keys, vluna={"api_base_url": bad}))
+        assert fields_of(err.value) == {"vluna.api_base_url"}
+        assert bad not in str(err.value)

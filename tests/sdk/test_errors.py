@@ -255,3 +255,23 @@ def test_hierarchy() -> None:
         assert issubclass(cls, Exception)
     for _, _, cls in STATUS_CLASSES:
         assert issubclass(cls, APIStatusError)
+
+
+async def test_missing_runtime_bindings_says_which_context_field_to_set() -> None:
+    # A gate call with a principal but no user id, as the published quickstart makes it.
+    from vlunaai.testing import VlunaEmulator
+
+    async with VlunaEmulator() as emu:
+        raising = emu.service_client(error_mode="raise", max_retries=0)
+        with pytest.raises(AuthenticationError) as caught:
+            await raising.gate_authorize(
+                body={"feature_code": "openai.gpt-4o"}, context=RequestContext(principal_id="org:1")
+            )
+        assert caught.value.code == "AUTH.MISSING_RUNTIME_BINDINGS"
+        assert "RequestContext(principal_id=..., user_id=...)" in str(caught.value)
+        result = await emu.service_client(max_retries=0).gate_authorize(
+            body={"feature_code": "openai.gpt-4o"}, context=RequestContext(principal_id="org:1")
+        )
+        assert not result.ok
+        assert result.code == "AUTH.MISSING_RUNTIME_BINDINGS"
+        assert "user_id" in (result.message or "")

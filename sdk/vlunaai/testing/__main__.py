@@ -14,7 +14,7 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from .app import create_app
+from .app import CONTROL_HEADER, CONTROL_HEADER_VALUE, create_app
 from .core import EmulatorSettings
 from .faults import ConnectionDropped
 from .seed import SeedError, generate_secret, load_seed
@@ -167,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app = create_app(settings, seed)
     operations = len(app.state.emulator.routes)
-    controls = f", controls at {base}/__emulator__" if settings.controls_enabled else ""
+    controls = (
+        f", controls at {base}/__emulator__ with the header {CONTROL_HEADER}: {CONTROL_HEADER_VALUE}"
+        if settings.controls_enabled
+        else ""
+    )
     lines = [
         f"Vluna emulator listening on {base} (realm {settings.realm_id}, {operations} operations{controls})",
         f"export VLUNA_SERVICE_BASE_URL={base}/mgt/v1",

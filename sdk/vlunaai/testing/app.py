@@ -5,7 +5,9 @@
 - `/hosted/...` serves the pages behind checkout, portal and subscription URLs, so a browser in
   dev mode can finish a checkout.
 - `/__emulator__/...` (only when `controls_enabled`) exposes counters, reset, fault injection
-  and a clock to expire tokens and leases.
+  and a clock to expire tokens and leases. Every control call must carry `X-Emulator-Control: 1`:
+  a header a cross-site form or a simple cross-origin request cannot send, so a web page open in
+  the developer's browser cannot reset or fault the emulator.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, delete, get, post
+from litestar import Litestar, MediaType, Request, Response, Router, delete, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.response import Redirect
@@ -29,6 +31,8 @@ from .handlers.checkout import complete_checkout
 from .seed import Seed, load_seed
 
 CONTROL_PREFIX = "/__emulator__"
+CONTROL_HEADER = "X-Emulator-Control"
+CONTROL_HEADER_VALUE = "1"
 SERVICE_MOUNT = "/mgt/v1"
 BEARER_MOUNT = "/api/v1"
 
@@ -62,6 +66,19 @@ def _envelope(data: Any, status: int = 200) -> Response[Any]:
 
 def _error(exc: ApiError) -> Response[Any]:
     return Response(exc.envelope("emu-control"), status_code=exc.status, media_type=MediaType.JSON)
+
+
+async def _require_control_header(request: Request[Any, Any, Any]) -> Response[Any] | None:
+    if request.headers.get(CONTROL_HEADER) == CONTROL_HEADER_VALUE:
+        return None
+    return _error(
+        ApiError(
+            403,
+            "AUTH.FORBIDDEN",
+            f"emulator controls require the header '{CONTROL_HEADER}: {CONTROL_HEADER_VALUE}'",
+            reason="control_header_missing",
+        )
+    )
 
 
 def _fault_from(body: dict[str, Any]) -> Fault:
@@ -167,11 +184,11 @@ def create_app(
 
     if emu.settings.controls_enabled:
 
-        @get(f"{CONTROL_PREFIX}/counters", media_type=MediaType.JSON)
+        @get("/counters", media_type=MediaType.JSON)
         async def counters() -> Response[Any]:
             return _envelope({"calls": dict(emu.faults.calls)})
 
-        @post(f"{CONTROL_PREFIX}/reset", status_code=200)
+        @post("/reset", status_code=200)
         async def reset(request: Request[Any, Any, Any]) -> Response[Any]:
             what = request.query_params.get("what", "all")
             if what == "counters":
@@ -186,7 +203,7 @@ def create_app(
                 )
             return _envelope({"reset": what})
 
-        @post(f"{CONTROL_PREFIX}/faults", status_code=201)
+        @post("/faults", status_code=201)
         async def add_fault(request: Request[Any, Any, Any]) -> Response[Any]:
             try:
                 body = await request.json()
@@ -197,16 +214,16 @@ def create_app(
                 return _error(ApiError(422, "VALIDATION.INVALID_INPUT", str(exc)))
             return _envelope(fault.describe(), status=201)
 
-        @get(f"{CONTROL_PREFIX}/faults", media_type=MediaType.JSON)
+        @get("/faults", media_type=MediaType.JSON)
         async def list_faults() -> Response[Any]:
             return _envelope({"faults": emu.faults.list()})
 
-        @delete(f"{CONTROL_PREFIX}/faults", status_code=200)
+        @delete("/faults", status_code=200)
         async def clear_faults() -> Response[Any]:
             emu.faults.clear()
             return _envelope({"faults": []})
 
-        @post(f"{CONTROL_PREFIX}/clock/advance", status_code=200)
+        @post("/clock/advance", status_code=200)
         async def advance_clock(request: Request[Any, Any, Any]) -> Response[Any]:
             body = await request.json()
             try:
@@ -216,7 +233,7 @@ def create_app(
             emu.time_offset += seconds
             return _envelope({"time_offset": emu.time_offset})
 
-        @post(f"{CONTROL_PREFIX}/checkouts/{{checkout_id:str}}/complete", status_code=200)
+        @post("/checkouts/{checkout_id:str}/complete", status_code=200)
         async def control_complete(request: Request[Any, Any, Any]) -> Response[Any]:
             checkout_id = str(request.path_params["checkout_id"])
             checkout = emu.state.checkouts.get(checkout_id)
@@ -225,7 +242,7 @@ def create_app(
             complete_checkout(emu.state, emu.seed.prices, checkout, now=emu.clock())
             return _envelope({"checkout_id": checkout_id, "status": checkout.status})
 
-        @get(f"{CONTROL_PREFIX}/config", media_type=MediaType.JSON)
+        @get("/config", media_type=MediaType.JSON)
         async def config() -> Response[Any]:
             s = emu.settings
             return _envelope(
@@ -243,16 +260,22 @@ def create_app(
                 }
             )
 
-        handlers += [
-            counters,
-            reset,
-            add_fault,
-            list_faults,
-            clear_faults,
-            advance_clock,
-            control_complete,
-            config,
-        ]
+        handlers.append(
+            Router(
+                CONTROL_PREFIX,
+                route_handlers=[
+                    counters,
+                    reset,
+                    add_fault,
+                    list_faults,
+                    clear_faults,
+                    advance_clock,
+                    control_complete,
+                    config,
+                ],
+                before_request=_require_control_header,
+            )
+        )
 
     def not_found_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
         error = ApiError(

@@ -22,6 +22,7 @@ import anyio
 import msgspec
 
 from vlunaai.signing import (
+    SvcAuthHeader,
     canonical_string,
     compute_signature,
     content_digest,
@@ -229,6 +230,43 @@ class Call:
             reason="missing_billing_account",
             status=400,
         )
+
+
+LEGACY_SIGNATURE_MESSAGE = (
+    "Signature mismatch: this request was signed in the pre-0.3 canonical form of the published "
+    "vlunaai 0.1.2 (x-billing-account-id before x-principal-id, no x-user-id / x-billing-user-id "
+    "lines), which Vluna no longer accepts; upgrade to vlunaai 0.3.2 or the vlunaai SDK of this project"
+)
+
+
+def legacy_canonical_string(
+    *,
+    method: str,
+    path_with_query: str,
+    timestamp: str,
+    nonce: str,
+    content_digest: str,
+    content_type: str,
+    realm_id: str,
+    principal_id: str | None,
+    billing_account_id: str | None,
+    idempotency_key: str,
+) -> str:
+    """The canonical string of the published vlunaai 0.1.2 signer (recognised, never accepted)."""
+    return "\n".join(
+        [
+            method.upper(),
+            path_with_query,
+            f"ts:{timestamp}",
+            f"nonce:{nonce}",
+            f"content-digest:{content_digest}",
+            f"content-type:{content_type}",
+            f"x-realm-id:{realm_id}",
+            f"x-billing-account-id:{billing_account_id or ''}",
+            f"x-principal-id:{principal_id or ''}",
+            f"idempotency-key:{idempotency_key}",
+        ]
+    )
 
 
 _TS_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})$")
@@ -600,7 +638,7 @@ class EmulatorCore:
         )
         expected = compute_signature(self._key_bytes[key.key_id], canonical)
         if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
-            raise bad_signature("invalid_signature", "the request signature does not verify")
+            raise self._signature_mismatch(key, parsed, method, target, received_digest, headers, realm_id)
         if key.status != "active":
             raise ApiError(
                 403,
@@ -639,6 +677,36 @@ class EmulatorCore:
         if not self.state.nonces.check_and_add(f"{key.key_id}:{parsed.nonce}", now=real_now, ttl=2 * skew):
             raise bad_signature("nonce_replayed", "this nonce was already used")
         return key
+
+    def _signature_mismatch(
+        self,
+        key: ServiceKey,
+        parsed: SvcAuthHeader,
+        method: str,
+        target: str,
+        digest: str,
+        headers: dict[str, str],
+        realm_id: str,
+    ) -> ApiError:
+        """The 401 for a signature that does not verify; it says so when the request was signed
+        the way the published vlunaai 0.1.2 signs (still refused, as the real server refuses it)."""
+        legacy = legacy_canonical_string(
+            method=method,
+            path_with_query=target,
+            timestamp=parsed.timestamp,
+            nonce=parsed.nonce,
+            content_digest=digest,
+            content_type=headers.get("content-type", ""),
+            realm_id=realm_id,
+            principal_id=headers.get("x-principal-id"),
+            billing_account_id=headers.get("x-billing-account-id"),
+            idempotency_key=headers.get("idempotency-key", ""),
+        )
+        if hmac.compare_digest(
+            compute_signature(self._key_bytes[key.key_id], legacy).encode(), parsed.signature.encode()
+        ):
+            return bad_signature("legacy_signature", LEGACY_SIGNATURE_MESSAGE)
+        return bad_signature("invalid_signature", "the request signature does not verify")
 
     def verify_bearer(self, headers: dict[str, str], realm_id: str) -> TokenClaims:
         authorization = headers.get("authorization")
