@@ -33,7 +33,7 @@ from bff.hooks import load_hook
 from bff.observability.metrics import MeteredStats
 from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.principals import PrincipalMapper
-from bff.settings import Settings, api_base_url, parse_key_spec
+from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.tokens.broker import BrokerConfig, TokenBroker
 from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
@@ -274,6 +274,15 @@ def create_app(
     from bff.routes.token import token_routes
     from bff.web import client_routes
 
+    # validate_settings refuses these; an app built from unchecked settings must not either, since
+    # "*" would grant credentials to every site.
+    bad = [
+        (f"server.cors_allow_origins[{i}]", p)
+        for i, o in enumerate(settings.server.cors_allow_origins)
+        if (p := origin_problem(o))
+    ]
+    if bad:
+        raise SettingsError(bad)
     services = build_services(
         settings, issuer=issuer, redis=redis, http=http, dev_keys=dev_keys, realm_id=realm_id, clock=clock
     )

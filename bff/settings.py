@@ -263,6 +263,53 @@ def parse_key_spec(spec: str) -> tuple[str, bytes]:
     return kid, raw
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why ``origin`` cannot be a CORS origin that is granted credentials, or None.
+
+    An origin is ``scheme://host[:port]`` exactly as browsers send it (RFC 6454): lower case, no
+    path, no trailing slash, no default port; anything else would never match (or, with ``*``,
+    would match every site)."""
+    if "*" in origin:
+        return (
+            "'*' and wildcards are refused: cookies and Authorization are granted to these origins, "
+            "so list each origin (e.g. https://app.example.com)"
+        )
+    if origin.strip().lower() == "null":
+        return "the 'null' origin (sandboxed frames, file: pages) cannot be trusted with credentials"
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return "expected scheme://host[:port] (e.g. https://app.example.com)"
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.netloc:
+        return "expected http:// or https:// and a host: scheme://host[:port]"
+    if parts.username is not None or parts.password is not None:
+        return "an origin has no user or password"
+    if parts.path or parts.query or parts.fragment or origin.endswith(("?", "#")):
+        return "an origin has no path, trailing slash, query or fragment: scheme://host[:port]"
+    if host.startswith("[") or ":" in host:
+        valid_host = True  # IPv6 literal: urlsplit has checked it
+    else:
+        valid_host = all(_HOST_LABEL.match(label) for label in host.split("."))
+    if not valid_host:
+        return "the host is not a valid host name"
+    if port == _DEFAULT_PORTS[parts.scheme.lower()]:
+        canonical = f"{parts.scheme.lower()}://{host if ':' not in host else f'[{host}]'}"
+        return f"browsers send the default port as no port: write {canonical}"
+    netloc = host if ":" not in host else f"[{host}]"
+    canonical = f"{parts.scheme.lower()}://{netloc}{f':{port}' if port is not None else ''}"
+    if origin != canonical:
+        return f"browsers send it as {canonical}: write it that way or it never matches"
+    return None
+
+
 def _is_base64(value: str) -> bool:
     import base64
     import binascii
@@ -401,6 +448,14 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
         seen.add(kid)
     if c.hmac_key is not None and len(c.hmac_key.get_secret_value().encode()) < 32:
         add(("cache.hmac_key", "must be at least 32 bytes"))
+    seen_origins: set[str] = set()
+    for i, origin in enumerate(s.server.cors_allow_origins):
+        problem = origin_problem(origin)
+        if problem is not None:
+            add((f"server.cors_allow_origins[{i}]", problem))
+        elif origin in seen_origins:
+            add((f"server.cors_allow_origins[{i}]", f"{origin} is listed twice"))
+        seen_origins.add(origin)
     o = s.observability
     if not o.metrics.path.startswith("/") or o.metrics.path in ("/healthz", "/readyz"):
         add(("observability.metrics.path", "must start with / and differ from /healthz and /readyz"))

@@ -197,3 +197,53 @@ def test_api_base_url_is_checked_and_never_the_service_api(keys: Keys) -> None:
             validate_settings(base_settings(keys, vluna={"api_base_url": bad}))
         assert fields_of(err.value) == {"vluna.api_base_url"}
         assert bad not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("origin", "says"),
+    [
+        ("*", "'*'"),
+        ("https://*.example.com", "wildcards"),
+        ("null", "'null'"),
+        ("https://app.example.com/", "trailing slash"),
+        ("https://app.example.com/app", "no path"),
+        ("https://App.Example.com", "https://app.example.com"),
+        ("https://app.example.com:443", "default port"),
+        ("app.example.com", "scheme://host"),
+        ("ftp://app.example.com", "http:// or https://"),
+        ("https://ex_ample.com", "host name"),
+        ("https://bob:hunter2-secret@app.example.com", "no user or password"),
+    ],
+)
+def test_cors_origins_are_checked_at_start_up(keys: Keys, origin: str, says: str) -> None:
+    data = base_settings(keys, server={"cors_allow_origins": ["https://ok.example.com", origin]})
+    with pytest.raises(SettingsError) as info:
+        validate_settings(data)
+    assert fields_of(info.value) == {"server.cors_allow_origins[1]"}
+    assert says in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_cors_origins_as_browsers_send_them_are_accepted(keys: Keys) -> None:
+    origins = [
+        "https://app.example.com",
+        "http://localhost:5173",
+        "http://127.0.0.1:8080",
+        "http://[::1]:3000",
+    ]
+    settings = validate_settings(base_settings(keys, server={"cors_allow_origins": origins}))
+    assert settings.server.cors_allow_origins == origins
+    twice = base_settings(keys, server={"cors_allow_origins": [origins[0], origins[0]]})
+    with pytest.raises(SettingsError) as info:
+        validate_settings(twice)
+    assert "listed twice" in str(info.value)
+
+
+def test_an_app_is_never_built_with_a_wildcard_origin(keys: Keys) -> None:
+    from bff.app import create_app
+    from bff.settings import Settings
+
+    unchecked = Settings.model_validate(base_settings(keys, server={"cors_allow_origins": ["*"]}))
+    with pytest.raises(SettingsError) as info:
+        create_app(unchecked)
+    assert fields_of(info.value) == {"server.cors_allow_origins[0]"}
