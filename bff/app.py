@@ -71,6 +71,9 @@ class Services:
 def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncClient) -> JwtVerifier:
     j = settings.auth.jwt
     sources: list[KeySource] = []
+    # Fixed keys first: a token they verify never waits on (or fails with) the JWKS URL.
+    if j.public_keys_pem:
+        sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     if j.jwks_url:
         sources.append(
             JwksKeySource(
@@ -80,14 +83,12 @@ def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncC
                 min_refresh_interval_sec=j.jwks_refresh_min_interval_sec,
             )
         )
-    if j.public_keys_pem:
-        sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     issuers = [j.issuer] if j.issuer else []
     audiences = list(j.audience)
     algorithms = list(j.algorithms)
     if dev_keys is not None:
         # The dev key is trusted only here, i.e. only when `vluna-bff dev` built the app.
-        sources.append(dev_keys)
+        sources.insert(0, dev_keys)
         issuers.append(settings.dev.issuer)
         audiences.append(settings.dev.audience)
         if "ES256" not in algorithms:

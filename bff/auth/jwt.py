@@ -14,7 +14,7 @@ from typing import Any
 
 import jwt
 
-from bff.auth.jwks import KeySource
+from bff.auth.jwks import KeySource, KeysUnavailable, sources_of
 from bff.errors import Unauthenticated
 from bff.settings import HS_ALGORITHMS
 
@@ -23,6 +23,10 @@ MAX_NUMERIC_DATE = 253_402_300_799
 TIME_CLAIMS = ("exp", "nbf", "iat")
 # Parsing failures that pyjwt may let through for hostile input: reported as "invalid token".
 _PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
+
+
+class _BadSignature(Unauthenticated):
+    """No key of a source verified the signature (another source's key may)."""
 
 
 def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
@@ -104,13 +108,41 @@ class JwtVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise Unauthenticated("malformed token")
-        keys: Sequence[Any]
         if alg in HS_ALGORITHMS:
             # The shared secret only for HS*, and HS* only with the shared secret: a public key can
             # never be used as an HMAC secret.
-            keys = [self._hs_secret] if self._hs_secret else []
+            claims = self._with_keys(token, alg, [self._hs_secret] if self._hs_secret else [])
         else:
-            keys = await self._keys.keys_for(kid, alg) if self._keys else []
+            claims = await self._with_sources(token, alg, kid)
+        self._check_times(claims)
+        return claims
+
+    async def _with_sources(self, token: str, alg: str, kid: str | None) -> dict[str, Any]:
+        """Each source in turn: the first key that verifies decides. A source that cannot answer
+        only matters (503) if no other source's key verified the token."""
+        unavailable: KeysUnavailable | None = None
+        tried = False
+        for source in sources_of(self._keys):
+            try:
+                keys = await source.keys_for(kid, alg)
+            except KeysUnavailable as exc:
+                unavailable = exc
+                continue
+            if keys:
+                tried = True
+                try:
+                    return self._with_keys(token, alg, keys)
+                except _BadSignature:
+                    continue
+        if unavailable is not None:
+            raise unavailable
+        if not tried:
+            raise Unauthenticated("no key to verify this token (unknown kid)")
+        raise Unauthenticated("token signature invalid")
+
+    def _with_keys(self, token: str, alg: str, keys: Sequence[Any]) -> dict[str, Any]:
+        """The claims, once one of ``keys`` verified the signature; ``_BadSignature`` when none
+        did (``Unauthenticated`` for anything else wrong with a signed token)."""
         if not keys:
             raise Unauthenticated("no key to verify this token (unknown kid)")
         for key in keys:
@@ -140,9 +172,8 @@ class JwtVerifier:
                 raise Unauthenticated(f"token lacks the {exc.claim!r} claim") from None
             except (jwt.InvalidTokenError, *_PARSE_ERRORS):
                 raise Unauthenticated("invalid token") from None
-            self._check_times(claims)
             return claims
-        raise Unauthenticated("token signature invalid")
+        raise _BadSignature("token signature invalid")
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock()
