@@ -14,7 +14,9 @@ Secrets are ``SecretStr`` so that ``repr``, ``model_dump`` and every log line sh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -310,6 +312,29 @@ def origin_problem(origin: str) -> str | None:
     return None
 
 
+def weak_key_problem(key: bytes) -> str | None:
+    """Why ``key`` is obviously not random, or None. Only the obvious: few distinct bytes, a
+    repeated pattern, a run of neighbouring characters, or little variety overall (a Shannon
+    estimate under 64 bits). Passing says nothing about strength; random keys always pass.
+    The message never includes the key."""
+    n = len(key)
+    if n == 0:
+        return "is empty"
+    if len(set(key)) < 8:
+        return "has fewer than 8 distinct characters: use random bytes (e.g. openssl rand -base64 32)"
+    for period in range(1, n // 2 + 1):
+        if key[period:] == key[:-period]:  # e.g. "password1234password1234password"
+            return "is a repeated pattern: use random bytes (e.g. openssl rand -base64 32)"
+    neighbours = sum(1 for a, b in itertools.pairwise(key) if abs(a - b) <= 1)
+    if neighbours * 3 > (n - 1) * 2:
+        return "is mostly a run of neighbouring characters: use random bytes (e.g. openssl rand -base64 32)"
+    counts = [key.count(b) for b in set(key)]
+    bits = -sum(c * math.log2(c / n) for c in counts)
+    if bits < 64:
+        return "has too little variety to be random: use random bytes (e.g. openssl rand -base64 32)"
+    return None
+
+
 def _is_base64(value: str) -> bool:
     import base64
     import binascii
@@ -353,8 +378,12 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
                 add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
         if algs & HS_ALGORITHMS and j.hs_secret is None and not dev:
             add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
-        if j.hs_secret is not None and len(j.hs_secret.get_secret_value().encode()) < 32:
-            add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+        if j.hs_secret is not None:
+            hs = j.hs_secret.get_secret_value().encode()
+            if len(hs) < 32:
+                add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+            elif (weak := weak_key_problem(hs)) is not None:
+                add(("auth.jwt.hs_secret", weak))
         if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.public_keys_pem or dev):
             add(("auth.jwt.jwks_url", "a JWKS URL or auth.jwt.public_keys_pem is required"))
         if not dev:
@@ -439,15 +468,21 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     seen: set[str] = set()
     for i, spec in enumerate(c.encryption_keys):
         try:
-            kid, _ = parse_key_spec(spec.get_secret_value())
+            kid, raw_key = parse_key_spec(spec.get_secret_value())
         except ValueError as exc:
             add((f"cache.encryption_keys[{i}]", str(exc)))
             continue
+        if (weak := weak_key_problem(raw_key)) is not None:
+            add((f"cache.encryption_keys[{i}]", f"key {kid!r} {weak}"))
         if kid in seen:
             add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
         seen.add(kid)
-    if c.hmac_key is not None and len(c.hmac_key.get_secret_value().encode()) < 32:
-        add(("cache.hmac_key", "must be at least 32 bytes"))
+    if c.hmac_key is not None:
+        hmac_key = c.hmac_key.get_secret_value().encode()
+        if len(hmac_key) < 32:
+            add(("cache.hmac_key", "must be at least 32 bytes"))
+        elif (weak := weak_key_problem(hmac_key)) is not None:
+            add(("cache.hmac_key", weak))
     seen_origins: set[str] = set()
     for i, origin in enumerate(s.server.cors_allow_origins):
         problem = origin_problem(origin)

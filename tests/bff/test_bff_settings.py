@@ -61,7 +61,7 @@ def test_yaml_then_env_then_file_secrets(tmp_path: Path, keys: Keys) -> None:
 def test_secret_files_hold_json_lists_and_plain_text(tmp_path: Path, keys: Keys) -> None:
     cfg = tmp_path / "bff.yaml"
     cfg.write_text(yaml.safe_dump(base_settings(keys)))
-    rotation = [f"k2:{base64.b64encode(b'2' * 32).decode()}", f"k1:{base64.b64encode(b'1' * 32).decode()}"]
+    rotation = [ENC_KEY_2, ENC_KEY_1]
     keys_file = tmp_path / "encryption-keys"
     keys_file.write_text(json.dumps(rotation) + "\n")
     bracketed = tmp_path / "hs"
@@ -247,3 +247,41 @@ def test_an_app_is_never_built_with_a_wildcard_origin(keys: Keys) -> None:
     with pytest.raises(SettingsError) as info:
         create_app(unchecked)
     assert fields_of(info.value) == {"server.cors_allow_origins[0]"}
+
+
+WEAK = {
+    "32 identical characters": "a" * 32,
+    "two characters": "ab" * 16,
+    "a repeated word": "password1234password1234password",
+    "a run": "0123456789abcdefghijklmnopqrstuvwxyz",
+    "mostly one character": "a" * 30 + "bcdefghij",
+}
+
+
+@pytest.mark.parametrize("weak", list(WEAK.values()), ids=list(WEAK))
+def test_obviously_weak_secrets_are_refused(keys: Keys, weak: str) -> None:
+    data = base_settings(
+        keys,
+        auth={"jwt": {"algorithms": ["RS256", "HS256"], "hs_secret": weak}},
+        cache={
+            "hmac_key": weak,
+            "encryption_keys": [ENC_KEY_1, "k9:" + base64.b64encode(weak[:32].encode()).decode()],
+        },
+    )
+    with pytest.raises(SettingsError) as info:
+        validate_settings(data)
+    assert fields_of(info.value) == {"auth.jwt.hs_secret", "cache.hmac_key", "cache.encryption_keys[1]"}
+    text = str(info.value)
+    assert weak not in text and weak[:32] not in text
+    assert "random" in text
+
+
+def test_random_secrets_pass_the_weakness_check() -> None:
+    import os
+    import secrets
+
+    from bff.settings import weak_key_problem
+
+    for _ in range(2000):
+        for key in (os.urandom(32), secrets.token_hex(16).encode(), base64.b64encode(os.urandom(32))):
+            assert weak_key_problem(key) is None

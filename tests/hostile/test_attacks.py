@@ -223,6 +223,37 @@ CASES = [
     ),
     Case("cookie-delete-without-csrf", method="DELETE", token=valid, cookie=True, status=(403,)),
     Case("forged-cookie-with-csrf", token=forged, cookie=True, headers=[CSRF]),
+    # Two session cookies (one tossed in by a sibling domain): which is the user's? Refused.
+    Case(
+        "two-session-cookies-two-headers",
+        token=valid,
+        cookie=True,
+        headers=[CSRF, ("Cookie", "vluna_session={other-valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-one-header",
+        headers=[CSRF, ("Cookie", "theme=dark; vluna_session={other-valid}; vluna_session={valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-same-value",
+        headers=[CSRF, ("Cookie", "vluna_session={valid};vluna_session={valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-one-empty",
+        headers=[CSRF, ("Cookie", "vluna_session=; vluna_session={valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-on-proxy-write",
+        method="POST",
+        path=f"{P}/checkouts",
+        headers=[CSRF, JSON, ("Cookie", "vluna_session={valid}; vluna_session={other-valid}")],
+        body=b"{}",
+        status=(400,),
+    ),
     # -- proxy paths: traversal and encoding tricks -------------------------------------------
     Case("dotdot-to-mgt", path=f"{P}/../../../mgt/v1/token/issue", token=valid, status=(400, 404)),
     Case("dotdot-in-route", path=f"{P}/checkouts/../catalog/products", token=valid, status=(400,)),
@@ -321,7 +352,13 @@ CASES = [
         "two-authorization-headers",
         headers=[("Authorization", "Bearer junk")],
         token=valid,
-        status=(400, 401),
+        status=(400,),
+    ),
+    Case(
+        "two-valid-authorization-headers",
+        headers=[("Authorization", "Bearer " + "{other-valid}")],
+        token=valid,
+        status=(400,),
     ),
     Case(
         "get-with-body",
@@ -411,7 +448,12 @@ def build(case: Case, keys: UserKeys) -> bytes:
             auth = f"Authorization: Bearer {valid(keys)}\r\n".encode()
         return case.raw.replace(b"{auth}", auth)
     lines = [f"{case.method} {case.path} HTTP/1.1", f"Host: {LOOPBACK}"]
-    lines += [f"{k}: {v}" for k, v in _hdr(case, keys)]
+    # {valid} and {other-valid}: tokens of two different signed-in users, placed by the case.
+    fill = {"{valid}": valid(keys), "{other-valid}": keys.token("victim", org="victim-org")}
+    for k, v in _hdr(case, keys):
+        for name, token in fill.items():
+            v = v.replace(name, token)
+        lines.append(f"{k}: {v}")
     if case.body or case.method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(case.body)}")
     lines.append("Connection: close")
