@@ -69,6 +69,7 @@ def canonical_string(
     user_id: str | None = None,
     billing_account_id: str | None = None,
     idempotency_key: str,
+    billing_user_id: str | None = None,
 ) -> str:
     return "\n".join(
         [
@@ -82,7 +83,7 @@ def canonical_string(
             f"x-principal-id:{principal_id or ''}",
             f"x-user-id:{user_id or ''}",
             f"x-billing-account-id:{billing_account_id or ''}",
-            "x-billing-user-id:",
+            f"x-billing-user-id:{billing_user_id or ''}",
             f"idempotency-key:{idempotency_key}",
         ]
     )

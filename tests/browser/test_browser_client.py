@@ -131,18 +131,23 @@ def test_helpers_over_the_proxy_send_the_anti_forgery_header(page: Page, service
                 return_url: location.origin + '/done',
             });
             const again = await c.checkout.get(checkout.checkout_id);
+            const session = await c.checkout.session({
+                items: [{ catalog_price_id: prices[0].catalog_price_id, quantity: 1 }],
+            });
             const portal = await c.portal.create({ return_url: location.origin + '/' });
             return { n: prices.length, url: checkout.launch_url,
                      id: again.checkout_id === checkout.checkout_id,
-                     status: again.status, portal: portal.portal_url };
+                     status: again.status, session: session.checkout_url, portal: portal.portal_url };
         }"""
     )
     assert out["n"] >= 3
     # Dev mode's launch URLs are the dev server's own pages: a SPA opens them as they are.
     assert out["url"].startswith(f"{service.url}/hosted/checkout/")
     assert out["id"] is True and out["status"] == "open"
+    assert "/hosted/checkout/" in out["session"]
     assert out["portal"].startswith(f"{service.url}/hosted/portal/")
-    assert [r.method for r in proxied] == ["GET", "POST", "GET", "POST"]
+    assert [r.method for r in proxied] == ["GET", "POST", "GET", "POST", "POST"]
+    assert proxied[3].url.endswith("/vluna/api/v1/checkout/sessions")
     assert all(r.headers.get("x-vluna-csrf") == "1" for r in proxied)
     page.goto(out["url"])
     expect(page.locator("h1")).to_have_text("Checkout (emulated)")

@@ -257,11 +257,13 @@ def test_hierarchy() -> None:
         assert issubclass(cls, APIStatusError)
 
 
-async def test_missing_runtime_bindings_says_which_context_field_to_set() -> None:
-    # A gate call with a principal but no user id, as the published quickstart makes it.
+@pytest.mark.parametrize("flavor", ["0.3.2", "oss"])
+async def test_missing_runtime_bindings_says_which_context_field_to_set(flavor: str) -> None:
+    # A gate call with a principal but no user id, as the published quickstart makes it: refused
+    # by both flavours (and by the open-source server, recorded).
     from vlunaai.testing import VlunaEmulator
 
-    async with VlunaEmulator() as emu:
+    async with VlunaEmulator(flavor=flavor) as emu:
         raising = emu.service_client(error_mode="raise", max_retries=0)
         with pytest.raises(AuthenticationError) as caught:
             await raising.gate_authorize(

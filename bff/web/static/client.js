@@ -315,6 +315,10 @@ function createClient(options = {}) {
       create: ({ items, return_url = here(), ...rest }) =>
         api("/checkouts", { method: "POST", body: { items, return_url, ...rest } }),
       get: (checkoutId) => api(`/checkouts/${encodeURIComponent(checkoutId)}`),
+      // A checkout session (POST /checkout/sessions): every Vluna server has it, the open-source
+      // one too (which has no /checkouts). Answers { checkout_url, ... }.
+      session: ({ items, success_url = here(), cancel_url = here(), ...rest }) =>
+        api("/checkout/sessions", { method: "POST", body: { items, success_url, cancel_url, ...rest } }),
     },
     portal: {
       create: ({ return_url = here(), ...rest } = {}) =>

@@ -22,12 +22,11 @@ from litestar.handlers import asgi
 from litestar.response import Redirect
 from litestar.types import Receive, Scope, Send
 
-from .core import EmulatorCore, EmulatorSettings, OperationLike
+from .core import CoreBase, EmulatorCore, EmulatorSettings, OperationLike
 from .errors import ApiError
 from .faults import Fault
 from .generic import EnvelopeSamples
 from .handlers import HANDLERS, generic
-from .handlers.checkout import complete_checkout
 from .seed import Seed, load_seed
 
 CONTROL_PREFIX = "/__emulator__"
@@ -49,10 +48,17 @@ def build_core(
     *,
     operations: Iterable[OperationLike] | None = None,
     samples: EnvelopeSamples | None = None,
-) -> EmulatorCore:
+) -> CoreBase:
+    """The request pipeline of the flavour `settings.flavor` names."""
+    settings = settings or EmulatorSettings()
+    seed = seed if seed is not None else load_seed()
+    if settings.flavor == "oss":
+        from .oss import OssCore
+
+        return OssCore(settings, seed)
     return EmulatorCore(
-        settings or EmulatorSettings(),
-        seed if seed is not None else load_seed(),
+        settings,
+        seed,
         operations if operations is not None else default_operations(),
         HANDLERS,
         generic,
@@ -99,29 +105,16 @@ def _fault_from(body: dict[str, Any]) -> Fault:
     )
 
 
-def create_app(
-    settings: EmulatorSettings | None = None,
-    seed: Seed | None = None,
-    *,
-    core: EmulatorCore | None = None,
-    operations: Iterable[OperationLike] | None = None,
-) -> Litestar:
-    """The emulator as a Litestar ASGI app; `app.state.emulator` is its `EmulatorCore`."""
-    emu = core or build_core(settings, seed, operations=operations)
-
-    @asgi(SERVICE_MOUNT, is_mount=True, copy_scope=False)
-    async def service_api(scope: Scope, receive: Receive, send: Send) -> None:
+def _mount(path: str, emu: CoreBase) -> Any:
+    @asgi(path, is_mount=True, copy_scope=False)
+    async def api(scope: Scope, receive: Receive, send: Send) -> None:
         await emu.asgi(scope, receive, send)  # type: ignore[arg-type]
 
-    @asgi(BEARER_MOUNT, is_mount=True, copy_scope=False)
-    async def bearer_api(scope: Scope, receive: Receive, send: Send) -> None:
-        await emu.asgi(scope, receive, send)  # type: ignore[arg-type]
+    return api
 
-    @get("/healthz", media_type=MediaType.JSON)
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True, "code": "OK", "data": {"status": "ok", "realm_id": emu.settings.realm_id}}
 
-    # --- hosted pages -------------------------------------------------------------------------
+def _hosted_pages(emu: EmulatorCore) -> list[Any]:
+    """The pages behind hosted checkout and portal URLs (pay or cancel a checkout by hand)."""
 
     @get("/hosted/checkout/{checkout_id:str}", media_type=MediaType.HTML)
     async def hosted_checkout(request: Request[Any, Any, Any]) -> str:
@@ -150,7 +143,7 @@ def create_app(
         checkout = emu.state.checkouts.get(checkout_id)
         if checkout is None:
             raise NotFoundException("unknown checkout")
-        complete_checkout(emu.state, emu.seed.prices, checkout, now=emu.clock())
+        emu.complete_checkout(checkout_id)
         return Redirect(path=checkout.return_url, status_code=303)
 
     @post("/hosted/checkout/{checkout_id:str}/cancel", status_code=303)
@@ -170,15 +163,30 @@ def create_app(
             "<body><h1>Billing portal (emulated)</h1><p>Nothing to manage here.</p></body></html>"
         )
 
-    handlers: list[Any] = [
-        service_api,
-        bearer_api,
-        healthz,
-        hosted_checkout,
-        hosted_complete,
-        hosted_cancel,
-        hosted_portal,
-    ]
+    return [hosted_checkout, hosted_complete, hosted_cancel, hosted_portal]
+
+
+def create_app(
+    settings: EmulatorSettings | None = None,
+    seed: Seed | None = None,
+    *,
+    core: CoreBase | None = None,
+    operations: Iterable[OperationLike] | None = None,
+) -> Litestar:
+    """The emulator as a Litestar ASGI app; `app.state.emulator` is its core (`EmulatorCore` for
+    the 0.3.2 flavour, `OssCore` for the open-source server's)."""
+    emu = core or build_core(settings, seed, operations=operations)
+    oss = emu.flavor == "oss"
+    # The open-source server also answers outside the two API prefixes (/health, /api/billing/...).
+    mounts = ("/mgt", "/api", "/health") if oss else (SERVICE_MOUNT, BEARER_MOUNT)
+
+    @get("/healthz", media_type=MediaType.JSON)
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "code": "OK", "data": {"status": "ok", "realm_id": emu.settings.realm_id}}
+
+    handlers: list[Any] = [*(_mount(path, emu) for path in mounts), healthz]
+    if isinstance(emu, EmulatorCore):  # the open-source server has no payment provider: no checkouts
+        handlers += _hosted_pages(emu)
 
     # --- control API ------------------------------------------------------------------------
 
@@ -236,11 +244,11 @@ def create_app(
         @post("/checkouts/{checkout_id:str}/complete", status_code=200)
         async def control_complete(request: Request[Any, Any, Any]) -> Response[Any]:
             checkout_id = str(request.path_params["checkout_id"])
-            checkout = emu.state.checkouts.get(checkout_id)
-            if checkout is None:
+            try:
+                emu.complete_checkout(checkout_id)
+            except KeyError:
                 return _error(ApiError(404, "RESOURCE.NOT_FOUND", "unknown checkout"))
-            complete_checkout(emu.state, emu.seed.prices, checkout, now=emu.clock())
-            return _envelope({"checkout_id": checkout_id, "status": checkout.status})
+            return _envelope({"checkout_id": checkout_id, "status": "completed"})
 
         @get("/config", media_type=MediaType.JSON)
         async def config() -> Response[Any]:
@@ -256,7 +264,8 @@ def create_app(
                     },
                     "skew_seconds": s.skew_seconds,
                     "lease_ttl_seconds": s.lease_ttl_seconds,
-                    "operations": len(emu.routes),
+                    "flavor": s.flavor,
+                    "operations": emu.operation_count,
                 }
             )
 
@@ -278,6 +287,11 @@ def create_app(
         )
 
     def not_found_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        if oss and exc.status_code in (404, 405):
+            # As the open-source server answers any path it has no route for.
+            message = f"Cannot {request.method} {request.url.path}"
+            body = {"ok": False, "code": "RESOURCE.NOT_FOUND", "message": message, "meta": {"status": 404}}
+            return Response(body, status_code=404, media_type="application/json; charset=utf-8")
         error = ApiError(
             exc.status_code,
             "RESOURCE.NOT_FOUND" if exc.status_code in (404, 405) else "SERVER.UNEXPECTED",
