@@ -489,8 +489,17 @@ def test_attack(target: Target, case: Case) -> None:
     assert status < 500, raw[:600]
     assert raw.count(b"HTTP/1.1 ") == 1, "a second (smuggled) request was answered"
     _head, _, body = raw.partition(b"\r\n\r\n")
-    # Error answers carry no secret and no echo of the credential.
+    # Error answers carry no secret and no echo of the credential (no JWT at all: every JWT, the
+    # caller's or a platform token, begins with a base64 '{"').
     assert b"Traceback" not in body and b"BEGIN PUBLIC KEY" not in body
+    assert b"eyJ" not in raw, raw[:600]
+    if b"content-type: application/json" in _head.lower():
+        error = json.loads(body)
+        assert set(error) == {"error", "message"} and error["error"] and error["message"], body[:600]
+    else:
+        # Only requests the HTTP server itself cannot parse are answered by it (as plain text),
+        # and it closes the connection after them.
+        assert status == 400 and b"connection: close" in _head.lower(), raw[:600]
     # Nothing reached Vluna.
     assert target.upstream_marks() == before
 
