@@ -110,8 +110,11 @@ def _iso(epoch: float) -> str:
 @delete("/vluna/token", status_code=204)
 async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     principal = await _principal(request)
+    services = request.app.state.services
+    if services.proxy is not None:
+        services.proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
     try:
-        await request.app.state.services.broker.forget(principal)
+        await services.broker.forget(principal)
     except SignOutIncomplete as exc:
         # A 204 promises that no replica serves these tokens again; without Redis that cannot
         # be promised, so the client is asked to sign out again later.
