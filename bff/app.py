@@ -33,13 +33,14 @@ from bff.hooks import load_hook
 from bff.observability.metrics import MeteredStats
 from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.principals import PrincipalMapper
-from bff.settings import Settings, api_base_url, parse_key_spec
+from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.tokens.broker import BrokerConfig, TokenBroker
 from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
+from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock
 from bff.tokens.redis_client import make_redis
 
@@ -70,6 +71,9 @@ class Services:
 def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncClient) -> JwtVerifier:
     j = settings.auth.jwt
     sources: list[KeySource] = []
+    # Fixed keys first: a token they verify never waits on (or fails with) the JWKS URL.
+    if j.public_keys_pem:
+        sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     if j.jwks_url:
         sources.append(
             JwksKeySource(
@@ -79,14 +83,12 @@ def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncC
                 min_refresh_interval_sec=j.jwks_refresh_min_interval_sec,
             )
         )
-    if j.public_keys_pem:
-        sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     issuers = [j.issuer] if j.issuer else []
     audiences = list(j.audience)
     algorithms = list(j.algorithms)
     if dev_keys is not None:
         # The dev key is trusted only here, i.e. only when `vluna-bff dev` built the app.
-        sources.append(dev_keys)
+        sources.insert(0, dev_keys)
         issuers.append(settings.dev.issuer)
         audiences.append(settings.dev.audience)
         if "ES256" not in algorithms:
@@ -203,6 +205,9 @@ def build_services(
         stats=stats,
         lock=lock,
         notifier=notifier,
+        limiter=IssuanceLimiter(
+            t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
+        ),
         clock=clock,
     )
     mapper = ObservedPrincipalMapper(
@@ -270,6 +275,15 @@ def create_app(
     from bff.routes.token import token_routes
     from bff.web import client_routes
 
+    # validate_settings refuses these; an app built from unchecked settings must not either, since
+    # "*" would grant credentials to every site.
+    bad = [
+        (f"server.cors_allow_origins[{i}]", p)
+        for i, o in enumerate(settings.server.cors_allow_origins)
+        if (p := origin_problem(o))
+    ]
+    if bad:
+        raise SettingsError(bad)
     services = build_services(
         settings, issuer=issuer, redis=redis, http=http, dev_keys=dev_keys, realm_id=realm_id, clock=clock
     )

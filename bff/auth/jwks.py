@@ -1,5 +1,9 @@
 """Where verification keys come from: a JWKS URL (cached, refreshed on an unknown kid at a
-bounded rate) or a fixed set (PEM files, the dev key)."""
+bounded rate) or a fixed set (PEM files, the dev key).
+
+Sources are independent: one that cannot answer (a JWKS URL that is down before its first
+successful fetch) raises ``KeysUnavailable``, which the verifier only reports (503) when no key
+of any other source verified the token."""
 
 from __future__ import annotations
 
@@ -18,6 +22,17 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from bff.errors import ServiceUnavailable
 
 log = logging.getLogger("bff.jwks")
+
+# With no JWKS fetched yet, a failed fetch is retried at most this often (or the configured
+# refresh interval, if shorter), so a dead URL does not cost every request a fetch and a timeout.
+UNFETCHED_RETRY_SEC = 5.0
+
+
+class KeysUnavailable(ServiceUnavailable):
+    """A key source cannot say which keys it has (its JWKS was never fetched)."""
+
+    def __init__(self) -> None:
+        super().__init__("identity provider keys are unavailable", retry_after=5, code="auth_unavailable")
 
 
 def key_fits(alg: str, key: Any) -> bool:
@@ -65,14 +80,35 @@ class StaticKeySource:
 
 
 class CompositeKeySource:
+    """Several sources; the verifier asks them one by one (``sources``), so that a token one of
+    them verifies never waits for, or fails with, another."""
+
     def __init__(self, sources: Sequence[KeySource]) -> None:
         self._sources = list(sources)
 
+    @property
+    def sources(self) -> list[KeySource]:
+        return list(self._sources)
+
     async def keys_for(self, kid: str | None, alg: str) -> Sequence[Any]:
         out: list[Any] = []
+        missing: KeysUnavailable | None = None
         for source in self._sources:
-            out.extend(await source.keys_for(kid, alg))
+            try:
+                out.extend(await source.keys_for(kid, alg))
+            except KeysUnavailable as exc:
+                missing = exc
+        if missing is not None and not out:
+            raise missing
         return out
+
+
+def sources_of(source: KeySource | None) -> list[KeySource]:
+    if source is None:
+        return []
+    if isinstance(source, CompositeKeySource):
+        return source.sources
+    return [source]
 
 
 def parse_jwks(doc: Any) -> list[VerificationKey]:
@@ -114,7 +150,7 @@ class JwksKeySource:
     async def keys_for(self, kid: str | None, alg: str) -> Sequence[Any]:
         now = time.monotonic()
         if self._fetched_at is None or now - self._fetched_at >= self._ttl:
-            await self._refresh(now, bounded=self._fetched_at is not None)
+            await self._refresh(now, bounded=True)
         found = _select(self._keys, kid, alg)
         if not found and kid is not None and all(k.kid != kid for k in self._keys):
             # A new kid usually means the IdP rotated keys; the bound stops forged kids from
@@ -122,9 +158,7 @@ class JwksKeySource:
             await self._refresh(time.monotonic(), bounded=True)
             found = _select(self._keys, kid, alg)
         if not found and self._fetched_at is None:
-            raise ServiceUnavailable(
-                "identity provider keys are unavailable", retry_after=5, code="auth_unavailable"
-            )
+            raise KeysUnavailable()
         return found
 
     async def _refresh(self, requested_at: float, *, bounded: bool) -> None:
@@ -132,7 +166,10 @@ class JwksKeySource:
             last = self._last_attempt
             if last is not None and last >= requested_at:
                 return  # someone refreshed while we waited for the lock
-            if bounded and last is not None and requested_at - last < self._min_interval:
+            interval = self._min_interval
+            if self._fetched_at is None:
+                interval = min(interval, UNFETCHED_RETRY_SEC)
+            if bounded and last is not None and requested_at - last < interval:
                 return
             self._last_attempt = time.monotonic()
             self.fetches += 1

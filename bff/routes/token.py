@@ -10,7 +10,7 @@ from litestar import Request, Response, delete, get
 from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from bff.errors import BadRequest, ServiceUnavailable, UpstreamRejected
+from bff.errors import BadRequest, ServiceUnavailable, TooManyRequests, UpstreamRejected
 from bff.tokens.broker import (
     Principal,
     SignOutIncomplete,
@@ -19,6 +19,7 @@ from bff.tokens.broker import (
     TokenRejected,
     TokenUnavailable,
 )
+from bff.tokens.limits import IssuanceLimited
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -52,6 +53,17 @@ async def token_or_http_error(broker: TokenBroker, principal: Principal, scopes:
         ) from None
     except TokenRejected:
         raise UpstreamRejected("the billing service refused to issue a token for this user") from None
+    except IssuanceLimited as exc:
+        if exc.budget:
+            raise TooManyRequests(
+                "the service is issuing too many billing tokens right now",
+                retry_after=exc.retry_after,
+                code="issuance_budget_exhausted",
+            ) from None
+        raise TooManyRequests(
+            "too many new billing tokens for this user; a token already held stays valid",
+            retry_after=exc.retry_after,
+        ) from None
 
 
 async def _principal(request: Request[Any, Any, Any]) -> Principal:
@@ -98,8 +110,11 @@ def _iso(epoch: float) -> str:
 @delete("/vluna/token", status_code=204)
 async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     principal = await _principal(request)
+    services = request.app.state.services
+    if services.proxy is not None:
+        services.proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
     try:
-        await request.app.state.services.broker.forget(principal)
+        await services.broker.forget(principal)
     except SignOutIncomplete as exc:
         # A 204 promises that no replica serves these tokens again; without Redis that cannot
         # be promised, so the client is asked to sign out again later.

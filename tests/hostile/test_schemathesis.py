@@ -81,7 +81,8 @@ def service_document() -> dict[str, Any]:
         "200": _json(TOKEN, "the caller's platform token"),
         **_errors(400, 401, 403, 429, 502, 503),
     }
-    token["delete"]["responses"] = {"204": {"description": "signed out"}, **_errors(401, 403)}
+    # 400: ambiguous credentials; 503: the sign-out could not be recorded (Redis away).
+    token["delete"]["responses"] = {"204": {"description": "signed out"}, **_errors(400, 401, 403, 503)}
     for op in paths["/vluna/api/v1/{sub}"].values():
         op["responses"] = {
             "200": _json(ANY_OBJECT, "Vluna's answer"),
