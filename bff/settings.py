@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bff.proxy.config import ProxySettings, RateLimitSettings
 
@@ -241,6 +249,19 @@ class Settings(_Model):
     observability: ObservabilitySettings = ObservabilitySettings()
     proxy: ProxySettings = ProxySettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dev_mode_caches_in_process(cls, data: Any) -> Any:
+        """Dev mode is one process: its cache defaults to memory (no Redis needed to try it)
+        unless the configuration names a backend."""
+        if not isinstance(data, Mapping):
+            return data
+        dev, cache = data.get("dev"), data.get("cache")
+        dev_on = dev.get("enabled") is True if isinstance(dev, Mapping) else False
+        if dev_on and (cache is None or (isinstance(cache, Mapping) and "backend" not in cache)):
+            return {**data, "cache": {**(cache or {}), "backend": "memory"}}
+        return data
 
     def redacted_dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

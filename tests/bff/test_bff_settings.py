@@ -307,3 +307,18 @@ def test_random_secrets_pass_the_weakness_check() -> None:
     for _ in range(2000):
         for key in (os.urandom(32), secrets.token_hex(16).encode(), base64.b64encode(os.urandom(32))):
             assert weak_key_problem(key) is None
+
+
+def test_dev_mode_caches_in_process_unless_a_backend_is_named() -> None:
+    # `vluna-bff dev` anywhere (no config file): one process, no Redis needed.
+    assert validate_settings({"dev": {"enabled": True}}).cache.backend == "memory"
+    with pytest.raises(SettingsError) as info:
+        validate_settings({"dev": {"enabled": True}, "cache": {"backend": "redis"}})
+    assert "cache.redis.url" in str(info.value)
+    named = validate_settings(
+        {
+            "dev": {"enabled": True},
+            "cache": {"backend": "redis", "redis": {"url": "redis://127.0.0.1:6379/0"}},
+        }
+    )
+    assert named.cache.backend == "redis"
