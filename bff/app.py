@@ -299,6 +299,7 @@ def create_app(
                 await services.http.aclose()
             for fn in on_shutdown:
                 await fn()
+            log.info("Application shutdown complete (pools closed)")
 
     s = settings.server
     cors = (
@@ -332,7 +333,9 @@ def create_app(
     if cors is not None:
         cors_credentials.install(app)
     # Inside the observability wrapper, so refused requests are still logged and counted.
-    http_guard.install(app)
+    http_guard.install(
+        app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
+    )
     instrument(app, settings, services)
     return app
 
