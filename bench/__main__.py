@@ -498,7 +498,12 @@ NOTES = """\
 """
 
 
-def render(meta: dict[str, Any], rows: list[dict[str, Any]], appendix: Sequence[tuple[str, str]] = ()) -> str:
+def render(
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    appendix: Sequence[tuple[str, str]] = (),
+    per_run: str = "docs/benchmarks.json",
+) -> str:
     def f(x: Any, spec: str) -> str:
         return "—" if x is None or x != x else format(x, spec)
 
@@ -527,7 +532,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], appendix: Sequence[
         )
     out += [
         "",
-        "Per-run figures are in `docs/benchmarks.json`. Scenario descriptions: `bench/__main__.py`.",
+        f"Per-run figures are in `{per_run}`. Scenario descriptions: `bench/__main__.py`.",
         "",
         NOTES,
     ]
@@ -571,7 +576,9 @@ def main() -> int:
     }
     md = Path(args.out)
     md.parent.mkdir(parents=True, exist_ok=True)
-    text = render(meta, rows, runner.appendix)
+    json_path = md.with_suffix(".json")
+    shown = json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path
+    text = render(meta, rows, runner.appendix, per_run=str(shown))
     md.write_text(text)
     extra = {title: body for title, body in runner.appendix}
     md.with_suffix(".json").write_text(

@@ -350,13 +350,3 @@ def _proxy_cors(settings: Settings) -> tuple[list[str], list[str]]:
     from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
 
     return (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS) if settings.proxy.enabled else ([], [])
-
-
-def create_app_from_env() -> Litestar:
-    """Entry point for uvicorn workers (``--factory``): settings from VLUNA_BFF_CONFIG and env."""
-    from bff.observability.setup import configure_process
-    from bff.settings import load_settings
-
-    settings = load_settings()
-    configure_process(settings)  # each worker process sets up its own logging and tracing
-    return create_app(settings)

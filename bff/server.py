@@ -1,8 +1,13 @@
 """The HTTP server of ``vluna-bff serve``: granian (hyper's HTTP/1.1 in Rust), the app on uvloop.
 
 Chosen by measurement against uvicorn (uvloop + httptools, and h11) and hypercorn on the
-service's own endpoints, each with its references on the same stack (docs/benchmarks.md,
-``python -m bench --only stacks``). What the service relies on it for:
+service's own endpoints, each with its references on the same stack (docs/stacks.md,
+``python -m bench --only stacks``): on 2 shared CPUs granian and uvicorn + uvloop + httptools
+are within the noise of each other (a cache hit 0.94x-1.06x, a proxied GET 0.9x-1.1x, with a
+lower p99 on granian), uvicorn + h11 is at 0.6x-0.9x and hypercorn at 0.5x. What decides it is
+what granian has and uvicorn lacks: a header read timeout that also bounds idle connections,
+and a bounded request head (httptools has no limit; h11's applies only to heads in pieces).
+What the service relies on it for:
 
 - slow clients: a request line and headers must arrive within ``server.header_read_timeout_sec``
   of the connection opening (or of the previous answer on a keep-alive connection), else the
