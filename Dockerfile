@@ -34,18 +34,21 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
 
 WORKDIR /src
 
-# Third-party dependencies first (exactly as locked), so code changes do not invalidate them.
+# Third-party dependencies of vluna-bff first (exactly as locked), so code changes do not
+# invalidate them. The workspace's two distributions (vluna-bff and the vlunaai SDK in sdk/)
+# come next; the dev group (test tools) never enters the image.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-dev --no-editable --no-install-project
+    --mount=type=bind,source=sdk/pyproject.toml,target=sdk/pyproject.toml \
+    uv sync --frozen --no-dev --no-editable --package vluna-bff --no-install-workspace
 
-# Then the project itself, built as a wheel and installed non-editable into /opt/venv.
+# Then vluna-bff and vlunaai themselves, built as wheels and installed non-editable into /opt/venv.
 COPY pyproject.toml uv.lock README.md ./
 COPY sdk/ ./sdk/
 COPY bff/ ./bff/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --no-editable --package vluna-bff
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

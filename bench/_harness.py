@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE
 
+CONTROL = {CONTROL_HEADER: CONTROL_HEADER_VALUE}  # the emulator's controls require it
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 LOOPBACK = "127.0.0.1"
@@ -139,7 +141,7 @@ class Emulator(Proc):
 
     def control(self, method: str, path: str, **kw: Any) -> httpx.Response:
         with httpx.Client(base_url=self.url, timeout=10) as c:
-            return c.request(method, f"/__emulator__/{path}", **kw)
+            return c.request(method, f"/__emulator__/{path}", headers=CONTROL, **kw)
 
     def counters(self) -> dict[str, int]:
         r = self.control("GET", "counters")
@@ -400,6 +402,21 @@ def start_on_stack(
 ) -> Proc:
     """An app factory (`module:name`) served on a server stack by bench._stacks."""
     return start_server("-m", "bench._stacks", stack, target, name=f"{name} on {stack}", env=env, ready=ready)
+
+
+def start_dev(*args: str, env: Mapping[str, str] | None = None, stderr: Any = subprocess.DEVNULL) -> Proc:
+    """`vluna-bff dev --port 0` (any free port): its banner's first line names the URL, and is
+    printed only once the socket is bound."""
+    popen = subprocess.Popen(
+        [PY, "-m", "bff.cli", "dev", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        cwd=REPO,
+        env=dict(env) if env is not None else None,
+    )
+    banner, url = _read_listening(popen, timeout=60)
+    return Proc("dev", popen, url=url, port=int(url.rsplit(":", 1)[1]), extra={"banner": banner})
 
 
 def cleanup_prefix(prefix: str, redis_url: str = SHARED_REDIS_URL) -> None:

@@ -33,7 +33,7 @@ from bff.hooks import load_hook
 from bff.observability.metrics import MeteredStats
 from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.principals import PrincipalMapper
-from bff.settings import Settings, parse_key_spec
+from bff.settings import Settings, api_base_url, parse_key_spec
 from bff.stats import Stats
 from bff.tokens.broker import BrokerConfig, TokenBroker
 from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
@@ -59,6 +59,8 @@ class Services:
     notifier: Notifier | None
     owns_http: bool
     owns_redis: bool
+    realm_id: str = ""
+    api_base_url: str = ""  # Vluna's /api/v1 as apps reach it (GET /vluna/token tells them)
     proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
 
     def __repr__(self) -> str:
@@ -218,6 +220,8 @@ def build_services(
         notifier=notifier,
         owns_http=owns_http,
         owns_redis=owns_redis,
+        realm_id=realm,
+        api_base_url=api_base_url(settings),
     )
 
 

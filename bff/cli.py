@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from bff.dev import create_dev_app
+    from bff.dev import DevBindError, banner, bind, create_dev_app, dev_base_url
 
     path = args.config or (str(DEV_CONFIG) if DEV_CONFIG.exists() else None)
     settings = _load(path, dev={"enabled": True})
@@ -87,32 +87,28 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from bff.observability.serving import exit_zero_on_sigterm
     from bff.observability.setup import configure_process
 
-    configure_process(settings)
-    runtime = create_dev_app(settings)
-    base = f"http://{host}:{port}"
-    print(
-        "\n".join(
-            [
-                f"vluna-bff dev on {base} (emulated Vluna realm {runtime.realm_id!r}, "
-                f"cache: {settings.cache.backend})",
-                f"  demo page: {base}/  (sign in, watch the token renew, list the catalog, check out)",
-                f"  sign in:   curl -s '{base}/dev/login?user=alice&org=acme'",
-                f"  token:     curl -s -H 'Authorization: Bearer <token>' {base}/vluna/token",
-                f"  sign out:  curl -s -X DELETE -H 'Authorization: Bearer <token>' {base}/vluna/token",
-            ]
-        ),
-        flush=True,
-    )
-    exit_zero_on_sigterm()
-    uvicorn.run(
-        runtime.app,
-        host=host,
-        port=port,
-        log_level=s.log_level,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.observability.shutdown_grace_sec,
-    )
+    # Bound first: a busy port is one clear line, and the URLs announced below are the real ones
+    # (--port 0 picks a free port).
+    try:
+        sock = bind("127.0.0.1" if host == "localhost" else host, port)
+    except DevBindError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        configure_process(settings)
+        runtime = create_dev_app(settings, base_url=dev_base_url(host, sock.getsockname()[1]))
+        print(banner(runtime, settings.cache.backend), flush=True)
+        exit_zero_on_sigterm()
+        config = uvicorn.Config(
+            runtime.app,
+            log_level=s.log_level,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=settings.observability.shutdown_grace_sec,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
@@ -144,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_dev = sub.add_parser("dev", help="run with an embedded emulator and a development sign-in")
     common(p_dev)
-    p_dev.add_argument("--host")
-    p_dev.add_argument("--port", type=int)
+    p_dev.add_argument("--host", help="loopback address to listen on (default: server.host, 127.0.0.1)")
+    p_dev.add_argument(
+        "--port", type=int, help="port to listen on (default: server.port, 8080; 0: any free port)"
+    )
     p_dev.set_defaults(fn=cmd_dev)
     return parser
 

@@ -7,9 +7,11 @@ sets it as the session cookie and returns it for ``Authorization: Bearer`` use.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -100,19 +102,33 @@ class DevRuntime:
     signin: DevSignIn
     emulator: Any
     realm_id: str
+    base_url: str  # where the dev server is reached (the emulator's hosted pages live there too)
 
 
-def create_dev_app(settings: Settings) -> DevRuntime:
-    """The BFF wired to an in-process emulator (no network hop) and the dev sign-in."""
+def dev_base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def create_dev_app(settings: Settings, *, base_url: str | None = None) -> DevRuntime:
+    """The BFF wired to an in-process emulator (no network hop) and the dev sign-in.
+
+    ``base_url`` is where the dev server answers (default: ``server.host`` and ``server.port``):
+    the emulator's checkout and portal ``launch_url``s point there, and ``GET /vluna/token``
+    names its ``/api/v1`` as the API base, since the dev port serves the emulator's API too."""
     from vlunaai.testing import VlunaEmulator
-    from vlunaai.testing.handle import EMULATOR_BASE
 
     from bff.app import create_app
+    from bff.dev_emulator import emulator_routes
     from bff.web import demo_routes
 
-    # Controls on: a developer can inject faults or advance the emulator clock from tests.
-    emulator = VlunaEmulator(controls_enabled=True)
+    public = (base_url or dev_base_url(settings.server.host, settings.server.port)).rstrip("/")
+    # No controls: nothing on the dev port may reset or fault the emulator (the in-process
+    # handle, `runtime.emulator`, still can).
+    emulator = VlunaEmulator(controls_enabled=False, public_url=public)
     realm_id = emulator.realm_id
+    settings = settings.model_copy(
+        update={"vluna": settings.vluna.model_copy(update={"api_base_url": f"{public}/api/v1"})}
+    )
     signin = DevSignIn(settings.dev)
     issuer = SdkTokenIssuer.create(
         base_url=emulator.service_base_url,
@@ -133,14 +149,64 @@ def create_dev_app(settings: Settings) -> DevRuntime:
         extra_routes=[
             *signin.routes(settings.auth.cookie.name, settings.auth.cookie.csrf_header),
             *demo_routes(
-                emulator_transport=emulator.transport,
-                emulator_base_url=EMULATOR_BASE,
                 cookie_name=settings.auth.cookie.name,
                 csrf_header=settings.auth.cookie.csrf_header,
                 csrf_value=settings.auth.cookie.csrf_value,
             ),
+            *emulator_routes(emulator),
         ],
         # The proxy calls the embedded emulator in-process too (production uses aiohttp).
         proxy_upstream=AsgiUpstream(emulator.app, emulator.bearer_base_url),
     )
-    return DevRuntime(app=app, signin=signin, emulator=emulator, realm_id=realm_id)
+    return DevRuntime(app=app, signin=signin, emulator=emulator, realm_id=realm_id, base_url=public)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The dev server's listening socket, bound before anything is announced.
+
+    Raises ``DevBindError`` with one line naming ``--port`` when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise DevBindError(
+                f"vluna-bff dev: {host}:{port} is already in use; choose another port with --port "
+                f"(e.g. --port {port + 1 if port else 8081}, or --port 0 for any free one)"
+            ) from None
+        raise DevBindError(
+            f"vluna-bff dev: cannot listen on {host}:{port} ({exc.strerror}); choose another with --port"
+        ) from None
+    return sock
+
+
+class DevBindError(Exception):
+    """The dev server cannot listen where asked (the message is the one line to show)."""
+
+
+def banner(runtime: DevRuntime, cache_backend: str) -> str:
+    base = runtime.base_url
+    emu = runtime.emulator
+    return "\n".join(
+        [
+            f"vluna-bff dev listening on {base} (emulated Vluna realm {runtime.realm_id!r}, "
+            f"cache: {cache_backend})",
+            f"  demo page:  {base}/  (sign in, watch the token renew, list the catalog, check out)",
+            f"  sign in:    curl -s '{base}/dev/login?user=alice&org=acme'",
+            f"  token:      curl -s -H 'Authorization: Bearer <token>' {base}/vluna/token",
+            f"  sign out:   curl -s -X DELETE -H 'Authorization: Bearer <token>' {base}/vluna/token",
+            f"  Vluna API:  {base}/api/v1 (Bearer <access_token from /vluna/token>) and {base}/mgt/v1",
+            "  the embedded emulator, for the SDK and apps that call Vluna directly:",
+            f"export VLUNA_BEARER_BASE_URL={base}/api/v1",
+            f"export VLUNA_SERVICE_BASE_URL={base}/mgt/v1",
+            f"export VLUNA_REALM_ID={runtime.realm_id}",
+            f"export VLUNA_SERVICE_KEY_ID={emu.service_key_id}",
+            # The emulator's own throwaway key, made for this process: useless anywhere else.
+            f"export VLUNA_SERVICE_KEY_SECRET={emu.service_key_secret}",
+        ]
+    )

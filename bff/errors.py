@@ -39,6 +39,11 @@ class Forbidden(BffError):
     code = "forbidden"
 
 
+class NotFound(BffError):
+    status = 404
+    code = "not_found"
+
+
 class UpstreamRejected(BffError):
     status = 502
     code = "upstream_rejected"

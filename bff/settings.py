@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from bff.proxy.config import ProxySettings, RateLimitSettings
 
@@ -51,6 +51,21 @@ class VlunaSettings(_Model):
     service_key_secret: SecretStr | None = None
     timeout_sec: float = Field(5.0, gt=0)
     max_retries: int = Field(1, ge=0, le=5)
+    # Vluna's /api/v1 base URL as apps reach it, returned by GET /vluna/token (apps that call
+    # Vluna directly). None: the proxy's upstream (proxy.upstream_base_url, else base_url with
+    # /mgt/v1 swapped for /api/v1).
+    api_base_url: str | None = None
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_base(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        if "/mgt/" in v.lower() + "/":
+            raise ValueError("must be the /api/v1 base, never /mgt/v1 (apps must never get the service API)")
+        return v.rstrip("/")
 
 
 class JwtSettings(_Model):
@@ -318,13 +333,15 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
             add(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
     if len(t.allowed_scopes) > 8:
         add(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
-    worst_issue = s.vluna.timeout_sec * (s.vluna.max_retries + 1)
+    # Attempts of one issuance: the retries, and never fewer than two, since a 500
+    # SERVER.UNEXPECTED (a new principal's first call on some servers) is always tried twice.
+    worst_issue = s.vluna.timeout_sec * (max(s.vluna.max_retries, 1) + 1)
     if t.lock_ttl_sec <= worst_issue:
         # A lock that expires while its holder still waits on Vluna lets a second replica issue.
         add(
             (
                 "tokens.lock_ttl_sec",
-                f"must exceed vluna.timeout_sec x (vluna.max_retries + 1) = {worst_issue:g}",
+                f"must exceed vluna.timeout_sec x (max(vluna.max_retries, 1) + 1) = {worst_issue:g}",
             )
         )
     if t.safety_margin_sec * 2 >= t.session_ttl_sec:
@@ -374,6 +391,13 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", o.request_id_header):
         add(("observability.request_id_header", "must be a header name"))
     return problems
+
+
+def api_base_url(s: Settings) -> str:
+    """Vluna's /api/v1 base URL as apps reach it (what ``GET /vluna/token`` hands out)."""
+    from bff.proxy.config import derive_upstream_base
+
+    return s.vluna.api_base_url or derive_upstream_base(s.proxy, s.vluna.base_url)
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -1,17 +1,18 @@
 """A mobile app's billing flow, with this program standing in for the app.
 
     uv run python -m examples.mobile_app          # self-contained: vluna-bff dev + emulator in-process
-    uv run python -m examples.mobile_app --bff https://bff.example.com \\
-        --api-base https://us-central1.api.vluna.ai/api/v1 --realm realm_... --session <the app's JWT>
+    uv run python -m examples.mobile_app --bff http://127.0.0.1:8080     # against `./run dev`
+    uv run python -m examples.mobile_app --bff https://bff.example.com --session <the app's JWT>
 
 1. The app signs its user in with the team's own backend and holds that session token (here, in
-   the self-contained run, the dev sign-in mints one).
+   the self-contained run or against `./run dev`, the dev sign-in mints one).
 2. It asks vluna-bff for a platform token: ``GET /vluna/token`` with ``Authorization: Bearer
-   <session>`` (no cookie, so no anti-forgery header is needed).
+   <session>`` (no cookie, so no anti-forgery header is needed). The answer also says where to
+   call (``api_base_url``, ``realm_id``) and for how long the token lives (``lifetime_sec``).
 3. It calls Vluna's ``/api/v1`` directly with the SDK's ``BearerClient`` and that token.
 4. Before each call it looks at what is left of the token (``expires_in``, counted from when the
-   answer arrived, so the phone's clock does not matter); under ``renew_ahead`` of its life it asks
-   vluna-bff again. A 401 from Vluna renews once and retries the call once.
+   answer arrived, so the phone's clock does not matter); under ``renew_ahead`` of its
+   ``lifetime_sec`` it asks vluna-bff again. A 401 from Vluna renews once and retries the call once.
 
 vluna-bff renews its cached token in the background past its own refresh point and meanwhile
 hands out the one it has; an app that asks at that moment gets the same token again and simply
@@ -45,9 +46,11 @@ T = TypeVar("T")
 class PlatformToken:
     access_token: str
     expires_at: float  # on the app's monotonic clock
-    lifetime: float  # best estimate of the token's whole life (longest expires_in seen)
+    lifetime: float  # the token's whole life (lifetime_sec)
     billing_account_id: str
     scopes: list[str]
+    api_base_url: str  # Vluna's /api/v1 for this token
+    realm_id: str
 
 
 class PlatformTokens:
@@ -120,9 +123,11 @@ class PlatformTokens:
         token = PlatformToken(
             access_token=body["access_token"],
             expires_at=now + expires_in,
-            lifetime=max(expires_in, previous.lifetime if previous else 0.0),
+            lifetime=float(body["lifetime_sec"]),
             billing_account_id=body["billing_account_id"],
             scopes=list(body["scopes"]),
+            api_base_url=body["api_base_url"],
+            realm_id=body["realm_id"],
         )
         same = previous is not None and previous.access_token == token.access_token
         self._token = token
@@ -145,11 +150,20 @@ class PlatformTokens:
             return await fn(RequestContext(access_token=await self.get(force=True)))
 
 
+Connect = Callable[[str, str], BearerClient]  # (api_base_url, realm_id) -> a BearerClient
+
+
+def connect(api_base_url: str, realm_id: str) -> BearerClient:
+    """The app's Vluna client, pointed where the token answer says."""
+    config = VlunaAIConfig(base_url=api_base_url, realm_id=realm_id)
+    return create_bearer_client(BearerClientOptions(config=config, error_mode="raise"))
+
+
 async def run_app(
     bff: httpx.AsyncClient,
-    bearer: BearerClient,
     session_token: Callable[[], str],
     *,
+    connect: Connect = connect,
     rounds: int = 3,
     pause_sec: float = 0.0,
     renew_ahead: float = 0.25,
@@ -158,7 +172,23 @@ async def run_app(
 ) -> PlatformTokens:
     """What the app does: a few screens' worth of billing calls, renewing the token as it goes."""
     tokens = PlatformTokens(bff, session_token, renew_ahead=renew_ahead, clock=clock, log=log)
+    await tokens.get()
+    first = tokens.current
+    assert first is not None
+    log(f"calling Vluna at {first.api_base_url} (realm {first.realm_id})")
+    async with connect(first.api_base_url, first.realm_id) as bearer:
+        await _screens(tokens, bearer, rounds=rounds, pause_sec=pause_sec, log=log)
+    return tokens
 
+
+async def _screens(
+    tokens: PlatformTokens,
+    bearer: BearerClient,
+    *,
+    rounds: int,
+    pause_sec: float,
+    log: Callable[[str], None],
+) -> None:
     products = await tokens.call(lambda ctx: bearer.list_catalog_products(context=ctx))
     items = products.data.root if products.data is not None else []
     log(f"catalog: {len(items)} products: {', '.join(p.name for p in items)}")
@@ -181,13 +211,12 @@ async def run_app(
             await asyncio.sleep(pause_sec)
         balance = await tokens.call(lambda ctx: bearer.get_credit_balance(context=ctx))
         log(f"round {i + 1}: wallet balance fetched (ok={balance.ok}), token {tokens.expires_in():.0f}s left")
-    return tokens
 
 
 @contextlib.asynccontextmanager
 async def self_contained(
     *, session_ttl_sec: int = 60, refresh_ahead_ratio: float = 0.05
-) -> AsyncIterator[tuple[httpx.AsyncClient, BearerClient, Callable[[], str]]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, Callable[[], str], Connect]]:
     """vluna-bff in dev mode (emulator embedded) in this process, reached without sockets.
 
     A short token life (60 s, the emulator's minimum) and an early service-side refresh let the
@@ -209,49 +238,54 @@ async def self_contained(
             },
         },
     )
-    runtime = create_dev_app(settings)
+    base_url = "http://vluna-bff.local"
+    runtime = create_dev_app(settings, base_url=base_url)
     session = runtime.signin.mint("alice", "acme")  # what the team's own sign-in would return
     print("signed in as alice@acme with the app's own backend (dev sign-in)")
-    emulator = runtime.emulator
-    async with (
-        AsyncTestClient(app=runtime.app, base_url="http://vluna-bff.local") as bff,
-        create_bearer_client(
+
+    dev_app: Any = runtime.app  # an ASGI app (httpx's type for one is narrower than Litestar's)
+
+    def in_process(api_base_url: str, realm_id: str) -> BearerClient:
+        # The dev server's /api/v1 (the embedded emulator), reached in-process like the rest.
+        return create_bearer_client(
             BearerClientOptions(
-                config=VlunaAIConfig(base_url=emulator.bearer_base_url, realm_id=runtime.realm_id),
-                transport=emulator.transport(),
+                config=VlunaAIConfig(base_url=api_base_url, realm_id=realm_id),
+                transport=httpx.ASGITransport(app=dev_app),
                 error_mode="raise",
             )
-        ) as bearer,
-    ):
-        yield bff, bearer, lambda: session
+        )
+
+    async with AsyncTestClient(app=runtime.app, base_url=base_url) as bff:
+        yield bff, lambda: session, in_process
+
+
+async def dev_session(bff: httpx.AsyncClient, user: str = "alice", org: str = "acme") -> str:
+    """Against `vluna-bff dev` only: the dev sign-in stands in for the app's own backend."""
+    r = await bff.get("/dev/login", params={"user": user, "org": org})
+    if r.status_code != 200:
+        raise SystemExit(f"{bff.base_url}/dev/login answered {r.status_code}: pass --session <the app's JWT>")
+    token: str = r.json()["token"]
+    print(f"signed in as {user}@{org} with the dev sign-in of {bff.base_url}")
+    return token
 
 
 async def main(argv: Sequence[str] | None = None) -> PlatformTokens:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bff", help="vluna-bff base URL (default: a self-contained dev run)")
-    parser.add_argument("--api-base", help="Vluna /api/v1 base URL")
-    parser.add_argument("--realm", help="Vluna realm id")
-    parser.add_argument("--session", help="the app's own session token (a JWT vluna-bff accepts)")
+    parser.add_argument(
+        "--session", help="the app's own session token (a JWT vluna-bff accepts); default: dev sign-in"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pause", type=float, default=1.5, help="seconds between rounds")
     parser.add_argument("--renew-ahead", type=float, default=0.95, help="fraction of the token's life")
     args = parser.parse_args(argv)
     pace: dict[str, Any] = {"rounds": args.rounds, "pause_sec": args.pause, "renew_ahead": args.renew_ahead}
     if args.bff:
-        if not (args.api_base and args.realm and args.session):
-            parser.error("--bff needs --api-base, --realm and --session")
-        session: str = args.session
-        async with (
-            httpx.AsyncClient(base_url=args.bff, timeout=10) as bff,
-            create_bearer_client(
-                BearerClientOptions(
-                    config=VlunaAIConfig(base_url=args.api_base, realm_id=args.realm), error_mode="raise"
-                )
-            ) as bearer,
-        ):
-            return await run_app(bff, bearer, lambda: session, **pace)
-    async with self_contained() as (bff, bearer, session_token):
-        return await run_app(bff, bearer, session_token, **pace)
+        async with httpx.AsyncClient(base_url=args.bff, timeout=10) as bff:
+            session: str = args.session or await dev_session(bff)
+            return await run_app(bff, lambda: session, **pace)
+    async with self_contained() as (bff, session_token, in_process):
+        return await run_app(bff, session_token, connect=in_process, **pace)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Regenerate every generated file: the pydantic models and the operation table and methods.
+"""Regenerate every generated file: the pydantic models, the operation table and methods, and
+the emulator's sample answers.
 
 Usage: uv run python scripts/generate.py
 """
@@ -10,12 +11,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.codegen import models, operations
+from scripts.codegen import models, operations, samples
 
 
 def main() -> None:
     models.main()
     operations.main()
+    samples.main()
 
 
 if __name__ == "__main__":

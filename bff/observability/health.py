@@ -9,8 +9,9 @@ kubelets and load balancers cost Vluna one call per interval per process:
 - ``redis``: ``PING`` answers. When it does not, the service still works from its in-process
   cache, so ``readiness.redis_down`` decides: ``degraded`` (200, ``"redis": "degraded"``) or
   ``fail`` (503);
-- ``vluna``: a cheap signed call (``list_catalog_products`` with ``limit=1``) succeeds. A 401 or
-  403 (wrong key or realm) always fails; unreachable/5xx follows ``readiness.vluna_down``.
+- ``vluna``: the probe call of ``bff.vluna_probe`` (a signed, unbound ``list_feature_families``,
+  which every Vluna server accepts) succeeds. A 401 or 403 (wrong key or realm) always fails;
+  unreachable/5xx follows ``readiness.vluna_down``.
 """
 
 from __future__ import annotations
@@ -26,95 +27,13 @@ from litestar import Request, Response, get
 from litestar.types import ControllerRouterHandler
 
 from bff.observability import metrics
-from bff.observability.context import current_request_id
 from bff.settings import Settings
+from bff.vluna_probe import VlunaProbe
 
 log = logging.getLogger("bff.readiness")
 
-PROBE_OPERATION = "list_catalog_products"
 _LEVEL = {"ok": 1.0, "degraded": 0.5, "not_used": 1.0, "skipped": 1.0}
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-class VlunaProbe:
-    """The signed call readiness makes; built lazily, shares the issuer's SDK client if it can."""
-
-    def __init__(self, settings: Settings, issuer: Any) -> None:
-        self._settings = settings
-        self._issuer = issuer
-        self._client: Any = None
-        self._owns = False
-
-    def _get_client(self) -> Any:
-        if self._client is None:
-            shared = getattr(self._issuer, "_client", None)
-            if shared is not None and hasattr(shared, PROBE_OPERATION):
-                self._client = shared
-            else:
-                self._client = _build_client(self._settings)
-                self._owns = self._client is not None
-        return self._client
-
-    @property
-    def configured(self) -> bool:
-        return self._get_client() is not None
-
-    async def check(self, timeout: float) -> str:
-        """ok | unreachable | rejected"""
-        from vlunaai import RequestContext, VlunaAIError
-
-        client = self._get_client()
-        started = time.perf_counter()
-        outcome, result = "error", "unreachable"
-        try:
-            await asyncio.wait_for(
-                client.list_catalog_products(
-                    query={"limit": 1},
-                    context=RequestContext(request_id=current_request_id(), request_timeout_seconds=timeout),
-                ),
-                timeout,
-            )
-            outcome, result = "ok", "ok"
-        except VlunaAIError as exc:
-            status = getattr(exc, "status", None)
-            if status in (401, 403):
-                outcome, result = "rejected", "rejected"
-            else:
-                outcome = "unavailable"
-            log.warning("readiness: Vluna check failed: %s status=%s", type(exc).__name__, status)
-        except (OSError, asyncio.TimeoutError) as exc:
-            outcome = "unavailable"
-            log.warning("readiness: Vluna check failed: %s", type(exc).__name__)
-        finally:
-            metrics.observe_upstream(PROBE_OPERATION, outcome, time.perf_counter() - started)
-        return result
-
-    async def aclose(self) -> None:
-        if self._owns and self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.close()
-
-
-def _build_client(settings: Settings) -> Any:
-    v = settings.vluna
-    if not (v.realm_id and v.service_key_id and v.service_key_secret):
-        return None
-    import httpx
-    from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
-
-    from bff.observability.upstream import PropagatingTransport
-
-    return create_service_client(
-        ServiceClientOptions(
-            config=VlunaAIConfig(base_url=v.base_url, realm_id=v.realm_id, timeout_seconds=v.timeout_sec),
-            service_key=ServiceKeyCredentials(
-                key_id=v.service_key_id, secret=v.service_key_secret.get_secret_value()
-            ),
-            error_mode="raise",
-            max_retries=0,
-            transport=PropagatingTransport(httpx.AsyncHTTPTransport()),
-        )
-    )
 
 
 class Readiness:

@@ -121,12 +121,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+_ACCESS_FIELDS = ("method", "route", "status", "duration_ms")
+
+
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """For humans (dev mode): the message, then the record's extra fields as ``key=value``; an
+    access line reads ``GET /vluna/token 200 3.1 ms`` followed by the rest of its fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        message = record.getMessage()
+        extras = {
+            k: v
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD and not k.startswith("_") and v is not None
+        }
+        if all(k in extras for k in _ACCESS_FIELDS):
+            method, route, status, ms = (extras.pop(k) for k in _ACCESS_FIELDS)
+            message = f"{method} {route} {status} {ms} ms"
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        if extras:
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return redact(line)
 
 
 def configure_logging(level: str, fmt: str = "json", stream: Any = None) -> logging.Handler:

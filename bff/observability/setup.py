@@ -8,9 +8,10 @@ from litestar import Litestar
 
 from bff.observability import metrics, middleware, tracing
 from bff.observability.context import IdHasher, set_id_hasher
-from bff.observability.health import Readiness, VlunaProbe, health_routes
+from bff.observability.health import Readiness, health_routes
 from bff.observability.logging import configure_logging, register_settings_secrets
 from bff.settings import Settings
+from bff.vluna_probe import VlunaProbe
 
 
 def configure_process(settings: Settings) -> None:

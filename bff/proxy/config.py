@@ -8,7 +8,7 @@ fails ``vluna-bff check-config`` instead of the first request.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -52,7 +52,8 @@ class ProxyRoute(_Model):
     query: list[str] = []
     # The service adds ?billing_account_id=<the caller's own account> (never taken from the client).
     account_query: bool = False
-    # Same answer for every user of the realm: may be cached by the service (proxy.public_cache_ttl_sec).
+    # Cacheable GET (proxy.public_cache_ttl_sec): answers are cached per caller (principal and user),
+    # never shared between users, since Vluna personalises them (catalog subscription_state).
     public: bool = False
     # Token scopes used for this call; None: tokens.default_scopes (one cached token serves all).
     scopes: list[str] | None = None
@@ -82,9 +83,18 @@ class ProxyRoute(_Model):
 
 _LIST_QUERY = ["limit", "cursor", "starting_after", "ending_before"]
 
-DEFAULT_ROUTES: list[ProxyRoute] = [
+# Which Vluna server the proxy forwards to, for its default routes:
+# - "0.3.2": the API of the published vlunaai 0.3.2 (checkouts at /checkouts, billing state);
+# - "oss": the open-source Vluna server (recorded in spec/vluna-api/recorded/), which has neither
+#   /checkouts nor /billing-state: checkout sessions live at /checkout/sessions.
+UpstreamFlavor = Literal["0.3.2", "oss"]
+
+_COMMON_ROUTES: list[ProxyRoute] = [
     ProxyRoute(
-        method="GET", path="/catalog/products", public=True, query=[*_LIST_QUERY, "active", "product_type"]
+        method="GET",
+        path="/catalog/products",
+        public=True,
+        query=[*_LIST_QUERY, "active", "product_type", "kind", "status", "expand"],
     ),
     ProxyRoute(
         method="GET",
@@ -92,20 +102,30 @@ DEFAULT_ROUTES: list[ProxyRoute] = [
         public=True,
         query=[*_LIST_QUERY, "active", "product_id", "catalog_product_id", "currency"],
     ),
-    ProxyRoute(method="POST", path="/checkouts"),
-    ProxyRoute(method="GET", path="/checkouts/{checkout_id}"),
+    ProxyRoute(method="POST", path="/checkout/sessions"),
     ProxyRoute(method="POST", path="/portal/sessions"),
     ProxyRoute(method="GET", path="/wallet/balance"),
-    ProxyRoute(method="GET", path="/billing-state"),
     ProxyRoute(method="GET", path="/invoices", account_query=True, query=[*_LIST_QUERY, "status"]),
     ProxyRoute(method="GET", path="/subscriptions", account_query=True, query=[*_LIST_QUERY, "status"]),
 ]
+
+DEFAULT_ROUTES: dict[str, list[ProxyRoute]] = {
+    "0.3.2": [
+        *_COMMON_ROUTES,
+        ProxyRoute(method="POST", path="/checkouts"),
+        ProxyRoute(method="GET", path="/checkouts/{checkout_id}"),
+        ProxyRoute(method="GET", path="/billing-state"),
+    ],
+    "oss": list(_COMMON_ROUTES),
+}
 
 
 class ProxySettings(_Model):
     enabled: bool = True
     upstream_base_url: str | None = None
-    routes: list[ProxyRoute] = DEFAULT_ROUTES
+    # Selects the default routes (see DEFAULT_ROUTES); routes given explicitly replace them.
+    upstream_flavor: UpstreamFlavor = "0.3.2"
+    routes: list[ProxyRoute] = []
     id_pattern: str = DEFAULT_ID_PATTERN
     max_path_length: int = Field(512, ge=16, le=4096)
     max_query_length: int = Field(1024, ge=0, le=8192)
@@ -127,6 +147,15 @@ class ProxySettings(_Model):
     # gc.freeze() once the service has started: the startup heap (imports, models, routes) is
     # left out of the collector's full passes, which otherwise pause every request for tens of ms.
     freeze_startup_heap: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("routes") is None:
+            flavor = data.get("upstream_flavor", "0.3.2")
+            if isinstance(flavor, str) and flavor in DEFAULT_ROUTES:
+                data = {**data, "routes": DEFAULT_ROUTES[flavor]}
+        return data
 
     @field_validator("upstream_base_url")
     @classmethod

@@ -1,7 +1,8 @@
-"""A short-lived, per-process cache of public (realm-wide) answers such as the catalog.
+"""A short-lived, per-process cache of the answers of routes marked ``public`` (the catalog).
 
-Only 200 answers of routes marked ``public`` are stored, keyed by realm, upstream path and query
-and Accept-Language; the ETag is a digest of the body, so every replica computes the same one.
+Only 200 answers are stored. The caller (principal and user) is part of every key: catalog items
+carry per-account fields (``subscription_state``), so nothing fetched with one user's token is
+served to another. The ETag is a digest of the body, so every replica computes the same one.
 """
 
 from __future__ import annotations

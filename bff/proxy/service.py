@@ -193,7 +193,19 @@ class ProxyService:
     async def _public(
         self, request: Request[Any, Any, Any], method: str, p: _Prepared
     ) -> Response[Any] | RawAnswer:
-        key = (self._realm, p.path_and_query, urlencode(p.query), p.headers.get("Accept-Language", ""))
+        # Keyed by the caller: Vluna personalises catalog items (subscription_state carries the
+        # caller's subscription id and status), so an answer fetched with one user's platform
+        # token is only ever served to that same user (principal and user: the identity the token
+        # was issued for). Everything else that shapes the upstream request is in the key too.
+        key = (
+            self._realm,
+            p.principal.principal_id,
+            p.principal.user_id,
+            p.path_and_query,
+            urlencode(p.query),
+            p.headers.get("Accept-Language", ""),
+            p.headers["Accept"],
+        )
         cached = self.cache.get(key)
         if cached is None:
             entry = await self._token(p.principal, p.match.route.route.scopes)
@@ -206,7 +218,8 @@ class ProxyService:
         headers = {
             "Cache-Control": f"private, max-age={int(self.cache.ttl)}",
             "ETag": cached.etag,
-            "Vary": "Accept-Language",
+            # A browser shared by two users must not answer one from the other's copy.
+            "Vary": "Accept-Language, Authorization, Cookie",
         }
         if current_request_id() is None:
             headers["X-Request-Id"] = p.headers["X-Request-Id"]
@@ -354,7 +367,7 @@ class ProxyService:
             # one, try once more.
             self.stats.inc("proxy.token.reissued")
             self._forget_memo(p.principal)
-            await self._broker.forget(p.principal)
+            await self._broker.forget(p.principal, strict=False)
             entry = await self._token(p.principal, p.match.route.route.scopes)
             resp = await self._attempts(
                 operation, method, self._path_and_query(p, entry), self._upstream_headers(p, entry), p.body
@@ -439,6 +452,12 @@ class ProxyService:
         if not _JSON_TYPE.match(resp.content_type):
             self.stats.inc("proxy.upstream.errors")
             log.warning("upstream answered %d with a non-JSON content type", resp.status)
+            if resp.status in (404, 405):
+                # The server has no such route (a route of another generation of the API: see
+                # proxy.upstream_flavor); its own page is never passed on.
+                raise ProxyError(
+                    404, "upstream_route_missing", "the billing service does not offer this call"
+                )
             raise ProxyError(502, "upstream_invalid", "the billing service gave an unexpected answer")
         headers = dict(cache_control)
         if current_request_id() is None:

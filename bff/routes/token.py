@@ -11,7 +11,14 @@ from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from bff.errors import BadRequest, ServiceUnavailable, UpstreamRejected
-from bff.tokens.broker import Principal, TokenBroker, TokenEntry, TokenRejected, TokenUnavailable
+from bff.tokens.broker import (
+    Principal,
+    SignOutIncomplete,
+    TokenBroker,
+    TokenEntry,
+    TokenRejected,
+    TokenUnavailable,
+)
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -68,21 +75,39 @@ async def get_token(
     body = {
         "access_token": entry.access_token,
         "token_type": entry.token_type,
+        # Seconds left, counted from this answer: an app adds it to its own clock.
         "expires_in": entry.expires_in(now),
-        "expires_at": datetime.fromtimestamp(int(entry.expires_at), tz=timezone.utc)
-        .isoformat()
-        .replace("+00:00", "Z"),
+        "expires_at": _iso(entry.expires_at),
+        # The token's whole life: renew once expires_in falls under a share of it.
+        "lifetime_sec": max(0, int(entry.expires_at - entry.issued_at)),
+        "issued_at": _iso(entry.issued_at),
         "billing_account_id": entry.billing_account_id,
         "billing_user_id": entry.billing_user_id,
         "scopes": list(entry.scopes),
+        # What an app needs to call Vluna's /api/v1 with the token itself.
+        "realm_id": services.realm_id,
+        "api_base_url": services.api_base_url,
     }
     return Response(body, headers=NO_STORE)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(int(epoch), tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @delete("/vluna/token", status_code=204)
 async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     principal = await _principal(request)
-    await request.app.state.services.broker.forget(principal)
+    try:
+        await request.app.state.services.broker.forget(principal)
+    except SignOutIncomplete as exc:
+        # A 204 promises that no replica serves these tokens again; without Redis that cannot
+        # be promised, so the client is asked to sign out again later.
+        raise ServiceUnavailable(
+            "the sign-out could not be recorded; send it again",
+            retry_after=exc.retry_after,
+            code="sign_out_incomplete",
+        ) from None
     return Response(None, status_code=204, headers=NO_STORE)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from bff.observability.tracing import span
 from bff.stats import Stats
-from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache
+from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache, SharedCacheUnavailable
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys, canonical_scopes
@@ -89,6 +89,15 @@ class TokenUnavailable(Exception):
 
 class TokenRejected(Exception):
     """Vluna refused to issue for this principal or this service key."""
+
+
+class SignOutIncomplete(Exception):
+    """The sign-out could not be recorded where every replica sees it (Redis): the tokens might
+    still be served, so the caller must not be told it is signed out."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("sign-out could not be recorded")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -161,17 +170,29 @@ class TokenBroker:
         self.stats.inc("cache_misses")
         return await self._single_flight(key, principal, scopes_c)
 
-    async def forget(self, principal: Principal) -> None:
-        """Sign-out: drop every cached token of this identity, whatever its scopes."""
+    async def forget(self, principal: Principal, *, strict: bool = True) -> None:
+        """Sign-out: drop every cached token of this identity, whatever its scopes.
+
+        ``strict`` (a user's sign-out): once this returns, no replica serves those tokens again,
+        so the deletion and the marker must both reach Redis; if they cannot, this raises
+        ``SignOutIncomplete`` (the in-process copies are dropped anyway). Not strict: best
+        effort (the proxy dropping a token Vluna refused)."""
         keys = self._keys.all_tokens(principal.principal_id, principal.user_id, self._cfg.allowed_scopes)
-        await self._cache.delete(keys)
         # An issuance already under way (here or on another replica) must not put a token back
         # after the sign-out: it checks this marker before storing. It only needs to outlive
         # such an issuance.
         marker = self._keys.signed_out(principal.principal_id, principal.user_id)
-        await self._cache.set(
-            marker, repr(self._clock()).encode(), self._cfg.lock_ttl_sec + self._cfg.wait_timeout_sec
-        )
+        try:
+            await self._cache.delete(keys, strict=strict)
+            await self._cache.set(
+                marker,
+                repr(self._clock()).encode(),
+                self._cfg.lock_ttl_sec + self._cfg.wait_timeout_sec,
+                strict=strict,
+            )
+        except SharedCacheUnavailable:
+            self.stats.inc("sign_outs_incomplete")
+            raise SignOutIncomplete(self._cfg.retry_after_sec) from None
 
     async def aclose(self) -> None:
         for task in list(self._background):

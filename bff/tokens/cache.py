@@ -21,6 +21,10 @@ log = logging.getLogger("bff.cache")
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
+class SharedCacheUnavailable(Exception):
+    """A change every replica must see could not be made in Redis (it is down or did not answer)."""
+
+
 class CacheBackend(Protocol):
     async def get(self, key: str) -> bytes | None: ...
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
@@ -113,7 +117,13 @@ class RedisCache:
 
 
 class ResilientCache:
-    """Redis when it answers; the in-process cache when it does not. Never raises a Redis error."""
+    """Redis when it answers; the in-process cache when it does not. Never raises a Redis error,
+    except ``SharedCacheUnavailable`` from the ``strict`` writes that every replica must see.
+
+    While Redis answers it is the only source: a miss there is a miss, even if this process
+    still holds an entry it cached during an outage. That entry may have been signed out on
+    another replica since (which can only delete what is in Redis).
+    """
 
     def __init__(self, primary: CacheBackend | None, fallback: MemoryCache, guard: RedisGuard) -> None:
         self._primary = primary
@@ -133,14 +143,15 @@ class ResilientCache:
                 self._guard.fell_back()
             else:
                 self._guard.succeeded()
-                if value is not None:
-                    return value
+                return value
         elif self._primary is not None:
             self._guard.fell_back()
         return await self._fallback.get(key)
 
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        if self._primary is not None and self._guard.available:
+    async def set(self, key: str, value: bytes, ttl: float, *, strict: bool = False) -> None:
+        """``strict``: the value must reach Redis (when Redis is configured; tried even during
+        its backoff), else ``SharedCacheUnavailable`` (the in-process cache holds it anyway)."""
+        if self._primary is not None and (strict or self._guard.available):
             try:
                 await self._primary.set(key, value, ttl)
             except REDIS_ERRORS as exc:
@@ -151,11 +162,20 @@ class ResilientCache:
         if self._primary is not None:
             self._guard.fell_back()
         await self._fallback.set(key, value, ttl)
+        if strict and self._primary is not None:
+            raise SharedCacheUnavailable("redis is unavailable")
 
-    async def delete(self, keys: Sequence[str]) -> None:
+    async def delete(self, keys: Sequence[str], *, strict: bool = False) -> None:
+        """``strict``: the keys must be gone from Redis too (when Redis is configured; tried even
+        during its backoff), else ``SharedCacheUnavailable``."""
         await self._fallback.delete(keys)
-        if self._primary is not None:
-            try:
-                await self._primary.delete(keys)
-            except REDIS_ERRORS as exc:
-                self._guard.failed(exc)
+        if self._primary is None:
+            return
+        try:
+            await self._primary.delete(keys)
+        except REDIS_ERRORS as exc:
+            self._guard.failed(exc)
+            if strict:
+                raise SharedCacheUnavailable("redis is unavailable") from None
+        else:
+            self._guard.succeeded()

@@ -4,6 +4,7 @@ the broker can be exercised with any issuer."""
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,12 +66,30 @@ def parse_expires_at(value: Any) -> float | None:
         return None
 
 
-class SdkTokenIssuer:
-    """Calls ``ServiceClient.issue_platform_token`` in raise mode and sorts its errors."""
+# The answer of a server that failed unexpectedly. The open-source Vluna server gives it to the
+# first call for a principal that has no billing account yet (the account is created anyway, and
+# the 500 is not stored under the Idempotency-Key): the same request sent again succeeds.
+FIRST_CALL_FAILURE = (500, "SERVER.UNEXPECTED")
 
-    def __init__(self, client: Any, session_ttl_sec: int) -> None:
+
+def first_call_retries(max_retries: int) -> int:
+    """Attempts the issuer adds on top of the SDK's own for one 500 ``SERVER.UNEXPECTED``: the
+    SDK already retries a 500 (same Idempotency-Key) when ``max_retries`` >= 1, so only with 0."""
+    return 0 if max_retries >= 1 else 1
+
+
+class SdkTokenIssuer:
+    """Calls ``ServiceClient.issue_platform_token`` in raise mode and sorts its errors.
+
+    Every issuance carries its own Idempotency-Key, kept across every attempt. A 500
+    ``SERVER.UNEXPECTED`` is tried once more even with ``vluna.max_retries: 0`` (see
+    ``FIRST_CALL_FAILURE``), so a new principal's first token never fails because of it.
+    """
+
+    def __init__(self, client: Any, session_ttl_sec: int, *, first_call_retries: int = 0) -> None:
         self._client = client
         self._ttl = session_ttl_sec
+        self._first_call_retries = first_call_retries
 
     def __repr__(self) -> str:
         return "SdkTokenIssuer()"
@@ -98,7 +117,7 @@ class SdkTokenIssuer:
                 max_retries=max_retries,
             )
         )
-        return cls(client, session_ttl_sec)
+        return cls(client, session_ttl_sec, first_call_retries=first_call_retries(max_retries))
 
     async def issue(
         self, principal_id: str, user_id: str, scopes: Sequence[str], traits: Mapping[str, Any]
@@ -113,7 +132,7 @@ class SdkTokenIssuer:
             body["traits"] = dict(traits)
         started = time.monotonic()
         try:
-            env = await self._client.issue_platform_token(body=body)
+            env = await self._issue(body)
         except VlunaAIError as exc:
             status = getattr(exc, "status", None)
             code = getattr(exc, "code", None)
@@ -139,6 +158,21 @@ class SdkTokenIssuer:
             billing_user_id=data.billing_user_id,
             expires_at=parse_expires_at(getattr(data, "expires_at", None)),
         )
+
+    async def _issue(self, body: dict[str, Any]) -> Any:
+        from vlunaai import RequestContext
+
+        context = RequestContext(idempotency_key=secrets.token_hex(16))
+        extra = self._first_call_retries
+        while True:
+            try:
+                return await self._client.issue_platform_token(body=body, context=context)
+            except VlunaAIError as exc:
+                answer = (getattr(exc, "status", None), getattr(exc, "code", None))
+                if extra <= 0 or answer != FIRST_CALL_FAILURE:
+                    raise
+                extra -= 1
+                log.info("token issuance answered 500 SERVER.UNEXPECTED; trying once more with the same key")
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -1,6 +1,6 @@
 """``/vluna/client.js`` (ES module), ``/vluna/client.global.js`` (classic script, ``window.VlunaBff``)
-and, in dev mode only, the demo page at ``/``, ``POST /dev/logout`` and the embedded emulator's
-hosted checkout and portal pages at ``/hosted/...``.
+and, in dev mode only, the demo page at ``/`` and ``POST /dev/logout`` (the embedded emulator's
+pages and API on the dev port: ``bff/dev_emulator.py``).
 
 Both client builds come from one file, ``static/client.js``: the global build is that file with
 its ``// esm-only`` lines (the ``export`` statements) removed, wrapped in a function. They are
@@ -10,15 +10,12 @@ built once at import and answered with an ETag, so browsers revalidate cheaply.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import httpx
-from litestar import Request, Response, get, post, route
+from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
-from litestar.params import FromPath
 from litestar.types import ControllerRouterHandler
 
 from bff.errors import Forbidden
@@ -77,20 +74,13 @@ def client_routes() -> list[ControllerRouterHandler]:
     return [client_module, client_global]
 
 
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
-)
-
-
 def demo_routes(
     *,
-    emulator_transport: Callable[[], httpx.AsyncBaseTransport] | None,
-    emulator_base_url: str,
     cookie_name: str,
     csrf_header: str,
     csrf_value: str,
 ) -> list[ControllerRouterHandler]:
-    """Dev mode only: the demo page, a sign-out for the dev cookie, the emulator's hosted pages."""
+    """Dev mode only: the demo page and a sign-out for the dev cookie."""
     page = Asset.of(_read("demo.html"), "text/html")
     csrf = csrf_header.lower()
 
@@ -109,27 +99,4 @@ def demo_routes(
             cookies=[Cookie(key=cookie_name, value="", max_age=0, path="/", httponly=True, samesite="lax")],
         )
 
-    routes: list[ControllerRouterHandler] = [demo_page, dev_logout]
-    if emulator_transport is None:
-        return routes
-    new_transport = emulator_transport
-
-    @route("/hosted/{rest:path}", http_method=["GET", "POST"], include_in_schema=False)
-    async def hosted(request: Request[Any, Any, Any], rest: FromPath[str]) -> Response[bytes]:
-        # The emulator lives in this process; its checkout URLs name a host no browser can reach,
-        # so the demo page links here instead. Forwarded as is: method, form body, redirects.
-        async with httpx.AsyncClient(transport=new_transport(), base_url=emulator_base_url) as client:
-            upstream = await client.request(
-                request.method,
-                "/hosted" + rest,
-                content=await request.body(),
-                headers={"content-type": request.headers.get("content-type", "")},
-            )
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
-        media_type = headers.pop("content-type", "text/plain").split(";")[0]
-        return Response(
-            upstream.content, status_code=upstream.status_code, headers=headers, media_type=media_type
-        )
-
-    routes.append(hosted)
-    return routes
+    return [demo_page, dev_logout]

@@ -20,7 +20,7 @@ from .config import (
     VlunaAIConfig,
     user_agent_for,
 )
-from .errors import VlunaAIError
+from .errors import VlunaAIError, explain
 from .gate_results import GatePreflightResult, parse_gate_preflight_result
 from .signing import ServiceKeyAuth
 
@@ -174,6 +174,9 @@ def error_envelope(raw: RawResponse) -> dict[str, Any]:
     """An error answer as an envelope with `ok=False`, its HTTP status and request id attached."""
     if isinstance(raw.body, dict):
         data = dict(raw.body)
+        code, message = data.get("code"), data.get("message")
+        if isinstance(code, str) and isinstance(message, str):
+            data["message"] = explain(code, message)
     else:
         text = raw.body if isinstance(raw.body, str) else json.dumps(raw.body)
         data = {"code": None, "message": text}

@@ -31,6 +31,7 @@ from .errors import (
     APITimeoutError,
     VlunaAIError,
     error_class_for_status,
+    explain,
 )
 from .signing import ServiceKeyAuth
 
@@ -377,7 +378,7 @@ def status_error(operation: str, method: str, url: httpx.URL, raw: RawResponse) 
     trace_id = body.get("trace_id", body.get("traceId"))
     code = body.get("code")
     return error_class_for_status(raw.status)(
-        message,
+        explain(code if isinstance(code, str) else None, message),
         code=code if isinstance(code, str) else None,
         status=raw.status,
         operation=operation,

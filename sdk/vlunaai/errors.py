@@ -105,6 +105,28 @@ class InternalServerError(APIStatusError):
     """5xx."""
 
 
+# What to change on the call when the server says bindings are missing: the request context
+# fields that become the X-Principal-Id / X-User-Id / X-Billing-Account-ID headers.
+_BINDING_ADVICE = {
+    "AUTH.MISSING_RUNTIME_BINDINGS": (
+        "this call needs both X-Principal-Id and X-User-Id: "
+        "pass context=RequestContext(principal_id=..., user_id=...) (user_id is the one usually missing)"
+    ),
+    "AUTH.MISSING_SERVICE_BINDINGS": (
+        "this call needs X-Principal-Id or X-Billing-Account-ID: "
+        "pass context=RequestContext(principal_id=...) or RequestContext(billing_account_id=...)"
+    ),
+}
+
+
+def explain(code: str | None, message: str) -> str:
+    """The server's message, plus which `RequestContext` field to set when bindings are missing."""
+    advice = _BINDING_ADVICE.get(code or "")
+    if advice is None or advice in message:
+        return message
+    return f"{message} ({advice})"
+
+
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,

@@ -69,6 +69,7 @@ def canonical_string(
     user_id: str | None = None,
     billing_account_id: str | None = None,
     idempotency_key: str,
+    billing_user_id: str | None = None,
 ) -> str:
     return "\n".join(
         [
@@ -82,7 +83,7 @@ def canonical_string(
             f"x-principal-id:{principal_id or ''}",
             f"x-user-id:{user_id or ''}",
             f"x-billing-account-id:{billing_account_id or ''}",
-            "x-billing-user-id:",
+            f"x-billing-user-id:{billing_user_id or ''}",
             f"idempotency-key:{idempotency_key}",
         ]
     )
@@ -117,6 +118,19 @@ def parse_authorization(value: str) -> SvcAuthHeader | None:
         nonce=match["nonce"],
         algorithm=match["alg"],
     )
+
+
+def default_content_type(method: str, body: str | bytes | None) -> str:
+    """The Content-Type signed (and sent) when the caller set none.
+
+    A body is JSON. A read without a body keeps the JSON type, as the published client sends it.
+    A write without a body (a bodyless POST, PATCH or DELETE) sends none and signs an empty
+    content-type line: servers refuse an announced JSON body that is empty (the open-source
+    server answers 400 "Body cannot be empty when content-type is set to 'application/json'").
+    """
+    if body or method.upper() in ("GET", "HEAD"):
+        return DEFAULT_CONTENT_TYPE
+    return ""
 
 
 def new_nonce() -> str:
@@ -177,7 +191,7 @@ class ServiceKeyAuth:
         timestamp = utc_timestamp()
         nonce = new_nonce()
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
-        content_type = lowered.get("content-type", DEFAULT_CONTENT_TYPE)
+        content_type = lowered.get("content-type", default_content_type(method, body))
         digest = content_digest(body)
         idem = idempotency_key or new_nonce()
         canonical = canonical_string(
@@ -203,8 +217,9 @@ class ServiceKeyAuth:
             "content-digest": digest,
             "idempotency-key": idem,
             "x-realm-id": realm_id,
-            "content-type": content_type,
         }
+        if content_type:
+            signed["content-type"] = content_type
         if billing_account_id:
             signed["x-billing-account-id"] = billing_account_id
         if principal_id:

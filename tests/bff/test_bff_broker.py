@@ -22,7 +22,7 @@ from bff_support import (
     until,
 )
 
-from bff.tokens.broker import Principal, TokenRejected, TokenUnavailable
+from bff.tokens.broker import Principal, SignOutIncomplete, TokenRejected, TokenUnavailable
 from bff.tokens.issuer import IssuerRejected
 
 ALICE = Principal("org:acme", "alice", {"email": "alice@acme.test"})
@@ -273,7 +273,11 @@ async def test_redis_down_keeps_answering_from_process_cache(
         issuer.gate.set()
         await asyncio.gather(*tasks)
         assert len(issuer.calls) == 2
-        await svc.broker.forget(ALICE)  # no error either
+        # Sign-out cannot be promised without Redis; a best-effort drop raises nothing.
+        with pytest.raises(SignOutIncomplete):
+            await svc.broker.forget(ALICE)
+        await svc.broker.forget(ALICE, strict=False)
+        assert len(issuer.calls) == 2
 
 
 async def test_redis_failing_mid_flight(keys: Keys, prefix: str, redis_client: aioredis.Redis) -> None:
@@ -310,6 +314,25 @@ async def test_redis_coming_back(keys: Keys, prefix: str, redis_client: aioredis
             await until(lambda: notifier.connected)
             await svc.broker.get_token(BOB, BOTH)
             assert len(await token_entries(redis_client, prefix)) == 1  # Bob's went to Redis again
+    finally:
+        await proxy.stop()
+
+
+async def test_once_redis_answers_it_alone_decides(keys: Keys, prefix: str) -> None:
+    """A token this process cached in-process during an outage is not served once Redis is back:
+    another replica may have signed its user out meanwhile, and a sign-out can only delete what is
+    in Redis."""
+    proxy = await TcpProxy().start()
+    issuer = FakeIssuer()
+    try:
+        async with running_services(redis_settings(keys, prefix, url=proxy.url), issuer) as svc:
+            await proxy.stop()
+            during = await svc.broker.get_token(ALICE, BOTH)
+            assert (await svc.broker.get_token(ALICE, BOTH)).access_token == during.access_token
+            proxy = await TcpProxy(port=proxy.port).start()
+            after = await svc.broker.get_token(ALICE, BOTH)
+            assert after.access_token != during.access_token
+            assert len(issuer.calls) == 2
     finally:
         await proxy.stop()
 

@@ -23,6 +23,18 @@ async def emulator() -> AsyncIterator[VlunaEmulator]:
         yield emu
 
 
+@pytest.fixture(params=["0.3.2", "oss"])
+async def any_emulator(request: pytest.FixtureRequest) -> AsyncIterator[VlunaEmulator]:
+    """Each flavour: the 0.3.2 API, the open-source server as recorded."""
+    async with VlunaEmulator(flavor=request.param) as emu:
+        yield emu
+
+
+def first_calls(emu: VlunaEmulator) -> int:
+    """Issuance calls for a new principal: the open-source server fails the first one (500)."""
+    return 2 if emu.settings.flavor == "oss" else 1
+
+
 def sdk_issuer(
     emu: VlunaEmulator, *, secret: str | None = None, timeout: float = 5.0, retries: int = 0
 ) -> SdkTokenIssuer:
@@ -38,26 +50,29 @@ def sdk_issuer(
     )
 
 
-async def test_issue_through_the_sdk(emulator: VlunaEmulator) -> None:
+async def test_issue_through_the_sdk(any_emulator: VlunaEmulator) -> None:
+    emulator = any_emulator
     issuer = sdk_issuer(emulator)
     token = await issuer.issue("org:acme", "alice", ["checkout"], {"email": "a@acme.test"})
     await issuer.aclose()
     assert token.token_type == "Bearer" and token.expires_in == 600
     assert token.billing_account_id and token.billing_user_id and token.expires_at
-    assert emulator.calls(OP) == 1
+    assert emulator.calls(OP) == first_calls(emulator)
     assert "access_token" not in repr(token) and token.access_token not in repr(token)
     # The platform token works on the bearer API.
     bearer = emulator.bearer_client(error_mode="raise")
     await bearer.list_catalog_products(context=RequestContext(access_token=token.access_token))
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429])
-async def test_unavailable_statuses(emulator: VlunaEmulator, status: int) -> None:
+@pytest.mark.parametrize(("status", "calls"), [(500, 2), (502, 1), (503, 1), (429, 1)])
+async def test_unavailable_statuses(emulator: VlunaEmulator, status: int, calls: int) -> None:
     emulator.inject_fault(OP, status=status, retry_after=0, times=None)
     issuer = sdk_issuer(emulator)
     with pytest.raises(IssuerUnavailable):
         await issuer.issue("org:acme", "alice", ["checkout"], {})
     await issuer.aclose()
+    # max_retries 0: one attempt, except that a 500 SERVER.UNEXPECTED is always tried twice.
+    assert emulator.calls(OP) == calls
 
 
 async def test_connection_dropped_and_slow_are_unavailable(emulator: VlunaEmulator) -> None:
@@ -82,12 +97,37 @@ async def test_wrong_service_key_is_rejected_not_unavailable(emulator: VlunaEmul
     assert "d3Jvbmc" not in str(info.value)
 
 
-async def test_first_call_failing_once_is_retried(emulator: VlunaEmulator) -> None:
-    emulator.inject_fault(OP, status=500, retry_after=0, times=1)
-    issuer = sdk_issuer(emulator, retries=1)
-    assert (await issuer.issue("org:new", "u1", ["portal"], {})).access_token
-    await issuer.aclose()
-    assert emulator.calls(OP) == 2
+@pytest.mark.parametrize("retries", [0, 1, 2])
+async def test_first_call_failing_once_is_retried_with_the_same_key(retries: int) -> None:
+    # The server of the recordings: a new principal's first call answers 500 SERVER.UNEXPECTED
+    # (the account is created anyway), the same request again succeeds. Even with retries off
+    # the user never sees it, and both attempts carry one Idempotency-Key.
+    async with VlunaEmulator(flaky_account_creation=True) as emu:
+        keys_seen: list[str] = []
+        transport = emu.transport()
+        inner = transport.handle_async_request
+
+        async def spy(request: Any) -> Any:
+            keys_seen.append(request.headers["idempotency-key"])
+            return await inner(request)
+
+        transport.handle_async_request = spy  # type: ignore[method-assign]
+        issuer = SdkTokenIssuer.create(
+            base_url=emu.service_base_url,
+            realm_id=emu.realm_id,
+            key_id=emu.service_key_id,
+            secret=emu.service_key_secret,
+            session_ttl_sec=600,
+            timeout_sec=5,
+            max_retries=retries,
+            transport=transport,
+        )
+        assert (await issuer.issue("org:new", "alice", ["portal"], {})).access_token
+        assert emu.calls(OP) == 2 and len(set(keys_seen)) == 1
+        # An existing principal: one call, and a key of its own.
+        assert (await issuer.issue("org:new", "bob", ["portal"], {})).access_token
+        await issuer.aclose()
+        assert emu.calls(OP) == 3 and len(set(keys_seen)) == 2
 
 
 def emulated(keys: Keys, emu: VlunaEmulator, prefix: str) -> Settings:
@@ -105,8 +145,9 @@ def emulated(keys: Keys, emu: VlunaEmulator, prefix: str) -> Settings:
 
 
 async def test_end_to_end_with_emulator_and_redis(
-    keys: Keys, emulator: VlunaEmulator, prefix: str, redis_client: aioredis.Redis
+    keys: Keys, any_emulator: VlunaEmulator, prefix: str, redis_client: aioredis.Redis
 ) -> None:
+    emulator = any_emulator
     settings = emulated(keys, emulator, prefix)
     issuer = sdk_issuer(emulator)
     async with client_for(settings, issuer) as client:
@@ -115,7 +156,7 @@ async def test_end_to_end_with_emulator_and_redis(
         assert r.status_code == 200, r.text
         body = r.json()
         assert (await client.get("/vluna/token", headers=h)).json()["access_token"] == body["access_token"]
-        assert emulator.calls(OP) == 1
+        assert emulator.calls(OP) == first_calls(emulator)
         # Vluna goes down: the cached token is still served; a new user gets 503.
         emulator.inject_fault(OP, status=503, retry_after=0, times=None)
         assert (await client.get("/vluna/token", headers=h)).json()["access_token"] == body["access_token"]

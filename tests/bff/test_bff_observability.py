@@ -33,9 +33,10 @@ from vlunaai.testing import VlunaEmulator
 from bff.observability import tracing
 from bff.observability.logging import JsonFormatter, redact, register_secret
 from bff.settings import SettingsError
+from bff.vluna_probe import PROBE_OPERATION
 
 TOKEN_OP = "issue_platform_token"
-PROBE_OP = "list_catalog_products"
+PROBE_OP = PROBE_OPERATION
 
 
 @pytest.fixture

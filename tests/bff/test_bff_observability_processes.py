@@ -25,9 +25,12 @@ from observability_support import (
     start_serve,
     stop,
 )
+from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE
 
 from bff.observability.metrics import MULTIPROC_ENV
 from bff.observability.serving import multiprocess_metrics
+
+CONTROL = {CONTROL_HEADER: CONTROL_HEADER_VALUE}  # the emulator's controls require it
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -102,6 +105,7 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(keys: Keys
                     r = await control.post(
                         f"{emulator_url}/__emulator__/faults",
                         json={"operation": "issue_platform_token", "latency_seconds": 2.5, "times": None},
+                        headers=CONTROL,
                     )
                     assert r.status_code == 201
                 # One connection per request, each a cold token: every one waits on Vluna.
@@ -160,6 +164,7 @@ async def test_the_drain_is_bounded_by_the_grace_period(keys: Keys, tmp_path: Pa
                 r = await client.post(
                     f"{emulator_url}/__emulator__/faults",
                     json={"operation": "issue_platform_token", "latency_seconds": 600, "times": None},
+                    headers=CONTROL,
                 )
                 assert r.status_code == 201
                 token = keys.token("stuck", org_id="acme")

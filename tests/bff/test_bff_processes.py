@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 import yaml
 from bff_support import ENC_KEY_1, HMAC_KEY, REDIS_URL, Keys, base_settings
 
-from bench._harness import free_port, start_emulator
+from bench._harness import CONTROL, free_port, start_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 EMULATOR_SECRET = "cHJvY2Vzcy10ZXN0LXNlY3JldC1wcm9jZXNzLXRlc3Qh"
@@ -104,9 +104,13 @@ async def test_single_flight_across_three_processes(
             r = await probe.post(
                 f"{emulator_url}/__emulator__/faults",
                 json={"operation": "issue_platform_token", "latency_seconds": 0.5, "times": 1},
+                headers=CONTROL,
             )
             assert r.status_code == 201
-            await probe.post(f"{emulator_url}/__emulator__/reset", params={"what": "counters"})
+            reset = await probe.post(
+                f"{emulator_url}/__emulator__/reset", params={"what": "counters"}, headers=CONTROL
+            )
+            assert reset.status_code == 200
         headers = {"Authorization": f"Bearer {keys.token('alice', org_id='acme')}"}
         limits = httpx.Limits(max_connections=600, max_keepalive_connections=600)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -117,7 +121,9 @@ async def test_single_flight_across_three_processes(
                 ]
             )
         async with httpx.AsyncClient(timeout=10) as probe:
-            counters = (await probe.get(f"{emulator_url}/__emulator__/counters")).json()["data"]["calls"]
+            counters = (await probe.get(f"{emulator_url}/__emulator__/counters", headers=CONTROL)).json()[
+                "data"
+            ]["calls"]
     finally:
         for p in procs:
             stop(p)

@@ -304,6 +304,11 @@ async def test_non_json_upstream_answer_is_a_502(
     r = await client.get(f"{P}/wallet/balance", headers=auth(keys))
     assert r.status_code == 502 and error(r) == "upstream_invalid"
     assert b"login" not in r.content
+    # A server without the route answers its own HTML 404: ours is a JSON 404 that says so.
+    server.recorder.replace_answer = (404, b"text/html; charset=utf-8", b"<pre>Cannot GET</pre>")
+    r = await client.get(f"{P}/wallet/balance", headers=auth(keys))
+    assert r.status_code == 404 and error(r) == "upstream_route_missing"
+    assert r.headers["content-type"].startswith("application/json") and b"<pre>" not in r.content
 
 
 # -- bodies and idempotency ----------------------------------------------------------------------
@@ -603,11 +608,12 @@ async def test_public_catalog_is_cached_with_etags(
     client: AppClient, keys: Keys, server: EmulatorServer
 ) -> None:
     r1 = await client.get(f"{P}/catalog/products", headers=auth(keys))
-    r2 = await client.get(f"{P}/catalog/products", headers=auth(keys, "bob", "other"))
+    r2 = await client.get(f"{P}/catalog/products", headers=auth(keys))
     assert r1.status_code == r2.status_code == 200 and r1.content == r2.content
     assert server.emulator.calls("list_catalog_products") == 1
     etag = r1.headers["etag"]
     assert r1.headers["cache-control"].startswith("private, max-age=")
+    assert r1.headers["vary"] == "Accept-Language, Authorization, Cookie"
     r3 = await client.get(f"{P}/catalog/products", headers={**auth(keys), "If-None-Match": etag})
     assert r3.status_code == 304 and r3.content == b"" and r3.headers["etag"] == etag
     r4 = await client.get(f"{P}/catalog/products", headers={**auth(keys), "If-None-Match": '"other"'})
@@ -615,6 +621,10 @@ async def test_public_catalog_is_cached_with_etags(
     # Another query is another entry.
     await client.get(f"{P}/catalog/products", headers=auth(keys), params={"limit": "1"})
     assert server.emulator.calls("list_catalog_products") == 2
+    # Another user never gets this user's copy (answers are personalised): their own call.
+    r5 = await client.get(f"{P}/catalog/products", headers=auth(keys, "bob", "other"))
+    assert r5.status_code == 200
+    assert server.emulator.calls("list_catalog_products") == 3
     # Still authenticated, even from the cache.
     assert (await client.get(f"{P}/catalog/products")).status_code == 401
 

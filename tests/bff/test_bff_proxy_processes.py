@@ -17,7 +17,7 @@ import yaml
 from bff_support import ENC_KEY_1, HMAC_KEY, REDIS_URL, Keys, base_settings
 from proxy_support import free_port
 
-from bench._harness import start_emulator
+from bench._harness import CONTROL, start_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "cHJveHktdGVzdC1zZWNyZXQtcHJveHktdGVzdCEhISE="
@@ -109,7 +109,9 @@ def test_rate_limit_across_two_service_processes(
     try:
         for port in ports:
             wait_ready(f"http://127.0.0.1:{port}/vluna/api/v1/catalog/products", procs)
-        httpx.post(f"{emulator_url}/__emulator__/reset", params={"what": "counters"})
+        httpx.post(
+            f"{emulator_url}/__emulator__/reset", params={"what": "counters"}, headers=CONTROL
+        ).raise_for_status()
         headers = {"Authorization": f"Bearer {keys.token('alice', org_id='acme')}"}
         statuses = []
         with httpx.Client(timeout=10) as client:
@@ -136,7 +138,7 @@ def test_rate_limit_across_two_service_processes(
         ):
             status = raw_get(ports[0], raw, other)
             assert status in (400, 404), (raw, status)
-        counters = httpx.get(f"{emulator_url}/__emulator__/counters").json()["data"]["calls"]
+        counters = httpx.get(f"{emulator_url}/__emulator__/counters", headers=CONTROL).json()["data"]["calls"]
     finally:
         for p in procs:
             stop(p)

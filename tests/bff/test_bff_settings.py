@@ -169,3 +169,13 @@ def test_secrets_never_in_errors_dumps_or_reprs(keys: Keys) -> None:
         validate_settings(data)
     for secret in secrets:
         assert secret not in str(info.value)
+
+
+def test_api_base_url_is_checked_and_never_the_service_api(keys: Keys) -> None:
+    ok = validate_settings(base_settings(keys, vluna={"api_base_url": "https://eu.api.vluna.test/api/v1/"}))
+    assert ok.vluna.api_base_url == "https://eu.api.vluna.test/api/v1"
+    for bad in ("https://eu.api.vluna.test/mgt/v1", "ftp://x/api/v1"):
+        with pytest.raises(SettingsError) as err:
+            validate_settings(base_settings(keys, vluna={"api_base_url": bad}))
+        assert fields_of(err.value) == {"vluna.api_base_url"}
+        assert bad not in str(err.value)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import Service, dev_login
-from playwright.sync_api import BrowserContext, Page, Request, Route
+from playwright.sync_api import BrowserContext, Page, Request, Route, expect
 
 
 def start(page: Page, service: Service, user: str | None = None) -> Callable[[], list[Request]]:
@@ -131,18 +131,28 @@ def test_helpers_over_the_proxy_send_the_anti_forgery_header(page: Page, service
                 return_url: location.origin + '/done',
             });
             const again = await c.checkout.get(checkout.checkout_id);
+            const session = await c.checkout.session({
+                items: [{ catalog_price_id: prices[0].catalog_price_id, quantity: 1 }],
+            });
             const portal = await c.portal.create({ return_url: location.origin + '/' });
             return { n: prices.length, url: checkout.launch_url,
                      id: again.checkout_id === checkout.checkout_id,
-                     status: again.status, portal: portal.portal_url };
+                     status: again.status, session: session.checkout_url, portal: portal.portal_url };
         }"""
     )
     assert out["n"] >= 3
-    assert "/hosted/checkout/" in out["url"]
+    # Dev mode's launch URLs are the dev server's own pages: a SPA opens them as they are.
+    assert out["url"].startswith(f"{service.url}/hosted/checkout/")
     assert out["id"] is True and out["status"] == "open"
-    assert "/hosted/portal/" in out["portal"]
-    assert [r.method for r in proxied] == ["GET", "POST", "GET", "POST"]
+    assert "/hosted/checkout/" in out["session"]
+    assert out["portal"].startswith(f"{service.url}/hosted/portal/")
+    assert [r.method for r in proxied] == ["GET", "POST", "GET", "POST", "POST"]
+    assert proxied[3].url.endswith("/vluna/api/v1/checkout/sessions")
     assert all(r.headers.get("x-vluna-csrf") == "1" for r in proxied)
+    page.goto(out["url"])
+    expect(page.locator("h1")).to_have_text("Checkout (emulated)")
+    page.goto(out["portal"])
+    expect(page.locator("h1")).to_have_text("Billing portal (emulated)")
 
 
 def test_without_a_session_the_error_is_typed(page: Page, service: Service) -> None:
@@ -171,6 +181,68 @@ def test_sign_out_drops_the_token_everywhere(page: Page, service: Service) -> No
     assert len(deletes) == 1 and deletes[0].headers.get("x-vluna-csrf") == "1"
     after = page.evaluate("async () => (await c.getToken()).access_token")
     assert after != before  # the service's cache was dropped: a new token was issued
+
+
+def refuse_sign_outs(page: Page, times: int) -> list[str]:
+    """The service's answer when it cannot record a sign-out (its Redis away), `times` times;
+    then DELETEs reach the real service. Returns the log of token requests as they happen."""
+    log: list[str] = []
+    left = [times]
+
+    def handle(route: Route) -> None:
+        log.append(route.request.method)
+        if route.request.method == "DELETE" and left[0] > 0:
+            left[0] -= 1
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1", "Cache-Control": "no-store"},
+                content_type="application/json",
+                body=json.dumps({"error": "sign_out_incomplete", "message": "send it again"}),
+            )
+        else:
+            route.continue_()
+
+    page.route("**/vluna/token*", handle)
+    return log
+
+
+def test_a_refused_sign_out_is_retried_and_token_requests_wait_for_it(page: Page, service: Service) -> None:
+    start(page, service)
+    before = page.evaluate("async () => (await c.getToken()).access_token")
+    page.wait_for_timeout(1100)  # so that a token issued after the sign-out has a later iat
+    log = refuse_sign_outs(page, 2)
+    out = page.evaluate(
+        """async () => {
+            let signedOut = 0;
+            c.on('signout', () => { signedOut += 1; });
+            const started = performance.now();
+            const done = c.signOut();
+            // Asked for while the sign-out is being retried: sent only once it went through.
+            const next = c.getToken();
+            await done;
+            const tookMs = performance.now() - started;
+            return { token: (await next).access_token, signedOut, tookMs };
+        }"""
+    )
+    assert log == ["DELETE", "DELETE", "DELETE", "GET"]
+    assert out["token"] != before and out["signedOut"] == 1
+    assert out["tookMs"] >= 2000  # Retry-After (1 s) honoured twice
+
+
+def test_a_sign_out_refused_too_often_fails(page: Page, service: Service) -> None:
+    start(page, service)
+    page.evaluate("async () => { await c.getToken(); }")
+    log = refuse_sign_outs(page, 10)
+    err = page.evaluate(
+        """async () => {
+            const { createClient } = await import('/vluna/client.js');
+            const c2 = createClient({ signOutRetries: 1 });
+            try { await c2.signOut(); return null; }
+            catch (e) { return { status: e.status, code: e.code, retryAfter: e.retryAfter }; }
+        }"""
+    )
+    assert err == {"status": 503, "code": "sign_out_incomplete", "retryAfter": 1}
+    assert log == ["DELETE", "DELETE"]
 
 
 @pytest.mark.parametrize("how", ["module", "global"])

@@ -72,7 +72,7 @@ def test_demo_whole_flow(page: Page, service: Service) -> None:
 
     # Checkout: the emulator's hosted URL is shown.
     page.locator("#catalog li[data-product-id=prod_starter] button.buy").click()
-    expect(page.get_by_test_id("checkout-url")).to_contain_text("/hosted/checkout/")
+    expect(page.get_by_test_id("checkout-url")).to_contain_text(f"{service.url}/hosted/checkout/")
     expect(page.get_by_test_id("checkout-status")).to_have_text("open")
     checkout_id = page.get_by_test_id("checkout-id").inner_text()
     assert checkout_id in page.get_by_test_id("checkout-url").inner_text()
@@ -82,6 +82,7 @@ def test_demo_whole_flow(page: Page, service: Service) -> None:
     # Pay on the hosted page (served by dev mode for the embedded emulator); it sends us back.
     page.get_by_test_id("checkout-open").click()
     expect(page.locator("h1")).to_have_text("Checkout (emulated)")
+    assert page.url == f"{service.url}/hosted/checkout/{checkout_id}"  # the launch_url itself
     page.get_by_role("button", name="Pay (test)").click()
     page.wait_for_url(re.compile(r"returned=1"))
     expect(page.get_by_test_id("checkout-status")).to_have_text("completed")

@@ -270,8 +270,11 @@ class Replay:
                 src = self.context / opts["source"]
                 assert src.exists(), f"line {ins.line}: bind mount source {opts['source']} missing"
                 if not dest.exists():
+                    # Docker creates a missing mount point's directories; they leave no trace.
+                    made = [d for d in reversed(dest.parents) if not d.exists()]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(src, dest)
-                    bound.append(dest)
+                    bound += [dest, *reversed(made)]
             else:
                 raise AssertionError(f"line {ins.line}: unsupported mount {mount}")
         try:
@@ -286,7 +289,10 @@ class Replay:
             )
         finally:
             for p in bound:  # bind mounts do not persist into the layer
-                p.unlink()
+                if p.is_dir():
+                    p.rmdir()  # a mount point's directory, empty unless the RUN wrote into it
+                else:
+                    p.unlink()
         assert proc.returncode == 0, (
             f"Dockerfile line {ins.line}: RUN {command!r} failed ({proc.returncode}):\n"
             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -267,6 +267,9 @@ def test_builder_produces_a_compiled_non_editable_install(image: Replay) -> None
     assert (venv / "bin" / "vluna-bff").exists()
     site = next(venv.glob("lib/python3*/site-packages"))
     assert (site / "bff" / "cli.py").is_file(), "the project is installed as files, not a link to /src"
+    assert (site / "vlunaai" / "_http.py").is_file(), "the SDK (workspace member sdk/) is installed as files"
+    dists = {p.name.split("-")[0] for p in site.glob("*.dist-info")}
+    assert {"vluna_bff", "vlunaai"} <= dists, dists
     assert not list(site.glob("*.pth")) or all("/src" not in p.read_text() for p in site.glob("*.pth")), (
         "editable install"
     )

@@ -16,7 +16,9 @@ from bench._harness import SHARED_REDIS_URL, Emulator, UserKeys
 PHASE_SEC = 15.0  # x 2 phases = the 30 s outage
 VLUNA_TIMEOUT = 1.0
 PROXY_TOTAL = 1.5
-MARGIN = 1.5  # scheduling slack on a shared 2-CPU machine
+# In the "timeout" phase Vluna takes longer to answer than the phase lasts: a request that waited
+# for it would take at least this long, so the deadlines are checked without a wall-clock margin.
+SLOW_UPSTREAM = 20.0
 CATALOG = "/vluna/api/v1/catalog/products"
 
 
@@ -27,6 +29,7 @@ class Rec:
     status: int
     elapsed: float
     retry_after: str | None
+    code: str | None
     token: str | None = None
 
 
@@ -54,10 +57,11 @@ async def test_vluna_down_for_30s(emulator: Emulator, start_service, user_keys: 
         async def call(phase: str, kind: str, path: str, h: dict[str, str]) -> httpx.Response:
             t0 = time.monotonic()
             r = await client.get(path, headers=h)
-            token = r.json().get("access_token") if r.status_code == 200 and kind == "cached" else None
-            recs.append(
-                Rec(phase, kind, r.status_code, time.monotonic() - t0, r.headers.get("retry-after"), token)
-            )
+            elapsed = time.monotonic() - t0
+            body = r.json()
+            token = body.get("access_token") if r.status_code == 200 and kind == "cached" else None
+            code = body.get("error") if r.status_code >= 400 else None
+            recs.append(Rec(phase, kind, r.status_code, elapsed, r.headers.get("retry-after"), code, token))
             return r
 
         known = {}
@@ -95,7 +99,7 @@ async def test_vluna_down_for_30s(emulator: Emulator, start_service, user_keys: 
         emulator.fault("*", status=503, retry_after=1, times=None)
         await phase("503")
         emulator.clear_faults()
-        emulator.fault("*", latency_seconds=4, times=None)
+        emulator.fault("*", latency_seconds=SLOW_UPSTREAM, times=None)
         await phase("timeout")
         upstream_catalog_calls = emulator.calls("list_catalog_products")
         emulator.clear_faults()
@@ -122,14 +126,16 @@ async def test_vluna_down_for_30s(emulator: Emulator, start_service, user_keys: 
         # Others: 503 with Retry-After, within Vluna's timeout.
         assert {r.status for r in fresh_recs} == {503}, phase_name
         assert all(r.retry_after and int(r.retry_after) >= 1 for r in fresh_recs)
-        assert max(r.elapsed for r in fresh_recs) <= VLUNA_TIMEOUT + MARGIN, phase_name
-        # Proxied calls: errors, never hanging past the proxy deadline; once the breaker is
-        # open most of them are refused at once, with Retry-After.
+        assert {r.code for r in fresh_recs} == {"token_unavailable"}, phase_name
+        # Proxied calls: errors, never waiting for Vluna; once the breaker is open most of them
+        # are refused by it (never sent upstream), with Retry-After.
         assert all(r.status in (502, 503, 504) for r in proxy_recs), phase_name
-        assert max(r.elapsed for r in proxy_recs) <= PROXY_TOTAL + MARGIN, phase_name
-        fast = [r for r in proxy_recs if r.status == 503 and r.elapsed < 0.25]
-        assert len(fast) >= len(proxy_recs) // 2, (phase_name, len(fast), len(proxy_recs))
-        assert all(r.retry_after for r in fast)
+        refused = [r for r in proxy_recs if r.status == 503 and r.code == "upstream_unavailable"]
+        assert len(refused) >= len(proxy_recs) // 2, (phase_name, len(refused), len(proxy_recs))
+        assert all(r.retry_after for r in refused)
+        if phase_name == "timeout":
+            slowest = max(r.elapsed for r in fresh_recs + proxy_recs)
+            assert slowest < SLOW_UPSTREAM, f"a request waited {slowest:.1f} s: for Vluna, not a deadline"
     proxied = len([r for r in recs if r.kind == "proxy"])
     # Fail-fast means Vluna saw only a fraction of the proxied calls (probes, and retries of them).
     assert upstream_catalog_calls < proxied / 2, (upstream_catalog_calls, proxied)

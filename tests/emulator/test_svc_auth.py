@@ -224,3 +224,46 @@ async def test_sdk_service_client_signs_every_attempt(vluna_emulator: VlunaEmula
     result = await svc.list_catalog_products()
     assert result.ok is True
     assert vluna_emulator.calls("service.list_catalog_products") == 3
+
+
+async def test_published_0_1_2_signature_form_is_refused_and_named(raw: Raw) -> None:
+    # Signed exactly as vlunaai 0.1.2 signs (written out here from its canonical form): the
+    # billing-account line before the principal line, and no user lines.
+    body = json.dumps({"principal_id": "org:acme", "user_id": "user:alice"})
+    ts, nonce, idem = datetime.now(timezone.utc).isoformat(), "b" * 32, "c" * 32
+    digest = content_digest(body)
+    canonical = "\n".join(
+        [
+            "POST",
+            "/mgt/v1/token/issue",
+            f"ts:{ts}",
+            f"nonce:{nonce}",
+            f"content-digest:{digest}",
+            "content-type:application/json; charset=utf-8",
+            f"x-realm-id:{raw.emu.realm_id}",
+            "x-billing-account-id:",
+            "x-principal-id:org:acme",
+            f"idempotency-key:{idem}",
+        ]
+    )
+    sig = compute_signature(decode_secret(raw.emu.service_key_secret), canonical)
+    headers = {
+        "authorization": format_authorization(
+            key_id=raw.emu.service_key_id, signature=sig, timestamp=ts, nonce=nonce
+        ),
+        "content-digest": digest,
+        "content-type": "application/json; charset=utf-8",
+        "x-realm-id": raw.emu.realm_id,
+        "x-principal-id": "org:acme",
+        "idempotency-key": idem,
+    }
+    response = await raw.send("POST", "/mgt/v1/token/issue", headers, body)
+    error = assert_error(response, 401, "AUTH.INVALID_SERVICE_SIGNATURE", "legacy_signature")
+    assert "pre-0.3 canonical form" in error["message"]
+    assert "0.3.2" in error["message"]
+    # A plain forgery is not mistaken for the old form.
+    headers["authorization"] = format_authorization(
+        key_id=raw.emu.service_key_id, signature=sig[:-4] + "AAA=", timestamp=ts, nonce="d" * 32
+    )
+    response = await raw.send("POST", "/mgt/v1/token/issue", headers, body)
+    assert_error(response, 401, "AUTH.INVALID_SERVICE_SIGNATURE", "invalid_signature")

@@ -46,8 +46,11 @@ class FakeBff:
                 "access_token": token,
                 "token_type": "Bearer",
                 "expires_in": expires_in,
+                "lifetime_sec": 100,
                 "billing_account_id": "ba_1",
                 "scopes": ["checkout", "portal"],
+                "realm_id": "realm_1",
+                "api_base_url": "https://vluna.test/api/v1",
             },
         )
 

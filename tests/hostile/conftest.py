@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,17 +103,17 @@ def user_keys() -> UserKeys:
     return UserKeys()
 
 
-@pytest.fixture(scope="module")
-def target(user_keys: UserKeys) -> Iterator[Target]:
+@contextlib.contextmanager
+def serving(keys: UserKeys, *, upstream: str | None = None, **sections: Any) -> Iterator[Target]:
+    """The emulator behind a counting relay and `vluna-bff serve` in front of it (Redis: the
+    shared server, under a key prefix of its own). `upstream`: another /api/v1 base for the proxy.
+    Keyword arguments are configuration sections merged over the production-shaped defaults."""
     emulator = start_emulator()
     relay = CountingRelay(emulator.port)
-    data = bff_config(
-        relay.url,
-        user_keys.pem(),
-        redis_url=SHARED_REDIS_URL,
-        auth={"jwt": {"leeway_sec": 5}},
-        proxy={"max_body_bytes": 16 * 1024},
-    )
+    sections.setdefault("auth", {"jwt": {"leeway_sec": 5}})
+    if upstream is not None:
+        sections["proxy"] = {**sections.get("proxy", {}), "upstream_base_url": upstream}
+    data = bff_config(relay.url, keys.pem(), redis_url=SHARED_REDIS_URL, **sections)
     cfg = write_config(data)
     try:
         bff = start_bff(cfg)
@@ -123,12 +124,18 @@ def target(user_keys: UserKeys) -> Iterator[Target]:
     finally:
         cfg.unlink()
     try:
-        yield Target(bff, emulator, relay, user_keys)
+        yield Target(bff, emulator, relay, keys)
     finally:
         bff.stop()
         relay.close()
         emulator.stop()
         cleanup_prefix(data["cache"]["key_prefix"])
+
+
+@pytest.fixture(scope="module")
+def target(user_keys: UserKeys) -> Iterator[Target]:
+    with serving(user_keys, proxy={"max_body_bytes": 16 * 1024}) as t:
+        yield t
 
 
 @pytest.fixture(scope="module")

@@ -190,7 +190,7 @@ def canonical_from_request(request: httpx.Request) -> str:
         "ts:" + fields["ts"],
         "nonce:" + fields["nonce"],
         "content-digest:" + expected_digest(request.content),
-        "content-type:" + h.get("content-type", "application/json; charset=utf-8"),
+        "content-type:" + h.get("content-type", ""),
         "x-realm-id:" + h.get("x-realm-id", ""),
         "x-principal-id:" + h.get("x-principal-id", ""),
         "x-user-id:" + h.get("x-user-id", ""),

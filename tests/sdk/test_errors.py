@@ -255,3 +255,25 @@ def test_hierarchy() -> None:
         assert issubclass(cls, Exception)
     for _, _, cls in STATUS_CLASSES:
         assert issubclass(cls, APIStatusError)
+
+
+@pytest.mark.parametrize("flavor", ["0.3.2", "oss"])
+async def test_missing_runtime_bindings_says_which_context_field_to_set(flavor: str) -> None:
+    # A gate call with a principal but no user id, as the published quickstart makes it: refused
+    # by both flavours (and by the open-source server, recorded).
+    from vlunaai.testing import VlunaEmulator
+
+    async with VlunaEmulator(flavor=flavor) as emu:
+        raising = emu.service_client(error_mode="raise", max_retries=0)
+        with pytest.raises(AuthenticationError) as caught:
+            await raising.gate_authorize(
+                body={"feature_code": "openai.gpt-4o"}, context=RequestContext(principal_id="org:1")
+            )
+        assert caught.value.code == "AUTH.MISSING_RUNTIME_BINDINGS"
+        assert "RequestContext(principal_id=..., user_id=...)" in str(caught.value)
+        result = await emu.service_client(max_retries=0).gate_authorize(
+            body={"feature_code": "openai.gpt-4o"}, context=RequestContext(principal_id="org:1")
+        )
+        assert not result.ok
+        assert result.code == "AUTH.MISSING_RUNTIME_BINDINGS"
+        assert "user_id" in (result.message or "")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.codegen import models, operations
+from scripts.codegen import models, operations, samples
 
 GENERATED = Path(__file__).resolve().parents[2] / "sdk" / "vlunaai" / "generated"
 
@@ -16,4 +16,10 @@ def test_generated_files_match_their_generator(generator: object) -> None:
     rendered = generator.render()  # type: ignore[attr-defined]
     assert rendered, "the generator produced nothing"
     stale = [name for name, text in rendered.items() if (GENERATED / name).read_text() != text]
+    assert not stale, f"regenerate with `uv run python scripts/generate.py`: {stale} are out of date"
+
+
+def test_the_emulators_samples_match_their_generator() -> None:
+    rendered = samples.render()
+    stale = [name for name, text in rendered.items() if (samples.OUT.parent / name).read_text() != text]
     assert not stale, f"regenerate with `uv run python scripts/generate.py`: {stale} are out of date"

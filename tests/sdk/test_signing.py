@@ -76,6 +76,24 @@ CANONICAL_B = (
 )
 SIG_B = "ZJm5Y8n1cOCCAuPBnYTa9ciIscxicQKN7dnTpDgjOeA="
 
+# Vector C: a write without a body: no Content-Type is sent and the content-type line is empty
+# (the open-source server refuses an announced JSON body that is empty).
+CANONICAL_C = (
+    "DELETE\n"
+    "/mgt/v1/billing-plans/plan_1/entitlements/bpe_1\n"
+    f"ts:{FIXED_TS}\n"
+    f"nonce:{FIXED_NONCE}\n"
+    f"content-digest:{EMPTY_DIGEST}\n"
+    "content-type:\n"
+    "x-realm-id:realm-unit\n"
+    "x-principal-id:\n"
+    "x-user-id:\n"
+    "x-billing-account-id:\n"
+    "x-billing-user-id:\n"
+    f"idempotency-key:{IDEM}"
+)
+SIG_C = "rwjeovpbsMlfMOUIWJ22xyNFumbtWqdXaaSrfmDXasQ="
+
 
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,6 +109,7 @@ def test_known_vectors_are_self_consistent() -> None:
     # Guards the constants themselves: they are the HMAC of the literal canonical strings.
     assert _hmac_b64(CANONICAL_A) == SIG_A
     assert _hmac_b64(CANONICAL_B) == SIG_B
+    assert _hmac_b64(CANONICAL_C) == SIG_C
     assert base64.b64encode(hashlib.sha256(b"").digest()).decode() in EMPTY_DIGEST
     assert base64.b64encode(hashlib.sha256(BODY_B).digest()).decode() in DIGEST_B
 
@@ -136,6 +155,23 @@ async def test_known_vector_post(service: Callable[..., ServiceClient]) -> None:
     assert req.headers["x-principal-id"] == "org:123"
     assert req.headers["x-user-id"] == "user-1"
     assert "x-billing-account-id" not in req.headers
+
+
+@pytest.mark.usefixtures("fixed_clock")
+async def test_known_vector_bodyless_write(service: Callable[..., ServiceClient]) -> None:
+    transport = ScriptedTransport(ok({}))
+    client = service(transport)
+    await client.delete_billing_plan_entitlement(
+        "plan_1", "bpe_1", context=RequestContext(idempotency_key=IDEM)
+    )
+    req = transport.last
+    assert req.method == "DELETE"
+    assert req.content == b""
+    assert "content-type" not in req.headers
+    assert req.headers["content-digest"] == EMPTY_DIGEST
+    assert req.headers["authorization"] == (
+        f"SVC-AUTH keyId={KEY_ID},sig={SIG_C},ts={FIXED_TS},nonce={FIXED_NONCE},alg=HMAC-SHA256"
+    )
 
 
 @pytest.mark.usefixtures("fixed_clock")

@@ -14,7 +14,9 @@
 // - api(): calls /vluna/api/v1/... (the service's allowlisted proxy); a 401 is retried once
 //   after renewal;
 // - helpers: catalog, checkout, portal, wallet, billing state, invoices, subscriptions;
-// - signOut(): DELETE /vluna/token (the service forgets the cached tokens) and drops its own.
+// - signOut(): DELETE /vluna/token (the service forgets the cached tokens) and drops its own;
+//   a 503 (the service could not record it yet) or a network error is retried, after
+//   Retry-After, up to signOutRetries times; token requests made meanwhile wait for it.
 
 const VERSION = "1.0.0";
 
@@ -36,6 +38,8 @@ function createClient(options = {}) {
     renewAhead: 0.25, // renew once less than this fraction of the token's life is left
     expiryMarginSec: 5, // a token this close to expiry is treated as expired (never handed out)
     renewRetryMs: 2000, // when a renewal hands back the same token, ask again after this long
+    signOutRetries: 4, // sign-out retries after a 503 or a network error (then it throws)
+    signOutRetryMaxMs: 30000, // longest wait between two sign-out attempts
     autoRenew: false, // keep the token fresh on a timer (for pages that show or hold it)
     credentials: "include", // send the session cookie (cross-origin too, if CORS allows it)
     csrfHeader: "X-Vluna-CSRF",
@@ -56,6 +60,7 @@ function createClient(options = {}) {
   let timer = null;
   let autoRenew = Boolean(o.autoRenew);
   let generation = 0; // bumped by signOut: answers of older requests are dropped
+  let signingOut = null; // the sign-out under way: token requests wait until it is done
   const listeners = { token: new Set(), error: new Set(), signout: new Set() };
 
   function emit(kind, value) {
@@ -169,7 +174,8 @@ function createClient(options = {}) {
   // Single flight: whoever asks while a renewal is under way gets that renewal's answer.
   function renew() {
     if (inflight === null) {
-      const p = fetchToken().finally(() => {
+      // A token asked for while a sign-out is being retried would be the one being signed out.
+      const p = (signingOut ? signingOut.catch(() => {}).then(fetchToken) : fetchToken()).finally(() => {
         if (inflight === p) inflight = null;
       });
       inflight = p;
@@ -225,6 +231,35 @@ function createClient(options = {}) {
     return json && typeof json === "object" && "ok" in json && "data" in json ? json.data : json;
   }
 
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // One DELETE after another until the service confirms: a 204 means no replica hands the
+  // token out again; a 503 means it could not promise that yet (e.g. its Redis is away).
+  async function signOutAttempts() {
+    for (let attempt = 0; ; attempt += 1) {
+      let err;
+      try {
+        const res = await doFetch(`${base}/vluna/token`, {
+          method: "DELETE",
+          headers: await authHeaders(),
+          credentials: o.credentials,
+        });
+        if (res.ok || res.status === 401) return;
+        err = await errorFrom(res);
+        if (res.status !== 503) throw err;
+      } catch (caught) {
+        if (caught instanceof VlunaBffError && caught.status !== 503) throw caught;
+        err =
+          caught instanceof VlunaBffError
+            ? caught
+            : new VlunaBffError(`sign-out failed: ${caught && caught.message}`, { code: "network_error" });
+      }
+      if (attempt >= o.signOutRetries) throw err;
+      const waitMs = err.retryAfter !== null ? err.retryAfter * 1000 : 1000 * 2 ** attempt;
+      await sleep(Math.min(o.signOutRetryMaxMs, Math.max(250, waitMs)));
+    }
+  }
+
   async function signOut() {
     generation += 1;
     token = null;
@@ -232,18 +267,14 @@ function createClient(options = {}) {
     nextAttemptAt = 0;
     if (timer !== null) clearTimeout(timer);
     timer = null;
-    let res;
+    const p = signOutAttempts();
+    signingOut = p;
     try {
-      res = await doFetch(`${base}/vluna/token`, {
-        method: "DELETE",
-        headers: await authHeaders(),
-        credentials: o.credentials,
-      });
-    } catch (err) {
-      throw new VlunaBffError(`sign-out failed: ${err && err.message}`, { code: "network_error" });
+      await p;
+    } finally {
+      if (signingOut === p) signingOut = null;
+      emit("signout", null);
     }
-    emit("signout", null);
-    if (!res.ok && res.status !== 401) throw await errorFrom(res);
   }
 
   function on(kind, fn) {
@@ -284,6 +315,10 @@ function createClient(options = {}) {
       create: ({ items, return_url = here(), ...rest }) =>
         api("/checkouts", { method: "POST", body: { items, return_url, ...rest } }),
       get: (checkoutId) => api(`/checkouts/${encodeURIComponent(checkoutId)}`),
+      // A checkout session (POST /checkout/sessions): every Vluna server has it, the open-source
+      // one too (which has no /checkouts). Answers { checkout_url, ... }.
+      session: ({ items, success_url = here(), cancel_url = here(), ...rest }) =>
+        api("/checkout/sessions", { method: "POST", body: { items, success_url, cancel_url, ...rest } }),
     },
     portal: {
       create: ({ return_url = here(), ...rest } = {}) =>

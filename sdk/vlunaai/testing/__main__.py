@@ -14,8 +14,8 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from .app import create_app
-from .core import EmulatorSettings
+from .app import CONTROL_HEADER, CONTROL_HEADER_VALUE, create_app
+from .core import FLAVORS, EmulatorSettings
 from .faults import ConnectionDropped
 from .seed import SeedError, generate_secret, load_seed
 
@@ -29,6 +29,11 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _optional_flag(value: str | None) -> bool | None:
+    """An on/off environment variable; None (unset) leaves the choice to the flavour."""
+    return None if value is None else _truthy(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vlunaai-emulator",
@@ -36,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--host", default=_env("VLUNA_EMULATOR_HOST", "127.0.0.1"), help="bind address [VLUNA_EMULATOR_HOST]"
+    )
+    p.add_argument(
+        "--flavor",
+        choices=FLAVORS,
+        default=_env("VLUNA_EMULATOR_FLAVOR", "0.3.2"),
+        help="the server emulated: 0.3.2 (the published vlunaai 0.3.2 API) or oss (the open-source"
+        " Vluna server as recorded in spec/vluna-api/recorded) [VLUNA_EMULATOR_FLAVOR]",
+    )
+    p.add_argument(
+        "--strict-auth",
+        action=argparse.BooleanOptionalAction,
+        default=_optional_flag(_env("VLUNA_EMULATOR_STRICT_AUTH")),
+        help="refuse old SVC-AUTH timestamps and replayed nonces (and, in the oss flavour, platform"
+        " tokens on /mgt/v1); default: on for 0.3.2, off for oss [VLUNA_EMULATOR_STRICT_AUTH=1|0]",
     )
     p.add_argument(
         "--port",
@@ -93,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--flaky-account-creation",
-        action="store_true",
-        default=_truthy(_env("VLUNA_EMULATOR_FLAKY_ACCOUNT_CREATION")),
-        help="fail the call that creates a billing account once with 500, like some deployments",
+        action=argparse.BooleanOptionalAction,
+        default=_optional_flag(_env("VLUNA_EMULATOR_FLAKY_ACCOUNT_CREATION")),
+        help="fail the call that creates a billing account once with 500, like the open-source server;"
+        " default: on for oss, off for 0.3.2 [VLUNA_EMULATOR_FLAKY_ACCOUNT_CREATION=1|0]",
     )
     p.add_argument(
         "--public-url",
@@ -147,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = f"http://{args.host}:{port}"
     try:
         settings = EmulatorSettings(
+            flavor=args.flavor,
+            strict_auth=args.strict_auth,
             realm_id=args.realm_id,
             service_key_id=args.service_key_id,
             service_key_secret=secret,
@@ -166,10 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.close()
         return 2
     app = create_app(settings, seed)
-    operations = len(app.state.emulator.routes)
-    controls = f", controls at {base}/__emulator__" if settings.controls_enabled else ""
+    operations = app.state.emulator.operation_count
+    controls = (
+        f", controls at {base}/__emulator__ with the header {CONTROL_HEADER}: {CONTROL_HEADER_VALUE}"
+        if settings.controls_enabled
+        else ""
+    )
     lines = [
-        f"Vluna emulator listening on {base} (realm {settings.realm_id}, {operations} operations{controls})",
+        f"Vluna emulator listening on {base} ({settings.flavor} flavour, realm {settings.realm_id},"
+        f" {operations} operations{controls})",
         f"export VLUNA_SERVICE_BASE_URL={base}/mgt/v1",
         f"export VLUNA_BEARER_BASE_URL={base}/api/v1",
         f"export VLUNA_REALM_ID={settings.realm_id}",

@@ -5,7 +5,9 @@
 - `/hosted/...` serves the pages behind checkout, portal and subscription URLs, so a browser in
   dev mode can finish a checkout.
 - `/__emulator__/...` (only when `controls_enabled`) exposes counters, reset, fault injection
-  and a clock to expire tokens and leases.
+  and a clock to expire tokens and leases. Every control call must carry `X-Emulator-Control: 1`:
+  a header a cross-site form or a simple cross-origin request cannot send, so a web page open in
+  the developer's browser cannot reset or fault the emulator.
 """
 
 from __future__ import annotations
@@ -14,21 +16,22 @@ import html
 from collections.abc import Iterable
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, delete, get, post
+from litestar import Litestar, MediaType, Request, Response, Router, delete, get, post
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.handlers import asgi
 from litestar.response import Redirect
 from litestar.types import Receive, Scope, Send
 
-from .core import EmulatorCore, EmulatorSettings, OperationLike
+from .core import CoreBase, EmulatorCore, EmulatorSettings, OperationLike
 from .errors import ApiError
 from .faults import Fault
 from .generic import EnvelopeSamples
 from .handlers import HANDLERS, generic
-from .handlers.checkout import complete_checkout
 from .seed import Seed, load_seed
 
 CONTROL_PREFIX = "/__emulator__"
+CONTROL_HEADER = "X-Emulator-Control"
+CONTROL_HEADER_VALUE = "1"
 SERVICE_MOUNT = "/mgt/v1"
 BEARER_MOUNT = "/api/v1"
 
@@ -45,10 +48,17 @@ def build_core(
     *,
     operations: Iterable[OperationLike] | None = None,
     samples: EnvelopeSamples | None = None,
-) -> EmulatorCore:
+) -> CoreBase:
+    """The request pipeline of the flavour `settings.flavor` names."""
+    settings = settings or EmulatorSettings()
+    seed = seed if seed is not None else load_seed()
+    if settings.flavor == "oss":
+        from .oss import OssCore
+
+        return OssCore(settings, seed)
     return EmulatorCore(
-        settings or EmulatorSettings(),
-        seed if seed is not None else load_seed(),
+        settings,
+        seed,
         operations if operations is not None else default_operations(),
         HANDLERS,
         generic,
@@ -62,6 +72,19 @@ def _envelope(data: Any, status: int = 200) -> Response[Any]:
 
 def _error(exc: ApiError) -> Response[Any]:
     return Response(exc.envelope("emu-control"), status_code=exc.status, media_type=MediaType.JSON)
+
+
+async def _require_control_header(request: Request[Any, Any, Any]) -> Response[Any] | None:
+    if request.headers.get(CONTROL_HEADER) == CONTROL_HEADER_VALUE:
+        return None
+    return _error(
+        ApiError(
+            403,
+            "AUTH.FORBIDDEN",
+            f"emulator controls require the header '{CONTROL_HEADER}: {CONTROL_HEADER_VALUE}'",
+            reason="control_header_missing",
+        )
+    )
 
 
 def _fault_from(body: dict[str, Any]) -> Fault:
@@ -82,29 +105,16 @@ def _fault_from(body: dict[str, Any]) -> Fault:
     )
 
 
-def create_app(
-    settings: EmulatorSettings | None = None,
-    seed: Seed | None = None,
-    *,
-    core: EmulatorCore | None = None,
-    operations: Iterable[OperationLike] | None = None,
-) -> Litestar:
-    """The emulator as a Litestar ASGI app; `app.state.emulator` is its `EmulatorCore`."""
-    emu = core or build_core(settings, seed, operations=operations)
-
-    @asgi(SERVICE_MOUNT, is_mount=True, copy_scope=False)
-    async def service_api(scope: Scope, receive: Receive, send: Send) -> None:
+def _mount(path: str, emu: CoreBase) -> Any:
+    @asgi(path, is_mount=True, copy_scope=False)
+    async def api(scope: Scope, receive: Receive, send: Send) -> None:
         await emu.asgi(scope, receive, send)  # type: ignore[arg-type]
 
-    @asgi(BEARER_MOUNT, is_mount=True, copy_scope=False)
-    async def bearer_api(scope: Scope, receive: Receive, send: Send) -> None:
-        await emu.asgi(scope, receive, send)  # type: ignore[arg-type]
+    return api
 
-    @get("/healthz", media_type=MediaType.JSON)
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True, "code": "OK", "data": {"status": "ok", "realm_id": emu.settings.realm_id}}
 
-    # --- hosted pages -------------------------------------------------------------------------
+def _hosted_pages(emu: EmulatorCore) -> list[Any]:
+    """The pages behind hosted checkout and portal URLs (pay or cancel a checkout by hand)."""
 
     @get("/hosted/checkout/{checkout_id:str}", media_type=MediaType.HTML)
     async def hosted_checkout(request: Request[Any, Any, Any]) -> str:
@@ -133,7 +143,7 @@ def create_app(
         checkout = emu.state.checkouts.get(checkout_id)
         if checkout is None:
             raise NotFoundException("unknown checkout")
-        complete_checkout(emu.state, emu.seed.prices, checkout, now=emu.clock())
+        emu.complete_checkout(checkout_id)
         return Redirect(path=checkout.return_url, status_code=303)
 
     @post("/hosted/checkout/{checkout_id:str}/cancel", status_code=303)
@@ -153,25 +163,40 @@ def create_app(
             "<body><h1>Billing portal (emulated)</h1><p>Nothing to manage here.</p></body></html>"
         )
 
-    handlers: list[Any] = [
-        service_api,
-        bearer_api,
-        healthz,
-        hosted_checkout,
-        hosted_complete,
-        hosted_cancel,
-        hosted_portal,
-    ]
+    return [hosted_checkout, hosted_complete, hosted_cancel, hosted_portal]
+
+
+def create_app(
+    settings: EmulatorSettings | None = None,
+    seed: Seed | None = None,
+    *,
+    core: CoreBase | None = None,
+    operations: Iterable[OperationLike] | None = None,
+) -> Litestar:
+    """The emulator as a Litestar ASGI app; `app.state.emulator` is its core (`EmulatorCore` for
+    the 0.3.2 flavour, `OssCore` for the open-source server's)."""
+    emu = core or build_core(settings, seed, operations=operations)
+    oss = emu.flavor == "oss"
+    # The open-source server also answers outside the two API prefixes (/health, /api/billing/...).
+    mounts = ("/mgt", "/api", "/health") if oss else (SERVICE_MOUNT, BEARER_MOUNT)
+
+    @get("/healthz", media_type=MediaType.JSON)
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "code": "OK", "data": {"status": "ok", "realm_id": emu.settings.realm_id}}
+
+    handlers: list[Any] = [*(_mount(path, emu) for path in mounts), healthz]
+    if isinstance(emu, EmulatorCore):  # the open-source server has no payment provider: no checkouts
+        handlers += _hosted_pages(emu)
 
     # --- control API ------------------------------------------------------------------------
 
     if emu.settings.controls_enabled:
 
-        @get(f"{CONTROL_PREFIX}/counters", media_type=MediaType.JSON)
+        @get("/counters", media_type=MediaType.JSON)
         async def counters() -> Response[Any]:
             return _envelope({"calls": dict(emu.faults.calls)})
 
-        @post(f"{CONTROL_PREFIX}/reset", status_code=200)
+        @post("/reset", status_code=200)
         async def reset(request: Request[Any, Any, Any]) -> Response[Any]:
             what = request.query_params.get("what", "all")
             if what == "counters":
@@ -186,7 +211,7 @@ def create_app(
                 )
             return _envelope({"reset": what})
 
-        @post(f"{CONTROL_PREFIX}/faults", status_code=201)
+        @post("/faults", status_code=201)
         async def add_fault(request: Request[Any, Any, Any]) -> Response[Any]:
             try:
                 body = await request.json()
@@ -197,16 +222,16 @@ def create_app(
                 return _error(ApiError(422, "VALIDATION.INVALID_INPUT", str(exc)))
             return _envelope(fault.describe(), status=201)
 
-        @get(f"{CONTROL_PREFIX}/faults", media_type=MediaType.JSON)
+        @get("/faults", media_type=MediaType.JSON)
         async def list_faults() -> Response[Any]:
             return _envelope({"faults": emu.faults.list()})
 
-        @delete(f"{CONTROL_PREFIX}/faults", status_code=200)
+        @delete("/faults", status_code=200)
         async def clear_faults() -> Response[Any]:
             emu.faults.clear()
             return _envelope({"faults": []})
 
-        @post(f"{CONTROL_PREFIX}/clock/advance", status_code=200)
+        @post("/clock/advance", status_code=200)
         async def advance_clock(request: Request[Any, Any, Any]) -> Response[Any]:
             body = await request.json()
             try:
@@ -216,16 +241,16 @@ def create_app(
             emu.time_offset += seconds
             return _envelope({"time_offset": emu.time_offset})
 
-        @post(f"{CONTROL_PREFIX}/checkouts/{{checkout_id:str}}/complete", status_code=200)
+        @post("/checkouts/{checkout_id:str}/complete", status_code=200)
         async def control_complete(request: Request[Any, Any, Any]) -> Response[Any]:
             checkout_id = str(request.path_params["checkout_id"])
-            checkout = emu.state.checkouts.get(checkout_id)
-            if checkout is None:
+            try:
+                emu.complete_checkout(checkout_id)
+            except KeyError:
                 return _error(ApiError(404, "RESOURCE.NOT_FOUND", "unknown checkout"))
-            complete_checkout(emu.state, emu.seed.prices, checkout, now=emu.clock())
-            return _envelope({"checkout_id": checkout_id, "status": checkout.status})
+            return _envelope({"checkout_id": checkout_id, "status": "completed"})
 
-        @get(f"{CONTROL_PREFIX}/config", media_type=MediaType.JSON)
+        @get("/config", media_type=MediaType.JSON)
         async def config() -> Response[Any]:
             s = emu.settings
             return _envelope(
@@ -239,22 +264,34 @@ def create_app(
                     },
                     "skew_seconds": s.skew_seconds,
                     "lease_ttl_seconds": s.lease_ttl_seconds,
-                    "operations": len(emu.routes),
+                    "flavor": s.flavor,
+                    "operations": emu.operation_count,
                 }
             )
 
-        handlers += [
-            counters,
-            reset,
-            add_fault,
-            list_faults,
-            clear_faults,
-            advance_clock,
-            control_complete,
-            config,
-        ]
+        handlers.append(
+            Router(
+                CONTROL_PREFIX,
+                route_handlers=[
+                    counters,
+                    reset,
+                    add_fault,
+                    list_faults,
+                    clear_faults,
+                    advance_clock,
+                    control_complete,
+                    config,
+                ],
+                before_request=_require_control_header,
+            )
+        )
 
     def not_found_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        if oss and exc.status_code in (404, 405):
+            # As the open-source server answers any path it has no route for.
+            message = f"Cannot {request.method} {request.url.path}"
+            body = {"ok": False, "code": "RESOURCE.NOT_FOUND", "message": message, "meta": {"status": 404}}
+            return Response(body, status_code=404, media_type="application/json; charset=utf-8")
         error = ApiError(
             exc.status_code,
             "RESOURCE.NOT_FOUND" if exc.status_code in (404, 405) else "SERVER.UNEXPECTED",

@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import anyio
 import msgspec
 
 from vlunaai.signing import (
+    SvcAuthHeader,
     canonical_string,
     compute_signature,
     content_digest,
@@ -61,10 +62,24 @@ class OperationLike(Protocol):
     def returns(self) -> str: ...
 
 
+FLAVORS = ("0.3.2", "oss")
+Flavor = Literal["0.3.2", "oss"]
+
+
 @dataclass(frozen=True)
 class EmulatorSettings:
-    """How an emulator behaves. Every field has a default that works for tests."""
+    """How an emulator behaves. Every field has a default that works for tests.
 
+    `flavor` is the server emulated: "0.3.2", the API of the published vlunaai 0.3.2 (every
+    operation of both SDK generations); "oss", the open-source Vluna server as recorded in
+    spec/vluna-api/recorded (its routes, status codes, envelopes, bindings, tokens and quirks).
+    `strict_auth` (None: on for "0.3.2", off for "oss") rejects SVC-AUTH timestamps outside
+    `skew_seconds` and replayed nonces; in the "oss" flavour it also refuses a platform token on
+    /mgt/v1 and an unverified SVC-AUTH header on /api/v1, which that server accepts.
+    """
+
+    flavor: Flavor = "0.3.2"
+    strict_auth: bool | None = None
     realm_id: str = "realm_demo"
     service_key_id: str = "pk-emulator"
     service_key_secret: str | None = field(default=None, repr=False)  # base64; generated when None
@@ -77,12 +92,18 @@ class EmulatorSettings:
     controls_enabled: bool = False
     public_url: str = "http://127.0.0.1:8787"
     require_runtime_bindings: bool = True
-    # Like some deployments: the call that creates a billing account fails once with 500
-    # (the account is created anyway, so the retry succeeds).
-    flaky_account_creation: bool = False
+    # Like the open-source server: the call that creates a billing account fails once with 500
+    # (the account is created anyway, so the retry succeeds). None: on for "oss", off for "0.3.2".
+    flaky_account_creation: bool | None = None
     token_signing_key: bytes | None = field(default=None, repr=False)
 
+    @property
+    def strict(self) -> bool:
+        return self.strict_auth if self.strict_auth is not None else self.flavor == "0.3.2"
+
     def __post_init__(self) -> None:
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}")
         if not 1 <= self.token_ttl_min <= self.token_ttl_max:
             raise ValueError("token TTL limits must satisfy 1 <= min <= max")
         if self.skew_seconds <= 0:
@@ -231,6 +252,43 @@ class Call:
         )
 
 
+LEGACY_SIGNATURE_MESSAGE = (
+    "Signature mismatch: this request was signed in the pre-0.3 canonical form of the published "
+    "vlunaai 0.1.2 (x-billing-account-id before x-principal-id, no x-user-id / x-billing-user-id "
+    "lines), which Vluna no longer accepts; upgrade to vlunaai 0.3.2 or the vlunaai SDK of this project"
+)
+
+
+def legacy_canonical_string(
+    *,
+    method: str,
+    path_with_query: str,
+    timestamp: str,
+    nonce: str,
+    content_digest: str,
+    content_type: str,
+    realm_id: str,
+    principal_id: str | None,
+    billing_account_id: str | None,
+    idempotency_key: str,
+) -> str:
+    """The canonical string of the published vlunaai 0.1.2 signer (recognised, never accepted)."""
+    return "\n".join(
+        [
+            method.upper(),
+            path_with_query,
+            f"ts:{timestamp}",
+            f"nonce:{nonce}",
+            f"content-digest:{content_digest}",
+            f"content-type:{content_type}",
+            f"x-realm-id:{realm_id}",
+            f"x-billing-account-id:{billing_account_id or ''}",
+            f"x-principal-id:{principal_id or ''}",
+            f"idempotency-key:{idempotency_key}",
+        ]
+    )
+
+
 _TS_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})$")
 
 
@@ -280,19 +338,13 @@ def code_for_status(status: int) -> str:
     return _STATUS_CODES.get(status, "SERVER.UNEXPECTED" if status >= 500 else "EMULATOR.INJECTED_FAULT")
 
 
-class EmulatorCore:
-    """State, configuration and the request pipeline of one emulator instance."""
+class CoreBase:
+    """What every flavour shares: settings, seed, service keys and realms, clock, call counters
+    and faults. A flavour adds its state and its request pipeline (`asgi`)."""
 
-    def __init__(
-        self,
-        settings: EmulatorSettings,
-        seed: Seed,
-        operations: Iterable[OperationLike],
-        handlers: dict[str, Handler],
-        generic: Callable[[Call], Reply],
-        *,
-        samples: EnvelopeSamples | None = None,
-    ) -> None:
+    flavor = "0.3.2"
+
+    def __init__(self, settings: EmulatorSettings, seed: Seed) -> None:
         self.settings = settings
         self.seed = seed
         self.time_offset = 0.0
@@ -306,14 +358,91 @@ class EmulatorCore:
         self.realms: dict[str, Realm] = {r.realm_id: r for r in seed.realms}
         if settings.realm_id not in self.realms:
             self.realms[settings.realm_id] = Realm(realm_id=settings.realm_id, name=settings.realm_id)
+        self.faults = Faults()
+        self._trace = itertools.count(1)
+
+    def clock(self) -> float:
+        return time.time() + self.time_offset
+
+    @property
+    def operation_count(self) -> int:
+        raise NotImplementedError
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+    async def count_and_fault(
+        self, qualified: str, name: str, trace_id: str
+    ) -> tuple[tuple[int, bytes, dict[str, str] | None] | None, bool]:
+        """Count a call; (an injected answer or None, whether to drop the answer afterwards)."""
+        self.faults.calls[qualified] += 1
+        if not self.faults.armed:
+            return None, False
+        fault = self.faults.take(qualified, name)
+        if fault is None:
+            return None, False
+        if fault.drop_connection and fault.after_processing:
+            return None, True
+        return await self._apply_fault(fault, trace_id), False
+
+    async def _apply_fault(
+        self, fault: Fault, trace_id: str
+    ) -> tuple[int, bytes, dict[str, str] | None] | None:
+        if fault.latency_seconds > 0:
+            await anyio.sleep(fault.latency_seconds)
+        if fault.drop_connection:
+            return -1, b"", None
+        if fault.status is None:
+            return None
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            ra = fault.retry_after
+            headers["retry-after"] = str(int(ra)) if float(ra).is_integer() else f"{ra:g}"
+        error = ApiError(
+            fault.status,
+            fault.code or code_for_status(fault.status),
+            fault.message or "injected fault",
+            reason="fault_injection",
+            headers=headers,
+        )
+        return self._error(error, trace_id)
+
+    def _error(self, exc: ApiError, trace_id: str) -> tuple[int, bytes, dict[str, str] | None]:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        self.faults.clear()
+        self.faults.reset_counters()
+        self.time_offset = 0.0
+
+    def complete_checkout(self, checkout_id: str) -> None:
+        """Finish a checkout as if the customer paid (KeyError: no such checkout)."""
+        raise KeyError(checkout_id)
+
+    def balance_xusd(self, billing_account_id: str) -> int:
+        raise NotImplementedError
+
+
+class EmulatorCore(CoreBase):
+    """The 0.3.2 flavour: state, configuration and the request pipeline of one emulator."""
+
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        seed: Seed,
+        operations: Iterable[OperationLike],
+        handlers: dict[str, Handler],
+        generic: Callable[[Call], Reply],
+        *,
+        samples: EnvelopeSamples | None = None,
+    ) -> None:
+        super().__init__(settings, seed)
         self.state = State(clock=self.clock, new_account_balance_xusd=seed.new_account_balance_xusd)
         self.tokens = TokenService(public_url=settings.public_url, signing_key=settings.token_signing_key)
-        self.faults = Faults()
         self.samples = samples or EnvelopeSamples()
         self.features = {f.code: f for f in seed.features}
         self.families = {f.code: f for f in seed.families}
         self.cache: dict[Any, bytes] = {}
-        self._trace = itertools.count(1)
         self._static: dict[tuple[str, str, str], Route] = {}
         self._templated: dict[tuple[str, str], list[Route]] = {}
         self._known_paths: list[tuple[str, re.Pattern[str]]] = []
@@ -321,10 +450,9 @@ class EmulatorCore:
         for op in operations:
             self._add_route(op, handlers, generic)
 
-    # --- clock ----------------------------------------------------------------------------
-
-    def clock(self) -> float:
-        return time.time() + self.time_offset
+    @property
+    def operation_count(self) -> int:
+        return len(self.routes)
 
     # --- routing --------------------------------------------------------------------------
 
@@ -434,45 +562,15 @@ class EmulatorCore:
         if found is None:
             return self._error(not_found_route(path, method, self._known_paths), trace_id)
         route, params = found
-        self.faults.calls[route.qualified] += 1
-        drop_after = False
-        if self.faults.armed:
-            fault = self.faults.take(route.qualified, route.name)
-            if fault is not None:
-                if fault.drop_connection and fault.after_processing:
-                    drop_after = True
-                else:
-                    injected = await self._apply_fault(fault, trace_id)
-                    if injected is not None:
-                        return injected
+        injected, drop_after = await self.count_and_fault(route.qualified, route.name, trace_id)
+        if injected is not None:
+            return injected
         try:
             answer = self._serve(route, params, method, path, query_string, headers, body, trace_id)
         except ApiError as exc:
             answer = self._error(exc, trace_id)
         # The work is done (and a write's answer stored for replay), but the answer is lost.
         return (-1, b"", None) if drop_after else answer
-
-    async def _apply_fault(
-        self, fault: Fault, trace_id: str
-    ) -> tuple[int, bytes, dict[str, str] | None] | None:
-        if fault.latency_seconds > 0:
-            await anyio.sleep(fault.latency_seconds)
-        if fault.drop_connection:
-            return -1, b"", None
-        if fault.status is None:
-            return None
-        headers: dict[str, str] = {}
-        if fault.retry_after is not None:
-            ra = fault.retry_after
-            headers["retry-after"] = str(int(ra)) if float(ra).is_integer() else f"{ra:g}"
-        error = ApiError(
-            fault.status,
-            fault.code or code_for_status(fault.status),
-            fault.message or "injected fault",
-            reason="fault_injection",
-            headers=headers,
-        )
-        return self._error(error, trace_id)
 
     def _error(self, exc: ApiError, trace_id: str) -> tuple[int, bytes, dict[str, str] | None]:
         return exc.status, _encode(exc.envelope(trace_id)), exc.headers or None
@@ -600,7 +698,7 @@ class EmulatorCore:
         )
         expected = compute_signature(self._key_bytes[key.key_id], canonical)
         if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
-            raise bad_signature("invalid_signature", "the request signature does not verify")
+            raise self._signature_mismatch(key, parsed, method, target, received_digest, headers, realm_id)
         if key.status != "active":
             raise ApiError(
                 403,
@@ -628,6 +726,13 @@ class EmulatorCore:
                 "this service key may not use this realm",
                 reason="realm_forbidden",
             )
+        if self.settings.strict:
+            self._check_freshness(key, parsed, real_now)
+        return key
+
+    def _check_freshness(self, key: ServiceKey, parsed: SvcAuthHeader, real_now: float) -> None:
+        """Stricter than the open-source server (which checks neither): the timestamp lies in the
+        skew window and the nonce was not seen inside it."""
         signed_at = parse_timestamp(parsed.timestamp)
         if signed_at is None:
             raise bad_signature("malformed_timestamp", "the SVC-AUTH timestamp is not ISO-8601 with offset")
@@ -638,7 +743,36 @@ class EmulatorCore:
             )
         if not self.state.nonces.check_and_add(f"{key.key_id}:{parsed.nonce}", now=real_now, ttl=2 * skew):
             raise bad_signature("nonce_replayed", "this nonce was already used")
-        return key
+
+    def _signature_mismatch(
+        self,
+        key: ServiceKey,
+        parsed: SvcAuthHeader,
+        method: str,
+        target: str,
+        digest: str,
+        headers: dict[str, str],
+        realm_id: str,
+    ) -> ApiError:
+        """The 401 for a signature that does not verify; it says so when the request was signed
+        the way the published vlunaai 0.1.2 signs (still refused, as the real server refuses it)."""
+        legacy = legacy_canonical_string(
+            method=method,
+            path_with_query=target,
+            timestamp=parsed.timestamp,
+            nonce=parsed.nonce,
+            content_digest=digest,
+            content_type=headers.get("content-type", ""),
+            realm_id=realm_id,
+            principal_id=headers.get("x-principal-id"),
+            billing_account_id=headers.get("x-billing-account-id"),
+            idempotency_key=headers.get("idempotency-key", ""),
+        )
+        if hmac.compare_digest(
+            compute_signature(self._key_bytes[key.key_id], legacy).encode(), parsed.signature.encode()
+        ):
+            return bad_signature("legacy_signature", LEGACY_SIGNATURE_MESSAGE)
+        return bad_signature("invalid_signature", "the request signature does not verify")
 
     def verify_bearer(self, headers: dict[str, str], realm_id: str) -> TokenClaims:
         authorization = headers.get("authorization")
@@ -663,11 +797,17 @@ class EmulatorCore:
     # --- helpers ---------------------------------------------------------------------------
 
     def reset(self) -> None:
+        super().reset()
         self.state.reset()
-        self.faults.clear()
-        self.faults.reset_counters()
         self.cache.clear()
-        self.time_offset = 0.0
+
+    def complete_checkout(self, checkout_id: str) -> None:
+        from .handlers.checkout import complete_checkout
+
+        complete_checkout(self.state, self.seed.prices, self.state.checkouts[checkout_id], now=self.clock())
+
+    def balance_xusd(self, billing_account_id: str) -> int:
+        return self.state.accounts_by_id[billing_account_id].balance_xusd
 
 
 def not_found_route(path: str, method: str, known: list[tuple[str, re.Pattern[str]]]) -> ApiError:

@@ -8,13 +8,13 @@ look realistic. Samples are computed once per model and copied per request.
 
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import re
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
+from importlib import resources
 from typing import Any
 
 SAMPLE_TIME = "2026-01-01T00:00:00Z"
@@ -115,7 +115,14 @@ class SchemaSampler:
         return out
 
 
+_EXAMPLE = re.compile(r'Example: "([^"]+)"')
+
+
 def _string(schema: JsonSchema, name: str) -> str:
+    description = str(schema.get("description") or "")
+    if "decimal string" in description.lower():
+        example = _EXAMPLE.search(description)
+        return example.group(1) if example else "0"
     fmt = schema.get("format")
     if fmt == "date-time":
         return SAMPLE_TIME
@@ -163,12 +170,26 @@ def generated_model_schema(returns: str) -> JsonSchema | None:
     return schema
 
 
-class EnvelopeSamples:
-    """Cached sample envelopes per response model, copied on every use."""
+def packaged_samples() -> dict[str, Any]:
+    """The samples generated from both releases' schemas (scripts/codegen/samples.py): answers
+    the published 0.3.2 and 0.1.2 clients both accept."""
+    text = resources.files("vlunaai.testing").joinpath("samples.json").read_text("utf-8")
+    samples: dict[str, Any] = json.loads(text)["samples"]
+    return samples
 
-    def __init__(self, provider: SchemaProvider = generated_model_schema) -> None:
+
+class EnvelopeSamples:
+    """Cached sample envelopes per response model, copied on every use: the packaged samples,
+    else one built from the SDK model's schema (`provider`)."""
+
+    def __init__(
+        self, provider: SchemaProvider = generated_model_schema, packaged: dict[str, Any] | None = None
+    ) -> None:
         self._provider = provider
-        self._cache: dict[str, str] = {}
+        self._cache: dict[str, str] = {
+            name: json.dumps(value)
+            for name, value in (packaged_samples() if packaged is None else packaged).items()
+        }
 
     def data_schema(self, returns: str) -> tuple[SchemaSampler, JsonSchema] | None:
         document = self._schema(returns)
@@ -198,12 +219,3 @@ class EnvelopeSamples:
             cached = json.dumps(value)
             self._cache[returns] = cached
         return json.loads(cached)
-
-    def sample_of(self, returns: str, def_name: str) -> Any:
-        """A sample of another `$defs` entry from the same document as `returns`."""
-        document = self._schema(returns)
-        if document is None:
-            return {}
-        sampler = SchemaSampler(document)
-        schema = document.get("$defs", {}).get(def_name)
-        return copy.deepcopy(sampler.sample(schema)) if schema is not None else {}

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .app import create_app
-from .core import BEARER_PREFIX, SERVICE_PREFIX, EmulatorCore, EmulatorSettings
+from .core import BEARER_PREFIX, SERVICE_PREFIX, CoreBase, EmulatorSettings
 from .faults import ConnectionDropped, Fault
-from .handlers.checkout import complete_checkout
 from .seed import Seed, load_seed
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ class VlunaEmulator:
             )
         loaded = seed if isinstance(seed, Seed) else load_seed(seed)
         self.app = create_app(settings, loaded)
-        self.core: EmulatorCore = self.app.state.emulator
+        self.core: CoreBase = self.app.state.emulator
         self.settings = settings
         self._clients: list[Any] = []
         self._service: ServiceClient | None = None
@@ -259,8 +258,8 @@ class VlunaEmulator:
 
     def complete_checkout(self, checkout_id: str) -> None:
         """Finish a checkout as if the customer paid on the hosted page."""
-        checkout = self.core.state.checkouts[checkout_id]
-        complete_checkout(self.core.state, self.core.seed.prices, checkout, now=self.core.clock())
+        self.core.complete_checkout(checkout_id)
 
     def balance_xusd(self, billing_account_id: str) -> int:
-        return self.core.state.accounts_by_id[billing_account_id].balance_xusd
+        """The account's credit (the "oss" flavour: what its grants have left)."""
+        return self.core.balance_xusd(billing_account_id)

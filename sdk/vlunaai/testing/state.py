@@ -139,6 +139,7 @@ class State:
         self.rate_hits: dict[tuple[str, str, str], deque[float]] = {}
         self.idempotency: dict[tuple[str, str, str], IdempotencyRecord] = {}
         self.commits: list[dict[str, Any]] = []
+        self.plan_assignments: dict[str, dict[str, Any]] = {}
         self.nonces = NonceCache()
 
     # --- accounts ---------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Claims: iss, aud, sub (= user id), iat, exp, jti, realm_id, billing_account_id,
 billing_user_id, billing_principal_id, business_user_id, plt_scopes, scope, tu, token_use.
+The open-source server (`OSS_PROFILE`) also sets tv, ib (the issuing key id) and, when the
+issuance asked for them, nonce and plt_traits; its iss and aud are fixed.
 Verified tokens are cached (by the token string) so the hot path pays for one HMAC per token,
 not per request; expiry is still checked on every use.
 """
@@ -12,12 +14,26 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
 AUDIENCE = "vluna-platform"
 KNOWN_SCOPES = ("checkout", "portal")
 _CACHE_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class TokenProfile:
+    """What a server puts in its tokens besides the subject and account claims."""
+
+    audience: str = AUDIENCE
+    issuer_base: str | None = None  # iss = <issuer_base>/realms/<realm>; None: the public URL
+    extended: bool = False  # tv, ib, nonce, plt_traits; jti as a dashed UUID
+
+
+# The open-source server with no issuer or audience configured (as recorded).
+OSS_PROFILE = TokenProfile(audience="oss.vluna.ai", issuer_base="https://api.vluna.ai", extended=True)
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,7 @@ class TokenClaims:
     scopes: frozenset[str]
     expires_at: float
     jti: str
+    issued_by: str | None = None  # "ib": the service key that asked for it (OSS_PROFILE)
 
 
 class InvalidToken(Exception):
@@ -37,8 +54,11 @@ class InvalidToken(Exception):
 
 
 class TokenService:
-    def __init__(self, *, public_url: str, signing_key: bytes | None = None) -> None:
-        self._public_url = public_url.rstrip("/")
+    def __init__(
+        self, *, public_url: str, signing_key: bytes | None = None, profile: TokenProfile | None = None
+    ) -> None:
+        self._profile = profile or TokenProfile()
+        self._issuer_base = (self._profile.issuer_base or public_url).rstrip("/")
         self._key = signing_key or secrets.token_bytes(32)
         self._cache: dict[str, TokenClaims] = {}
 
@@ -53,14 +73,18 @@ class TokenService:
         scopes: tuple[str, ...],
         ttl_seconds: int,
         now: float | None = None,
+        key_id: str | None = None,
+        nonce: str | None = None,
+        traits: dict[str, Any] | None = None,
     ) -> tuple[str, TokenClaims]:
         issued = int(now if now is not None else time.time())
         exp = issued + ttl_seconds
-        jti = uuid.uuid4().hex
+        extended = self._profile.extended
+        jti = str(uuid.uuid4()) if extended else uuid.uuid4().hex
         scope = ["billing:read"] + (["billing:write"] if "checkout" in scopes else [])
-        payload = {
-            "iss": f"{self._public_url}/realms/{realm_id}",
-            "aud": AUDIENCE,
+        payload: dict[str, Any] = {
+            "iss": f"{self._issuer_base}/realms/{realm_id}",
+            "aud": self._profile.audience,
             "sub": user_id,
             "iat": issued,
             "exp": exp,
@@ -75,6 +99,14 @@ class TokenService:
             "tu": "plt",
             "token_use": "platform",
         }
+        if extended:
+            payload["tv"] = 1
+            if key_id is not None:  # a token asked for with another token names no key
+                payload["ib"] = key_id
+            if nonce is not None:
+                payload["nonce"] = nonce
+            if traits is not None:
+                payload["plt_traits"] = traits
         token = jwt.encode(payload, self._key, algorithm="HS256", headers={"kid": f"plt:v1:realm:{realm_id}"})
         claims = TokenClaims(
             realm_id=realm_id,
@@ -85,6 +117,7 @@ class TokenService:
             scopes=frozenset(scopes),
             expires_at=float(exp),
             jti=jti,
+            issued_by=key_id if extended else None,
         )
         return token, claims
 
@@ -106,7 +139,7 @@ class TokenService:
                 token,
                 self._key,
                 algorithms=["HS256"],
-                audience=AUDIENCE,
+                audience=self._profile.audience,
                 options={
                     "require": ["exp", "iat", "sub", "aud"],
                     "verify_exp": False,
@@ -126,6 +159,7 @@ class TokenService:
                 scopes=frozenset(str(s) for s in payload.get("plt_scopes") or ()),
                 expires_at=float(payload["exp"]),
                 jti=str(payload.get("jti", "")),
+                issued_by=str(payload["ib"]) if payload.get("ib") else None,
             )
         except (KeyError, TypeError, ValueError):
             raise InvalidToken("missing claims") from None

@@ -35,6 +35,8 @@ def _family_refs(call: Call, codes: list[str]) -> list[dict[str, Any]]:
 
 def _price(call: Call, raw: dict[str, Any]) -> dict[str, Any]:
     price = {k: v for k, v in raw.items() if k not in _INTERNAL_PRICE_KEYS}
+    # The payment provider's id of the price (required by the 0.1.2 models); the emulator is it.
+    price.setdefault("provider_price_id", f"emu_{raw['catalog_price_id']}")
     price.setdefault("billing_plan_code", None)
     price.setdefault("currency", "USD")
     price.setdefault("unit_amount", 0)
@@ -52,6 +54,8 @@ def _price(call: Call, raw: dict[str, Any]) -> dict[str, Any]:
 
 def _product(call: Call, raw: dict[str, Any]) -> dict[str, Any]:
     product = dict(raw)
+    product.setdefault("provider", "emulator")
+    product.setdefault("provider_product_id", f"emu_{raw['catalog_product_id']}")
     product.setdefault("kind", "subscription")
     product.setdefault("status", "active")
     product.setdefault("default_currency", "USD")
@@ -110,40 +114,27 @@ def list_catalog_prices(call: Call) -> Reply:
     return _cached(call, "prices", build)
 
 
+_FAMILY_ENVELOPE = "billing_mgt.FeatureFamilyEnvelope"
+
+
 def _family(call: Call, code: str) -> dict[str, Any]:
+    """A feature family with the fields both published releases know (0.1.2 refuses others)."""
     fam = call.core.families[code]
-    sample = call.core.samples.data(call.route.returns)
+    sample = call.core.samples.data(_FAMILY_ENVELOPE)
     base: dict[str, Any] = sample if isinstance(sample, dict) else {}
     return base | {
+        "feature_family_id": fam.code,
         "feature_family_code": fam.code,
-        "code": fam.code,
         "name": fam.name,
         "description": fam.description,
+        "active": True,
     }
 
 
 def list_feature_families(call: Call) -> Reply:
     limit = limit_of(call)
-    sample = call.core.samples.data(call.route.returns)
-    template = sample[0] if isinstance(sample, list) and sample else None
-    items: Any
-    if isinstance(sample, dict) and isinstance(sample.get("items"), list):
-        base = sample["items"][0] if sample["items"] else {}
-        sample["items"] = [base | _ref(call, code) for code in list(call.core.families)[:limit]]
-        items = sample
-    else:
-        items = [(template or {}) | _ref(call, code) for code in list(call.core.families)[:limit]]
-    return ok(items, meta=page_meta(limit))
-
-
-def _ref(call: Call, code: str) -> dict[str, Any]:
-    fam = call.core.families[code]
-    return {
-        "feature_family_code": fam.code,
-        "code": fam.code,
-        "name": fam.name,
-        "description": fam.description,
-    }
+    items = [_family(call, code) for code in list(call.core.families)[:limit]]
+    return ok({"items": items, "next_cursor": None}, meta=page_meta(limit))
 
 
 def get_feature_family(call: Call) -> Reply:

@@ -4,17 +4,32 @@ the response model's schema, with the call's path ids and simple body fields ech
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..core import Call, Reply
 from ._util import limit_of, ok, page_meta
 
 _ECHO_TYPES = (str, int, bool)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_DATE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
+def _fits(sample: Any, value: Any) -> bool:
+    """Whether `value` may replace `sample` without breaking the field's format (an id that is
+    not a UUID never replaces a UUID, text never replaces a timestamp)."""
+    if type(sample) is not type(value):
+        return False
+    if isinstance(sample, str):
+        for fmt in (_UUID, _DATE_TIME):
+            if fmt.match(sample) and not fmt.match(value):
+                return False
+    return True
 
 
 def _echo(target: dict[str, Any], values: dict[str, Any]) -> None:
     for key, value in values.items():
-        if key in target and isinstance(value, _ECHO_TYPES) and type(target[key]) is type(value):
+        if key in target and isinstance(value, _ECHO_TYPES) and _fits(target[key], value):
             target[key] = value
 
 

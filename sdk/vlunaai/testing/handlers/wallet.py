@@ -246,24 +246,20 @@ def wallet_adjust(call: Call) -> Reply:
 
 def list_billing_accounts(call: Call) -> Reply:
     limit = limit_of(call)
-    sample = call.core.samples.data(call.route.returns)
-    base: dict[str, Any] = {}
-    if isinstance(sample, dict) and isinstance(sample.get("items"), list) and sample["items"]:
-        base = sample["items"][0]
+    sample = call.core.samples.data("billing_mgt.BillingAccountEnvelope")
+    base: dict[str, Any] = sample if isinstance(sample, dict) else {}
     items = [
         base
         | {
             "billing_account_id": a.billing_account_id,
+            "billing_principal_id": a.principal_id,
             "principal_id": a.principal_id,
             "created_at": iso(a.created_at),
         }
         for a in call.state.accounts_by_id.values()
         if a.realm_id == call.realm_id
     ][:limit]
-    if isinstance(sample, dict) and "items" in sample:
-        sample["items"] = items
-        return ok(sample, meta=page_meta(limit))
-    return ok(items, meta=page_meta(limit))
+    return ok({"items": items, "next_cursor": None}, meta=page_meta(limit))
 
 
 HANDLERS = {
