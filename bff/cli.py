@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings
+from bff.settings import CONFIG_ENV, Settings, SettingsError, load_settings, settings_warnings
 
 DEV_CONFIG = Path("config/bff.dev.yaml")
 
@@ -26,7 +26,10 @@ def _setup_logging(level: str) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    print("configuration OK (secrets redacted):")
+    warnings = settings_warnings(settings)
+    print(f"configuration OK{f' with {len(warnings)} warning(s)' if warnings else ''} (secrets redacted):")
+    for warning in warnings:
+        print(f"warning: {warning}")
     print(yaml.safe_dump(settings.redacted_dump(), sort_keys=False), end="")
     return 0
 
@@ -63,6 +66,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from bff.observability.setup import configure_process
 
         configure_process(settings)
+        for warning in settings_warnings(settings):
+            logging.getLogger("bff").warning("configuration: %s", warning)
         if separate_metrics:
             assert metrics_port is not None
             start_metrics_server(o.metrics.host or options.host, metrics_port)

@@ -105,7 +105,8 @@ class HookAuthSettings(_Model):
 
 
 class AuthSettings(_Model):
-    methods: list[AuthMethod] = ["bearer"]
+    # Bearer for apps and API clients; cookie (with the anti-forgery header) for browsers.
+    methods: list[AuthMethod] = ["bearer", "cookie"]
     jwt: JwtSettings = JwtSettings()
     cookie: CookieSettings = CookieSettings()
     introspection: IntrospectionSettings = IntrospectionSettings()
@@ -118,9 +119,13 @@ class PrincipalRule(_Model):
 
 
 class MappingSettings(_Model):
-    principal: list[PrincipalRule] = [PrincipalRule(claim="sub", template="user:{value}")]
+    # An organisation's members share its billing account; a user without an org bills alone.
+    principal: list[PrincipalRule] = [
+        PrincipalRule(claim="org_id", template="org:{value}"),
+        PrincipalRule(claim="sub", template="user:{value}"),
+    ]
     user_claim: str = "sub"
-    traits: dict[str, str] = {}
+    traits: dict[str, str] = {"email": "email", "name": "name"}
     hook: str | None = None
 
 
@@ -151,7 +156,9 @@ class RedisSettings(_Model):
 
 
 class CacheSettings(_Model):
-    backend: Literal["memory", "redis"] = "memory"
+    # redis: shared by every replica (one issuance per user across replicas, sign-out seen by all).
+    # memory: this process only; a warning outside dev mode.
+    backend: Literal["memory", "redis"] = "redis"
     redis: RedisSettings = RedisSettings()
     key_prefix: str = "vbff:"
     encryption_keys: list[SecretStr] = []
@@ -391,6 +398,21 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", o.request_id_header):
         add(("observability.request_id_header", "must be a header name"))
     return problems
+
+
+def settings_warnings(s: Settings) -> list[str]:
+    """What works but is unsafe in production: logged by ``serve`` at start, listed in ``/readyz``
+    and printed by ``check-config``. Dev mode (one process on a laptop) has none."""
+    if s.dev.enabled:
+        return []
+    warnings: list[str] = []
+    if s.cache.backend == "memory":
+        warnings.append(
+            "cache.backend: memory keeps tokens in this process only: replicas do not share single "
+            "flight (one issuance per user each) and a sign-out on one is not seen by the others; "
+            "use redis whenever more than one process can serve"
+        )
+    return warnings
 
 
 def api_base_url(s: Settings) -> str:

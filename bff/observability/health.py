@@ -12,6 +12,9 @@ kubelets and load balancers cost Vluna one call per interval per process:
 - ``vluna``: the probe call of ``bff.vluna_probe`` (a signed, unbound ``list_feature_families``,
   which every Vluna server accepts) succeeds. A 401 or 403 (wrong key or realm) always fails;
   unreachable/5xx follows ``readiness.vluna_down``.
+
+``warnings`` lists configuration that works but is unsafe in production (``settings_warnings``),
+without changing the status.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from litestar import Request, Response, get
 from litestar.types import ControllerRouterHandler
 
 from bff.observability import metrics
-from bff.settings import Settings
+from bff.settings import Settings, settings_warnings
 from bff.vluna_probe import VlunaProbe
 
 log = logging.getLogger("bff.readiness")
@@ -41,6 +44,9 @@ class Readiness:
         self._r = settings.observability.readiness
         self._redis = redis
         self._probe = probe
+        # Configuration that works but is unsafe in production (e.g. the memory cache outside dev
+        # mode): reported in every answer, without changing the status.
+        self._warnings = settings_warnings(settings)
         self._cached: tuple[float, int, dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
 
@@ -84,6 +90,8 @@ class Readiness:
                 "checks": checks,
                 "checked_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
             }
+            if self._warnings:
+                body["warnings"] = list(self._warnings)
             self._cached = (time.monotonic(), code, body)
             return code, {**body, "cached": False}
 

@@ -32,8 +32,6 @@ from bff.observability.serving import multiprocess_metrics
 
 CONTROL = {CONTROL_HEADER: CONTROL_HEADER_VALUE}  # the emulator's controls require it
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
 
 def write_config(
     tmp_path: Path, keys: Keys, emulator_url: str, **sections: Any

@@ -115,6 +115,7 @@ def test_upstream_base_derivation_and_env_overrides() -> None:
         None,
         environ={
             "VLUNA_BFF__DEV__ENABLED": "true",
+            "VLUNA_BFF__CACHE__BACKEND": "memory",
             "VLUNA_BFF__PROXY__MAX_BODY_BYTES": "1024",
             "VLUNA_BFF__RATE_LIMIT__REQUESTS": "7",
         },

@@ -28,11 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def sentinel_port(tmp_path: Path) -> Iterator[int]:
+def redis_server() -> str:
+    """The redis-server binary (for a Sentinel and a Cluster node of the tests' own): missing is
+    a failure that says how to get it, never a skip."""
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server binary not available for a sentinel")
+        pytest.fail("redis-server is not installed: ./run test installs it (apt-get install redis-server)")
+    return server
+
+
+@pytest.fixture
+def sentinel_port(tmp_path: Path) -> Iterator[int]:
+    server = redis_server()
     port = free_port()
     conf = tmp_path / "sentinel.conf"
     conf.write_text(
@@ -94,9 +101,7 @@ def cluster_port() -> int:
 @pytest.fixture
 def cluster_url(tmp_path: Path) -> Iterator[str]:
     """A one-node Redis Cluster (all slots on one node): enough to run the cluster client paths."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server binary not available for a cluster node")
+    server = redis_server()
     port = cluster_port()
     proc: subprocess.Popen[Any] = subprocess.Popen(
         [

@@ -287,7 +287,12 @@ def test_a_failed_background_renewal_backs_off(page: Page, service: Service) -> 
             for (let i = 0; i < 10; i++) { await c.getToken(); await pause(); }
             const kept = c.token.access_token === before;
             fakeNow += 3500;                                 // past Retry-After
-            await c.getToken(); await pause();
+            await c.getToken();
+            // The background attempt answers through the route handler: wait for its error
+            // (bounded, real time; a busy machine takes more than a few milliseconds).
+            const settle = Date.now() + 10000;
+            while (errors.length < 2 && Date.now() < settle) await pause();
+            await pause();
             return { kept, errors };
         }"""
     )

@@ -255,7 +255,10 @@ def _secret_files(secret_dir: Path) -> dict[str, str]:
 def image(tmp_path_factory: pytest.TempPathFactory) -> Replay:
     uv = find_uv()
     if uv is None:
-        pytest.skip("uv is not installed (./run installs it); the builder stage cannot be replayed")
+        pytest.fail(
+            "uv not found, so the builder stage cannot be replayed: run ./run test (it installs uv and "
+            "sets UV), or set UV=/path/to/uv"
+        )
     builder, _ = _stages()
     replay = Replay(tmp_path_factory.mktemp("image"), build_context(), uv)
     replay.run_builder(builder, timeout=INSTALL_TIMEOUT)

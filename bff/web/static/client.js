@@ -160,8 +160,12 @@ function createClient(options = {}) {
     const expiresAtMs = now + answer.expires_in * 1000;
     const previous = token;
     const same = previous !== null && previous.access_token === answer.access_token;
-    // The life of a token is not in the answer: the longest expires_in seen is the best estimate.
-    const lifetimeMs = Math.max(answer.expires_in * 1000, previous ? previous.lifetimeMs : 0);
+    // The token's whole life, as the service states it (lifetime_sec); from an older service
+    // without it, the longest expires_in seen is the best estimate.
+    const lifetimeMs =
+      answer.lifetime_sec > 0
+        ? answer.lifetime_sec * 1000
+        : Math.max(answer.expires_in * 1000, previous ? previous.lifetimeMs : 0);
     token = { ...answer, receivedAt: now, expiresAtMs, lifetimeMs };
     // The service renews in the background past its own refresh point and meanwhile hands out
     // the token it has: ask again a little later rather than at once.
