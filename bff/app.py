@@ -317,6 +317,7 @@ def create_app(
                 await services.http.aclose()
             for fn in on_shutdown:
                 await fn()
+            log.info("Application shutdown complete (pools closed)")
 
     s = settings.server
     cors = (
@@ -350,7 +351,9 @@ def create_app(
     if cors is not None:
         cors_credentials.install(app)
     # Inside the observability wrapper, so refused requests are still logged and counted.
-    http_guard.install(app)
+    http_guard.install(
+        app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
+    )
     instrument(app, settings, services)
     return app
 
@@ -365,13 +368,3 @@ def _proxy_cors(settings: Settings) -> tuple[list[str], list[str]]:
     from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
 
     return (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS) if settings.proxy.enabled else ([], [])
-
-
-def create_app_from_env() -> Litestar:
-    """Entry point for uvicorn workers (``--factory``): settings from VLUNA_BFF_CONFIG and env."""
-    from bff.observability.setup import configure_process
-    from bff.settings import load_settings
-
-    settings = load_settings()
-    configure_process(settings)  # each worker process sets up its own logging and tracing
-    return create_app(settings)

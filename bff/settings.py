@@ -195,6 +195,11 @@ class ServerSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     proxy_headers: bool = False
     cors_allow_origins: list[str] = []
+    # Slow clients: a request line and headers must arrive within this (and a keep-alive
+    # connection may idle no longer); a body within body_read_timeout_sec of its headers.
+    header_read_timeout_sec: float = Field(10, ge=0.1, le=60)
+    body_read_timeout_sec: float = Field(15, ge=0.1, le=600)
+    max_header_bytes: int = Field(16384, ge=1024, le=65536)
 
 
 class DevSettings(_Model):
