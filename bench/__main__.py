@@ -3,23 +3,31 @@
     uv run python -m bench            # full: 3 runs per scenario, 5 s per measurement (~4 min)
     uv run python -m bench --quick    # 1 run, 2 s, 200 cold users (a smoke test, ~1.5 min)
     uv run python -m bench --runs 5 --seconds 8 --only token,cold
+    uv run python -m bench --only stacks --out docs/stacks.md   # the server stacks compared
 
 Every figure is the median of the runs; every scenario's reference is measured in the same run,
-interleaved with it, and the ratio is the median of the per-run ratios. Load comes from a
-separate process (wrk when installed, else `python -m bench._loadgen`; `BENCH_NO_WRK=1` forces
-the latter), only to 127.0.0.1. Peak memory is VmHWM from /proc of each server process (the
-largest process of its tree: with --workers 2, the largest worker). Needs Redis at 127.0.0.1:6379.
+interleaved with it, and the ratio is the median of the per-run ratios. Every reference is an app
+served on the same server stack as the service (bench/_stacks.py `service`: bff/server.py, what
+`vluna-bff serve` runs). Load comes from a separate process: wrk, installed with apt-get when
+missing (where allowed), else `python -m bench._loadgen`, and the report says so and what it
+costs (`BENCH_NO_WRK=1` forces the latter), only to 127.0.0.1. Peak memory is VmHWM from /proc
+of each server process (the largest process of its tree: the worker). Needs Redis at
+127.0.0.1:6379.
 
 Scenarios:
   token    cache-hit GET /vluna/token (RS256 JWT, mapping, HMAC key, Redis GET, AES-GCM), against a
            bare Litestar JSON endpoint and a Litestar endpoint doing one Redis GET
   workers  the same cache-hit request with `serve --workers 2` against `--workers 1`
   cold     1,000 distinct users, each asked for twice at once: issuances/s through the service,
-           exactly one issuance per user (emulator counters), against the SDK issuing directly
+           exactly one issuance per user (emulator counters), against an app that issues each
+           user's token with the SDK directly (no cache, no lock), loaded alike
   proxy    GET /vluna/api/v1/catalog/products (public cache on and off), against a minimal aiohttp
            pass-through to the same emulator
   sdk      the SDK's per-call overhead (bench/sdk_overhead.py) against bare httpx
   proxy-script  bench/bff_proxy.py as it is, when present (its own output is quoted)
+  stacks   (only when named) the token and proxy scenarios with their references on every server
+           stack of bench/_stacks.py that is installed (`uv pip install httptools hypercorn` for
+           all of them): the comparison that chose the service's stack
 """
 
 from __future__ import annotations
@@ -51,16 +59,20 @@ from bench._harness import (
     UserKeys,
     bff_config,
     cleanup_prefix,
+    ensure_wrk,
     run_load,
     start_bff,
     start_emulator,
-    start_server,
+    start_on_stack,
     stopping,
     write_config,
-    wrk_available,
 )
+from bench._stacks import STACKS, missing
 
-SCENARIOS = ("token", "workers", "cold", "proxy", "sdk", "proxy-script")
+SCENARIOS = ("token", "workers", "cold", "proxy", "sdk", "proxy-script", "stacks")
+DEFAULT_SCENARIOS = SCENARIOS[:-1]
+SERVICE_STACK = "service"
+READY = ("/healthz", {200})
 PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"
 
 
@@ -104,8 +116,10 @@ class Runner:
         self.keys = UserKeys()
         self.rows: list[Row] = []
         self.appendix: list[tuple[str, str]] = []
+        self.load_tool = ensure_wrk(self.log)
 
-    def log(self, msg: str) -> None:
+    @staticmethod
+    def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     def load(self, url: str, **kw: Any) -> LoadResult:
@@ -130,6 +144,24 @@ class Runner:
             # The service has read it by the time it answers; the file holds secrets.
             cfg.unlink()
 
+    @staticmethod
+    def refs(stack: str, key: str) -> Proc:
+        env = {"BENCH_REDIS_URL": SHARED_REDIS_URL, "BENCH_REF_KEY": key}
+        return start_on_stack(
+            stack, "bench._refservers:litestar_refs", name="refs", env=env, ready=("/bench/json", {200})
+        )
+
+    @staticmethod
+    def pass_through(stack: str, emulator: Proc, token: str) -> Proc:
+        env = {"BENCH_UPSTREAM": emulator.url, "BENCH_TOKEN": token, "BENCH_REALM": "realm_demo"}
+        return start_on_stack(
+            stack,
+            "bench._refservers:pass_through",
+            name="aiohttp pass-through",
+            env=env,
+            ready=("/api/v1/catalog/products", {200}),
+        )
+
     def interleave(self, measures: list[tuple[Row, Callable[[], LoadResult | dict[str, Any]]]]) -> None:
         """Runs x measures, interleaved so that drift in machine load hits every row alike."""
         for i in range(self.args.runs):
@@ -149,7 +181,7 @@ class Runner:
         prefix = f"bench-{uuid.uuid4().hex[:10]}:"
         ref_key = prefix + "ref"
         auth = {"Authorization": f"Bearer {self.keys.token('alice', org='acme')}"}
-        ref = start_server("-m", "bench._refservers", "litestar", SHARED_REDIS_URL, ref_key, name="refs")
+        ref = self.refs(SERVICE_STACK, ref_key)
         procs = [ref]
         try:
             w1 = self.bff(emulator, prefix, workers=1)
@@ -198,11 +230,23 @@ class Runner:
     def cold(self, emulator: Proc) -> None:
         prefix = f"bench-{uuid.uuid4().hex[:10]}:"
         users = self.args.cold_users
-        bff = self.bff(emulator, prefix)
+        # Raw issuance throughput: the issuance budget (3,000 per replica per minute by default)
+        # would cut the later runs short; it is measured here, not enforced.
+        bff = self.bff(emulator, prefix, tokens={"issuance_limit": {"per_replica": 0}})
+        env = {
+            "BENCH_VLUNA_URL": emulator.url + "/mgt/v1",
+            "BENCH_REALM": "realm_demo",
+            "BENCH_KEY_ID": "pk-emulator",
+            "BENCH_SECRET": EMULATOR_SECRET,
+        }
+        target = "bench._refservers:sdk_issuer"
+        issuer = start_on_stack(SERVICE_STACK, target, name="SDK issuer", env=env, ready=("/healthz", {200}))
         svc = self.row(
             "cold", f"cold start: {users} distinct users x 2 concurrent requests", unit="issuances/s"
         )
-        ref = self.row("cold", "SDK issue_platform_token direct to Vluna (reference)", unit="issuances/s")
+        ref = self.row(
+            "cold", "an app issuing with the SDK directly, no cache (reference)", unit="issuances/s"
+        )
         svc.reference = ref.name
         try:
             for i in range(self.args.runs):
@@ -224,31 +268,23 @@ class Runner:
                 run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps)
                 svc.add(run)
                 self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance")
-                spec = {
-                    "mode": "sdk-issue",
-                    "base_url": emulator.url + "/mgt/v1",
-                    "realm_id": "realm_demo",
-                    "key_id": "pk-emulator",
-                    "secret": EMULATOR_SECRET,
-                    "users": [f"ref-{run_id}-{n}" for n in range(users)],
-                    "connections": 64,
-                }
-                out = subprocess.run(
-                    [PY, "-m", "bench._loadgen"],
-                    input=json.dumps(spec),
-                    capture_output=True,
-                    text=True,
-                    cwd=REPO,
-                    timeout=180,
-                    check=True,
-                )
-                ref.add(json.loads(out.stdout.strip().splitlines()[-1]))
+                emulator.reset("counters")  # type: ignore[attr-defined]
+                ref_reqs = [{"path": f"/issue?user=ref-{run_id}-{n}"} for n in range(users)]
+                # 32 at once: as many issuances in flight as the service has (64 connections, each
+                # user asked for twice at once).
+                r = run_load(issuer.url + "/issue", requests=ref_reqs, connections=32, seconds=120)
+                if r.non_2xx or r.requests != users or emulator.issuances() != users:  # type: ignore[attr-defined]
+                    raise RuntimeError(f"SDK direct issuance: {r.statuses}")
+                run = asdict(r)
+                run.update(rps=users / r.seconds, requests_per_s=r.rps)
+                ref.add(run)
             self.ratios(svc, ref)
             svc.peak_rss_mb = bff.peak_rss_mb()
-            ref.peak_rss_mb = emulator.peak_rss_mb()
+            ref.peak_rss_mb = issuer.peak_rss_mb()
             svc.note = f"issuances == users in every run (single flight held); {2 * users} requests per run"
-            ref.note = "peak RSS is the emulator's"
+            ref.note = f"one request per user, {users} per run, 32 connections"
         finally:
+            issuer.stop()
             bff.stop()
             cleanup_prefix(prefix)
 
@@ -270,15 +306,7 @@ class Runner:
                 r = httpx.get(p.url + path, headers=auth, timeout=10)
                 if r.status_code != 200:
                     raise RuntimeError(f"proxy answered {r.status_code}: {r.text[:200]}")
-            passthru = start_server(
-                "-m",
-                "bench._refservers",
-                "aiohttp-pass",
-                emulator.url + "/api/v1",
-                tok.json()["access_token"],
-                "realm_demo",
-                name="aiohttp",
-            )
+            passthru = self.pass_through(SERVICE_STACK, emulator, tok.json()["access_token"])
             procs.append(passthru)
             ref = self.row("proxy", "aiohttp pass-through to the emulator (reference)")
             off = self.row("proxy", "GET /vluna/api/v1/catalog/products, public cache off")
@@ -334,9 +362,14 @@ class Runner:
             ) + "in-process ASGI, no socket: p50 = median us per call"
 
     def run(self) -> None:
-        only = set(self.args.only.split(",")) if self.args.only else set(SCENARIOS)
+        only = set(self.args.only.split(",")) if self.args.only else set(DEFAULT_SCENARIOS)
+        if only - set(SCENARIOS):
+            raise SystemExit(f"unknown scenario(s) {sorted(only - set(SCENARIOS))}; one of {SCENARIOS}")
         emulator = start_emulator()
         with stopping(emulator):
+            if "stacks" in only:
+                self.log("scenario: server stacks")
+                self.stacks(emulator)
             if only & {"token", "workers"}:
                 self.log("scenario: cache-hit token / workers")
                 self.token_and_workers(emulator, "token" in only, "workers" in only)
@@ -352,6 +385,81 @@ class Runner:
         if "proxy-script" in only and PROXY_SCRIPT.exists():
             self.log("scenario: bench/bff_proxy.py (as it is)")
             self.proxy_script()
+
+    def stacks(self, emulator: Proc) -> None:
+        """The service (cache-hit token, proxied catalog with the public cache off) and its
+        references on every installed stack; ratios to the same endpoint on the service's stack."""
+        from bff.server import WORKER_APP
+        from bff.settings import CONFIG_ENV
+
+        prefix = f"bench-{uuid.uuid4().hex[:10]}:"
+        auth = {"Authorization": f"Bearer {self.keys.token('alice', org='acme')}"}
+        configs = [
+            write_config(bff_config(emulator.url, self.keys.pem(), prefix=prefix)),
+            write_config(
+                bff_config(
+                    emulator.url,
+                    self.keys.pem(),
+                    prefix=prefix,
+                    rate_limit={"enabled": False},
+                    proxy={"public_cache_ttl_sec": 0},
+                )
+            ),
+        ]
+        procs: list[Proc] = []
+        rows: dict[tuple[str, str], tuple[Row, Proc]] = {}
+        measures: list[tuple[Row, Callable[[], LoadResult]]] = []
+        stacks = [st for st in STACKS if not missing(st)]
+        for st in set(STACKS) - set(stacks):
+            self.log(f"stack {st}: {', '.join(missing(st))} not installed, not measured")
+        try:
+            for st in stacks:
+                refs = self.refs(st, prefix + "ref")
+                procs.append(refs)
+                services = []
+                for cfg in configs:
+                    env = {CONFIG_ENV: str(cfg)}
+                    services.append(start_on_stack(st, WORKER_APP, name="vluna-bff", env=env, ready=READY))
+                    procs.append(services[-1])
+                token, proxied = services
+                tok = httpx.get(token.url + "/vluna/token", headers=auth, timeout=30)
+                tok.raise_for_status()
+                path = "/vluna/api/v1/catalog/products"
+                httpx.get(proxied.url + path, headers=auth, timeout=30).raise_for_status()
+                passthru = self.pass_through(st, emulator, tok.json()["access_token"])
+                procs.append(passthru)
+                for what, proc, url, headers in (
+                    ("bare Litestar JSON", refs, refs.url + "/bench/json", {}),
+                    ("Litestar + 1 Redis GET", refs, refs.url + "/bench/redis-get", {}),
+                    ("GET /vluna/token, cache hit", token, token.url + "/vluna/token", auth),
+                    ("aiohttp pass-through", passthru, passthru.url + "/api/v1/catalog/products", {}),
+                    ("proxied catalog GET, cache off", proxied, proxied.url + path, auth),
+                ):
+                    row = self.row("stacks", f"{st}: {what}")
+                    rows[st, what] = (row, proc)
+                    measures.append((row, lambda url=url, headers=headers: self.load(url, headers=headers)))
+            self.interleave(measures)
+            for (st, what), (row, proc) in rows.items():
+                row.peak_rss_mb = proc.peak_rss_mb()
+                if st != SERVICE_STACK:
+                    self.ratios(row, rows[SERVICE_STACK, what][0])
+            for st in stacks:
+                within = [
+                    ("GET /vluna/token, cache hit", "Litestar + 1 Redis GET"),
+                    ("GET /vluna/token, cache hit", "bare Litestar JSON"),
+                    ("proxied catalog GET, cache off", "aiohttp pass-through"),
+                ]
+                for what, ref in within:
+                    row, base = rows[st, what][0], rows[st, ref][0]
+                    pairs = zip(row.runs, base.runs, strict=True)
+                    x = statistics.median(a["rps"] / b["rps"] for a, b in pairs)
+                    row.note += f"{'; ' if row.note else ''}{x:.2f} x {ref} (same stack)"
+        finally:
+            for p in reversed(procs):
+                p.stop()
+            for cfg in configs:
+                cfg.unlink()
+            cleanup_prefix(prefix)
 
     def proxy_script(self) -> None:
         cmd = [PY, str(PROXY_SCRIPT)]
@@ -378,16 +486,26 @@ NOTES = """\
   listening socket, every answer waited ~40 ms for a delayed ACK: p50 ~44 ms, ratio 0.26;
   tests/bff/test_bff_cli_workers.py pins the fix).
 - `cold`: every issuance is a signed call to the emulator (a separate process on the same CPUs);
-  the reference is the SDK issuing directly at the same concurrency, so the ratio is the cost of
-  the service's single flight (Redis lock, pub/sub release, encrypted cache write) per issuance.
-  Each run checks issuances == users with the emulator's counters.
+  the reference is an app on the same server stack issuing each user's token with the SDK
+  directly, with as many issuances in flight, so the ratio is the cost of the service's auth,
+  single flight (Redis lock, pub/sub release) and encrypted cache write per issuance. Each run
+  checks issuances == users with the emulator's counters.
+- Every reference runs on the service's own server stack (bff/server.py; bench/_stacks.py
+  `service`), so a faster server lifts both sides of each ratio.
 - `proxy`: with the public cache off both paths call the emulator on every request; with it on,
   the catalog is answered by the service itself.
 - `sdk`: client-side only (in-process ASGI transport, no socket).
+- `stacks` (when run): each endpoint on each server stack, the ratio being to the same endpoint
+  on the service's stack; the notes give each stack's own service-to-reference ratios.
 """
 
 
-def render(meta: dict[str, Any], rows: list[dict[str, Any]], appendix: Sequence[tuple[str, str]] = ()) -> str:
+def render(
+    meta: dict[str, Any],
+    rows: list[dict[str, Any]],
+    appendix: Sequence[tuple[str, str]] = (),
+    per_run: str = "docs/benchmarks.json",
+) -> str:
     def f(x: Any, spec: str) -> str:
         return "—" if x is None or x != x else format(x, spec)
 
@@ -416,7 +534,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], appendix: Sequence[
         )
     out += [
         "",
-        "Per-run figures are in `docs/benchmarks.json`. Scenario descriptions: `bench/__main__.py`.",
+        f"Per-run figures are in `{per_run}`. Scenario descriptions: `bench/__main__.py`.",
         "",
         NOTES,
     ]
@@ -450,7 +568,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "platform": platform.platform(terse=True),
         "python": platform.python_version(),
-        "load_tool": "wrk (python generator for request lists)" if wrk_available() else "python generator",
+        "load_tool": runner.load_tool,
         "connections": args.connections,
         "seconds": args.seconds,
         "warmup": args.warmup,
@@ -460,7 +578,9 @@ def main() -> int:
     }
     md = Path(args.out)
     md.parent.mkdir(parents=True, exist_ok=True)
-    text = render(meta, rows, runner.appendix)
+    json_path = md.with_suffix(".json")
+    shown = json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path
+    text = render(meta, rows, runner.appendix, per_run=str(shown))
     md.write_text(text)
     extra = {title: body for title, body in runner.appendix}
     md.with_suffix(".json").write_text(

@@ -370,13 +370,38 @@ def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = 30.0) 
     poll_until(ready, timeout, what=f"{proc.name} ready")
 
 
-def start_server(*argv: str, name: str) -> Proc:
-    """`python <argv>`: a server that prints `listening on http://127.0.0.1:<port>` once bound."""
+def start_server(
+    *argv: str,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    ready: tuple[str, set[int]] | None = None,
+) -> Proc:
+    """`python <argv>`: a server that prints `listening on http://127.0.0.1:<port>`; with `ready`
+    (path, statuses), returns once that path answers one of them."""
     popen = subprocess.Popen(
-        [PY, *argv], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO
+        [PY, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
     _, url = _read_listening(popen)
-    return Proc(name, popen, url=url, port=int(url.rsplit(":", 1)[1]))
+    proc = Proc(name, popen, url=url, port=int(url.rsplit(":", 1)[1]))
+    if ready is not None:
+        try:
+            wait_http(proc, ready[0], ready[1])
+        except (RuntimeError, TimeoutError):
+            proc.stop()
+            raise
+    return proc
+
+
+def start_on_stack(
+    stack: str, target: str, *, name: str, env: Mapping[str, str], ready: tuple[str, set[int]]
+) -> Proc:
+    """An app factory (`module:name`) served on a server stack by bench._stacks."""
+    return start_server("-m", "bench._stacks", stack, target, name=f"{name} on {stack}", env=env, ready=ready)
 
 
 def start_dev(*args: str, env: Mapping[str, str] | None = None, stderr: Any = subprocess.DEVNULL) -> Proc:
@@ -446,8 +471,40 @@ end
 """
 
 
+PYTHON_GENERATOR_COST = (
+    "the Python generator is one asyncio process: it spends about as much CPU per request as a fast "
+    "server does, and on a small machine it takes CPU from the server it measures, so absolute "
+    "rates read lower than with wrk (ratios, measured alike on both sides, hold better)"
+)
+
+
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None and not os.environ.get("BENCH_NO_WRK")
+
+
+def ensure_wrk(log: Any = print) -> str:
+    """Make wrk available (Debian's package, installed with apt-get when missing and allowed);
+    returns a one-line description of the load generator in use, saying what a fallback costs."""
+    if os.environ.get("BENCH_NO_WRK"):
+        return f"python generator (BENCH_NO_WRK set): {PYTHON_GENERATOR_COST}"
+    if shutil.which("wrk") is None:
+        apt = shutil.which("apt-get")
+        if apt is None:
+            why = "wrk is not installed and there is no apt-get to install it"
+        elif os.geteuid() != 0:
+            why = "wrk is not installed and installing it (apt-get install wrk) needs root"
+        else:
+            log("installing wrk (apt-get install wrk)")
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run([apt, "update", "-qq"], env=env, capture_output=True, timeout=300, check=False)
+            done = subprocess.run(
+                [apt, "install", "-y", "-qq", "wrk"], env=env, capture_output=True, text=True, timeout=300
+            )
+            why = "" if done.returncode == 0 else f"apt-get install wrk failed: {done.stderr.strip()[-300:]}"
+        if shutil.which("wrk") is None:
+            log(f"WARNING: {why}; falling back to the Python load generator")
+            return f"python generator ({why}): {PYTHON_GENERATOR_COST}"
+    return "wrk (the python generator for request lists)"
 
 
 def run_load(

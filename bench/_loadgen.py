@@ -137,58 +137,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def sdk_issue(spec: dict[str, Any]) -> dict[str, Any]:
-    """The cold-start reference: `issue_platform_token` straight to Vluna with the SDK, one per
-    principal, `connections` at a time (what the service itself can at best do per second)."""
-    from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
-
-    parts = urlsplit(spec["base_url"])
-    if parts.hostname != "127.0.0.1":
-        raise SystemExit("loopback only")
-    users: list[str] = spec["users"]
-    sem = asyncio.Semaphore(max(1, min(int(spec.get("connections", 32)), MAX_CONNECTIONS)))
-    lat: list[float] = []
-    statuses: collections.Counter[str] = collections.Counter()
-    async with create_service_client(
-        ServiceClientOptions(
-            config=VlunaAIConfig(base_url=spec["base_url"], realm_id=spec["realm_id"]),
-            service_key=ServiceKeyCredentials(key_id=spec["key_id"], secret=spec["secret"]),
-            max_retries=0,
-        )
-    ) as client:
-
-        async def one(user: str) -> None:
-            async with sem:
-                t0 = time.perf_counter()
-                r = await client.issue_platform_token(
-                    body={
-                        "principal_id": f"org:{user}",
-                        "user_id": user,
-                        "scopes": ["checkout", "portal"],
-                        "session_ttl_sec": 900,
-                    }
-                )
-                lat.append(time.perf_counter() - t0)
-                statuses["200" if r.ok else "error"] += 1
-
-        start = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*[one(u) for u in users]), MAX_SECONDS)
-        elapsed = time.perf_counter() - start
-    q = statistics.quantiles(lat, n=100)
-    return {
-        "rps": len(lat) / elapsed,
-        "p50_ms": q[49] * 1000,
-        "p99_ms": q[98] * 1000,
-        "requests": len(lat),
-        "seconds": elapsed,
-        "statuses": dict(statuses),
-    }
-
-
 def main() -> None:
     spec = json.loads(sys.stdin.read())
-    fn = sdk_issue if spec.get("mode") == "sdk-issue" else run
-    print(json.dumps(asyncio.run(fn(spec))), flush=True)
+    print(json.dumps(asyncio.run(run(spec))), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,30 @@
-"""Reference servers the runner measures beside the service, each printing its address first:
+"""The reference apps the runner measures beside the service, as ASGI app factories that
+bench._stacks serves on the same server stack as the service (`python -m bench._stacks STACK
+bench._refservers:NAME`). Arguments come from the environment, because a server imports the
+factory by name in its worker process:
 
-    python -m bench._refservers litestar [REDIS_URL KEY]   # /bench/json and /bench/redis-get
-    python -m bench._refservers aiohttp-pass UPSTREAM_BASE TOKEN REALM
-        # GET /api/v1/{path}: a minimal aiohttp pass-through (one pooled session) to UPSTREAM_BASE
-
-All bind 127.0.0.1 on a free port, one process, no access log.
+  litestar_refs  GET /bench/json (bare Litestar JSON), GET /bench/redis-get (Litestar + one Redis
+                 GET of BENCH_REF_KEY at BENCH_REDIS_URL)
+  pass_through   GET /api/v1/{path}: a minimal raw-ASGI pass-through to BENCH_UPSTREAM with a fixed
+                 bearer token (BENCH_TOKEN, BENCH_REALM) through one pooled aiohttp session
+  sdk_issuer     GET /issue?user=U: the SDK's issue_platform_token for principal org:U, straight to
+                 Vluna (BENCH_VLUNA_URL, BENCH_REALM, BENCH_KEY_ID, BENCH_SECRET): no cache, no lock
 """
 
 from __future__ import annotations
 
-import socket
-import sys
+import os
 from typing import Any
 
-
-def _socket() -> socket.socket:
-    # IPPROTO_TCP so that asyncio sets TCP_NODELAY on accepted sockets.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+Scope = dict[str, Any]
 
 
-def litestar(redis_url: str | None, key: str | None) -> None:
+def litestar_refs() -> Any:
     import redis.asyncio as aioredis
-    import uvicorn
     from litestar import Litestar, get
 
+    redis_url = os.environ.get("BENCH_REDIS_URL")
+    key = os.environ.get("BENCH_REF_KEY", "bench-ref")
     redis = aioredis.Redis.from_url(redis_url, max_connections=64) if redis_url else None
 
     @get("/bench/json")
@@ -35,54 +33,109 @@ def litestar(redis_url: str | None, key: str | None) -> None:
 
     @get("/bench/redis-get")
     async def one_get() -> dict[str, Any]:
-        assert redis is not None and key is not None
+        assert redis is not None
         value = await redis.get(key)
         return {"ok": True, "len": len(value or b"")}
 
     async def seed() -> None:
-        if redis is not None and key is not None:
+        if redis is not None:
             await redis.set(key, b"v" * 300, ex=3600)
 
-    app = Litestar([bare, one_get], on_startup=[seed], openapi_config=None, logging_config=None)
-    sock = _socket()
-    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    async def close() -> None:
+        if redis is not None:
+            await redis.aclose()
+
+    return Litestar(
+        [bare, one_get], on_startup=[seed], on_shutdown=[close], openapi_config=None, logging_config=None
+    )
 
 
-def aiohttp_pass(upstream: str, token: str, realm: str) -> None:
+def pass_through() -> Any:
+    """What any Python proxy on this stack can at best do: forward GET /api/v1/{path}?{query} with a
+    fixed bearer token through one pooled aiohttp session, the answer's bytes untouched."""
     import aiohttp
-    from aiohttp import web
 
-    session: dict[str, aiohttp.ClientSession] = {}
+    upstream = os.environ["BENCH_UPSTREAM"].rstrip("/")
+    headers = {
+        "Authorization": f"Bearer {os.environ['BENCH_TOKEN']}",
+        "X-Realm-Id": os.environ.get("BENCH_REALM", "realm_demo"),
+        "Accept": "application/json",
+    }
+    state: dict[str, aiohttp.ClientSession] = {}
 
-    async def start(app: web.Application) -> None:
-        session["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await state["s"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        url = upstream + scope["path"]
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        async with state["s"].get(url, headers=headers) as resp:
+            body = await resp.read()
+            status = resp.status
+        await _json(send, status, body)
 
-    async def close(app: web.Application) -> None:
-        await session["s"].close()
-
-    async def handle(request: web.Request) -> web.Response:
-        url = f"{upstream}/{request.match_info['path']}"
-        headers = {"Authorization": f"Bearer {token}", "X-Realm-Id": realm, "Accept": "application/json"}
-        async with session["s"].get(url, headers=headers, params=request.query) as r:
-            body = await r.read()
-            return web.Response(body=body, status=r.status, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/api/v1/{path:.*}", handle)
-    app.on_startup.append(start)
-    app.on_cleanup.append(close)
-    sock = _socket()
-    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    web.run_app(app, sock=sock, print=None, access_log=None)
+    return app
 
 
-if __name__ == "__main__":
-    kind, *rest = sys.argv[1:]
-    if kind == "litestar":
-        litestar(*([*rest, None, None])[:2])
-    elif kind == "aiohttp-pass":
-        aiohttp_pass(*rest)
-    else:
-        raise SystemExit(f"unknown reference server {kind!r}")
+def sdk_issuer() -> Any:
+    """The cold-start reference: what issuing one platform token costs through the SDK alone."""
+    import json
+    from urllib.parse import parse_qs
+
+    from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
+
+    env = os.environ
+    options = ServiceClientOptions(
+        config=VlunaAIConfig(base_url=env["BENCH_VLUNA_URL"], realm_id=env["BENCH_REALM"]),
+        service_key=ServiceKeyCredentials(key_id=env["BENCH_KEY_ID"], secret=env["BENCH_SECRET"]),
+        max_retries=0,
+    )
+    state: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    state["client"] = create_service_client(options)
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await state["client"].close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        users = parse_qs(scope["query_string"].decode()).get("user")
+        if users is None:  # GET /healthz (anything without a user): up
+            await _json(send, 200, b'{"ok": true}')
+            return
+        user = users[0]
+        r = await state["client"].issue_platform_token(
+            body={
+                "principal_id": f"org:{user}",
+                "user_id": user,
+                "scopes": ["checkout", "portal"],
+                "session_ttl_sec": 900,
+            }
+        )
+        body = json.dumps({"access_token": r.data.access_token} if r.ok else {"error": "issue"}).encode()
+        await _json(send, 200 if r.ok else 502, body)
+
+    return app
+
+
+async def _json(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -4,9 +4,10 @@
 
 Processes (all on 127.0.0.1, each its own process):
 - the emulator (`python -m vlunaai.testing`), the upstream of everything below;
-- a minimal pass-through: one raw-ASGI uvicorn worker forwarding GET /api/v1/catalog/products
-  to the emulator with a fixed bearer token through one aiohttp ClientSession (the floor any
-  Python proxy on this stack can reach);
+- a minimal pass-through (bench/_refservers.py `pass_through`) on the same server stack as the
+  service (bench/_stacks.py `service`): GET /api/v1/catalog/products forwarded to the emulator with
+  a fixed bearer token through one aiohttp ClientSession (the floor any Python proxy on this stack
+  can reach);
 - `vluna-bff serve` (one worker, Redis cache) with the proxy, public catalog cache off: every
   request is authenticated (JWT, verification cached), mapped, rate-limited (Redis, in leases
   of rate_limit.lease_size slots), gets its token (cache, memoised for proxy.token_memo_sec),
@@ -40,46 +41,6 @@ REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = base64.b64encode(b"bench-proxy-service-secret-32by!").decode()
 HS = "bench-proxy-hs-secret-0123456789abcdef"
-
-
-# -- the minimal aiohttp pass-through ------------------------------------------------------------
-
-
-def passthrough(port: int, upstream: str, token: str) -> None:
-    import aiohttp
-    import uvicorn
-
-    state: dict[str, Any] = {}
-    url = upstream + "/api/v1/catalog/products"
-    headers = {"Authorization": f"Bearer {token}", "X-Realm-Id": "realm_demo"}
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await state["s"].close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        async with state["s"].get(url, headers=headers) as resp:
-            body = await resp.read()
-            status = resp.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # -- load generation -----------------------------------------------------------------------------
@@ -232,12 +193,8 @@ def main() -> int:
     parser.add_argument(
         "--no-rate-limit", action="store_true", help="turn the per-user rate limit (a Redis call) off"
     )
-    parser.add_argument("--passthrough", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.passthrough:
-        passthrough(int(args.passthrough[0]), args.passthrough[1], args.passthrough[2])
-        return 0
     if args.load:
         port, path, headers, seconds, conns = args.load
         print(
@@ -299,20 +256,18 @@ def main() -> int:
         token = httpx.get(f"http://127.0.0.1:{ports['proxied']}/vluna/token", headers=auth).json()[
             "access_token"
         ]
-        ports["aiohttp pass-through"] = free_port()
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--passthrough",
-                    str(ports["aiohttp pass-through"]),
-                    emulator,
-                    token,
-                ],
-                cwd=REPO,
-            )
+        passthrough = subprocess.Popen(
+            [sys.executable, "-m", "bench._stacks", "service", "bench._refservers:pass_through"],
+            cwd=REPO,
+            env={**os.environ, "BENCH_UPSTREAM": emulator, "BENCH_TOKEN": token, "BENCH_REALM": "realm_demo"},
+            stdout=subprocess.PIPE,
+            text=True,
         )
+        procs.append(passthrough)
+        assert passthrough.stdout is not None
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", passthrough.stdout.readline())
+        assert m, "the pass-through did not start"
+        ports["aiohttp pass-through"] = int(m.group(1))
         wait_http(f"http://127.0.0.1:{ports['aiohttp pass-through']}/api/v1/catalog/products")
         gen = "wrk" if shutil.which("wrk") else "python asyncio load generator (separate process)"
         print(f"{args.seconds:g} s per target, {args.connections} connections, load: {gen}")

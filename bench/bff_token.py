@@ -2,7 +2,9 @@
 
     uv run python bench/bff_token.py [--seconds 5] [--connections 32]
 
-One uvicorn process (one worker) serves three routes from the same app and the same Redis pool:
+One uvicorn process (one worker; the app with an in-process emulator, which `vluna-bff serve`'s
+worker processes cannot host: `python -m bench` measures the real stack) serves three routes
+from the same app and the same Redis pool:
 - /bench/json        a bare Litestar JSON endpoint
 - /bench/redis-get   a Litestar endpoint doing one Redis GET
 - /vluna/token       the BFF: JWT verification (RS256), principal mapping, HMAC key, Redis GET,

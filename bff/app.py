@@ -34,13 +34,14 @@ from bff.observability.metrics import MeteredStats
 from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.openapi import openapi_config
 from bff.principals import PrincipalMapper
-from bff.settings import Settings, api_base_url, parse_key_spec
+from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.tokens.broker import BrokerConfig, TokenBroker
 from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
+from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock
 from bff.tokens.redis_client import make_redis, redis_target
 
@@ -71,6 +72,9 @@ class Services:
 def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncClient) -> JwtVerifier:
     j = settings.auth.jwt
     sources: list[KeySource] = []
+    # Fixed keys first: a token they verify never waits on (or fails with) the JWKS URL.
+    if j.public_keys_pem:
+        sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     jwks: JwksKeySource | None = None
     if j.jwks_url or j.discovery:
         jwks = JwksKeySource(
@@ -84,14 +88,12 @@ def _verifier(settings: Settings, dev_keys: KeySource | None, http: httpx.AsyncC
             min_refresh_interval_sec=j.jwks_refresh_min_interval_sec,
         )
         sources.append(jwks)
-    if j.public_keys_pem:
-        sources.append(StaticKeySource.from_pems(j.public_keys_pem))
     issuers = [j.issuer] if j.issuer else []
     audiences = list(j.audience)
     algorithms = list(j.algorithms)
     if dev_keys is not None:
         # The dev key is trusted only here, i.e. only when `vluna-bff dev` built the app.
-        sources.append(dev_keys)
+        sources.insert(0, dev_keys)
         issuers.append(settings.dev.issuer)
         audiences.append(settings.dev.audience)
         if "ES256" not in algorithms:
@@ -210,6 +212,9 @@ def build_services(
         stats=stats,
         lock=lock,
         notifier=notifier,
+        limiter=IssuanceLimiter(
+            t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
+        ),
         clock=clock,
     )
     mapper = ObservedPrincipalMapper(
@@ -277,6 +282,15 @@ def create_app(
     from bff.routes.token import token_routes
     from bff.web import client_routes
 
+    # validate_settings refuses these; an app built from unchecked settings must not either, since
+    # "*" would grant credentials to every site.
+    bad = [
+        (f"server.cors_allow_origins[{i}]", p)
+        for i, o in enumerate(settings.server.cors_allow_origins)
+        if (p := origin_problem(o))
+    ]
+    if bad:
+        raise SettingsError(bad)
     services = build_services(
         settings, issuer=issuer, redis=redis, http=http, dev_keys=dev_keys, realm_id=realm_id, clock=clock
     )
@@ -310,6 +324,7 @@ def create_app(
                 await services.http.aclose()
             for fn in on_shutdown:
                 await fn()
+            log.info("Application shutdown complete (pools closed)")
 
     s = settings.server
     cors = (
@@ -343,7 +358,9 @@ def create_app(
     if cors is not None:
         cors_credentials.install(app)
     # Inside the observability wrapper, so refused requests are still logged and counted.
-    http_guard.install(app)
+    http_guard.install(
+        app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
+    )
     instrument(app, settings, services)
     return app
 
@@ -358,13 +375,3 @@ def _proxy_cors(settings: Settings) -> tuple[list[str], list[str]]:
     from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
 
     return (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS) if settings.proxy.enabled else ([], [])
-
-
-def create_app_from_env() -> Litestar:
-    """Entry point for uvicorn workers (``--factory``): settings from VLUNA_BFF_CONFIG and env."""
-    from bff.observability.setup import configure_process
-    from bff.settings import load_settings
-
-    settings = load_settings()
-    configure_process(settings)  # each worker process sets up its own logging and tracing
-    return create_app(settings)

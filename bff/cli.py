@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,37 +90,18 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_workers(workers: int, options: dict[str, object]) -> None:
-    """`uvicorn.run(..., workers=N)`, with TCP_NODELAY on the shared listening socket.
-
-    uvicorn binds that socket without naming the TCP protocol, so asyncio does not set
-    TCP_NODELAY on the connections it accepts, and every small answer then waits ~40 ms for the
-    client's delayed ACK. Linux passes the option from the listener to accepted connections.
-    """
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    config = uvicorn.Config("bff.app:create_app_from_env", factory=True, workers=workers, **options)  # type: ignore[arg-type]
-    sock = config.bind_socket()
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    Multiprocess(config, sockets=[sock]).run()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from bff.observability.serving import exit_zero_on_sigterm, multiprocess_metrics, start_metrics_server
+    from bff import server
+    from bff.observability.serving import multiprocess_metrics, start_metrics_server
 
     settings = _load(args.config)
     if settings.dev.enabled:
         print("dev.enabled is set: use `vluna-bff dev` for development", file=sys.stderr)
         return 2
-    s = settings.server
     o = settings.observability
-    host = args.host or s.host
-    port = args.port if args.port is not None else s.port
-    workers = args.workers or s.workers
-    grace = args.graceful_timeout if args.graceful_timeout is not None else o.shutdown_grace_sec
+    options = server.ServerOptions.from_settings(
+        settings, host=args.host, port=args.port, workers=args.workers, grace_sec=args.graceful_timeout
+    )
     metrics_port = args.metrics_port if args.metrics_port is not None else o.metrics.port
     if metrics_port is not None and args.metrics_port is not None:
         settings = settings.model_copy(
@@ -133,17 +113,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         # Workers rebuild the settings from the environment: tell them too.
         os.environ["VLUNA_BFF__OBSERVABILITY__METRICS__PORT"] = str(metrics_port)
-    common: dict[str, object] = {
-        "host": host,
-        "port": port,
-        "log_level": s.log_level,
-        "log_config": None,
-        "proxy_headers": s.proxy_headers,
-        "access_log": False,
-        "timeout_graceful_shutdown": grace,
-    }
-    exit_zero_on_sigterm()
-    with multiprocess_metrics(workers, o.metrics.multiprocess_dir):
+    # Workers are separate processes: each rebuilds the settings from the same file and env.
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    separate_metrics = metrics_port is not None and o.metrics.enabled
+    with multiprocess_metrics(options.workers, o.metrics.multiprocess_dir, scraped_apart=separate_metrics):
         # Imported only now: prometheus_client must see the multi-process directory in place.
         from bff.observability.setup import configure_process
 
@@ -152,17 +126,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             logging.getLogger("bff").warning("configuration: %s", warning)
         if not args.skip_startup_checks and not startup_probes(settings, args.strict_startup):
             return 1
-        if metrics_port is not None and o.metrics.enabled:
-            start_metrics_server(o.metrics.host or host, metrics_port)
-        if workers > 1:
-            # Workers are separate processes: each rebuilds the settings from the same file and env.
-            if args.config:
-                os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
-            run_workers(workers, common)
-            return 0
-        from bff.app import create_app
-
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        if separate_metrics:
+            assert metrics_port is not None
+            start_metrics_server(o.metrics.host or options.host, metrics_port)
+        server.serve(server.WORKER_APP, options)
     return 0
 
 
@@ -215,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", "-c", help=f"YAML settings file (default: ${CONFIG_ENV})")
 
-    p_serve = sub.add_parser("serve", help="run the service (uvicorn)")
+    p_serve = sub.add_parser("serve", help="run the service (granian)")
     common(p_serve)
     p_serve.add_argument("--host")
     p_serve.add_argument("--port", type=int)

@@ -3,10 +3,18 @@
 Rules are tried in order; the first whose claim is present gives the principal, e.g.
 ``[{claim: org_id, template: "org:{value}"}, {claim: sub, template: "user:{value}"}]``.
 Templates substitute ``{value}`` and ``{<claim>}`` only (no attribute access, no format specs).
+
+Distinct claim values never give the same principal. With one placeholder that holds by itself
+(a fixed prefix and suffix around the value). With several, the text between placeholders
+separates the values, so in each value ``%`` and every character of that text are
+percent-encoded (UTF-8): ``t:{value}:{dept}`` maps (``acme:x``, ``eng``) to ``t:acme%3Ax:eng``
+and (``acme``, ``x:eng``) to ``t:acme:x%3Aeng``. Settings validation makes sure that text is
+non-empty and free of letters, digits and ``%`` (which the encoding itself produces).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,6 +27,8 @@ from bff.tokens.broker import Principal
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_ID_LEN = 256
+MAX_TRAIT_LEN = 1024
+_MAX_SAFE_INT = 2**53  # what every JSON reader keeps exact
 
 
 def _scalar(value: Any) -> str | None:
@@ -34,10 +44,40 @@ def _valid_id(value: str) -> bool:
     return 0 < len(value) <= MAX_ID_LEN and value.isprintable()
 
 
+def _trait(value: Any) -> Any:
+    """A claim as a trait value, or None when it is not a plain, bounded scalar."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT else None
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if len(value) <= MAX_TRAIT_LEN else None
+    return None
+
+
+def separators(template: str) -> frozenset[str]:
+    """The characters that must be encoded in the values of this template: none with a single
+    placeholder; with several, ``%`` and every character of the text between placeholders."""
+    pieces = _FIELD.split(template)  # literal, name, literal, name, ..., literal
+    if len(pieces) <= 3:
+        return frozenset()
+    between = "".join(pieces[2:-1:2])
+    return frozenset(between) | {"%"}
+
+
+def encode_value(value: str, chars: frozenset[str]) -> str:
+    if not chars or not any(c in chars for c in value):
+        return value
+    return "".join("".join(f"%{b:02X}" for b in c.encode()) if c in chars else c for c in value)
+
+
 class PrincipalMapper:
     def __init__(self, settings: MappingSettings, hook: Callable[..., Any] | None = None) -> None:
         self._s = settings
         self._hook = hook
+        self._separators = [separators(rule.template) for rule in settings.principal]
 
     async def map(self, identity: Identity) -> Principal:
         if self._hook is not None:
@@ -66,11 +106,11 @@ class PrincipalMapper:
 
     def _by_rules(self, claims: Mapping[str, Any]) -> Principal:
         principal_id: str | None = None
-        for rule in self._s.principal:
+        for rule, chars in zip(self._s.principal, self._separators, strict=True):
             value = _scalar(claims.get(rule.claim))
             if value is None:
                 continue
-            principal_id = self._render(rule.template, value, claims)
+            principal_id = self._render(rule.template, value, claims, chars)
             if principal_id is not None:
                 break
         if principal_id is None:
@@ -87,13 +127,13 @@ class PrincipalMapper:
             )
         traits: dict[str, Any] = {}
         for trait, claim in self._s.traits.items():
-            v = claims.get(claim)
-            if isinstance(v, (str, int, float, bool)):
+            v = _trait(claims.get(claim))
+            if v is not None:
                 traits[trait] = v
         return Principal(principal_id=principal_id, user_id=user_id, traits=traits)
 
     @staticmethod
-    def _render(template: str, value: str, claims: Mapping[str, Any]) -> str | None:
+    def _render(template: str, value: str, claims: Mapping[str, Any], chars: frozenset[str]) -> str | None:
         missing = False
 
         def sub(m: re.Match[str]) -> str:
@@ -103,7 +143,7 @@ class PrincipalMapper:
             if v is None:
                 missing = True
                 return ""
-            return v
+            return encode_value(v, chars)
 
         out = _FIELD.sub(sub, template)
         return None if missing else out

@@ -54,6 +54,8 @@ REDIS_COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("publish", "{p}done:probe", "1"), "release notification"),
     (("psubscribe", "{p}done:*"), "release notifications (not with cluster)"),
     (("punsubscribe", "{p}done:*"), "release notifications (not with cluster)"),
+    (("incr", "{p}iss:probe:1"), "issuance limits"),
+    (("expire", "{p}iss:probe:1", "10"), "issuance limits"),
     (("incrby", "{p}rl:probe", "1"), "proxy rate limits"),
     (("expire", "{p}rl:probe", "10"), "proxy rate limits"),
 )
@@ -221,7 +223,7 @@ async def probe_identity_provider(
         url = oidc.discovery_url(j.issuer)
         try:
             discovered = oidc.parse_discovery(await oidc.get_json(http, url, timeout), url, j.issuer)
-        except oidc.KeysUnavailable as exc:
+        except oidc.FetchError as exc:
             return [ProbeLine("auth.jwt.discovery", False, exc.text)]
         jwks_url = discovered.jwks_uri
     if jwks_url is None:
@@ -243,7 +245,7 @@ async def probe_identity_provider(
             jwks_url = discovered.jwks_uri
             doc = await oidc.get_json(http, jwks_url, timeout)
         oidc.check_jwks_shape(doc, jwks_url)
-    except oidc.KeysUnavailable as exc:
+    except oidc.FetchError as exc:
         return [*lines, ProbeLine(check, False, exc.text)]
     if discovered is not None:
         algorithms = oidc.effective_algorithms(
@@ -277,7 +279,7 @@ async def _issuer_hint(http: httpx.AsyncClient, issuer: str, timeout: float) -> 
     url = oidc.discovery_url(issuer)
     try:
         doc = await oidc.get_json(http, url, timeout)
-    except oidc.KeysUnavailable:
+    except oidc.FetchError:
         return []  # not every issuer publishes discovery: no finding either way
     announced = doc.get("issuer") if isinstance(doc, dict) else None
     if isinstance(announced, str) and announced != issuer:

@@ -14,7 +14,9 @@ Secrets are ``SecretStr`` so that ``repr``, ``model_dump`` and every log line sh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bff.proxy.config import ProxySettings, RateLimitSettings
 
@@ -131,6 +141,17 @@ class MappingSettings(_Model):
     hook: str | None = None
 
 
+class IssuanceLimitSettings(_Model):
+    # Platform tokens issued per user (principal and user, every scope set) per window, counted
+    # across replicas in Redis. Cached tokens are served regardless. 0: no limit.
+    per_user: int = Field(10, ge=0)
+    # Tokens issued by this process per window, all users together. 0: no limit.
+    per_replica: int = Field(3000, ge=0)
+    # Tokens issued by all replicas together per window (counted in Redis). 0: no limit.
+    all_replicas: int = Field(0, ge=0)
+    window_sec: int = Field(60, ge=1, le=3600)
+
+
 class TokenSettings(_Model):
     allowed_scopes: list[str] = ["checkout", "portal"]
     default_scopes: list[str] = ["checkout", "portal"]
@@ -140,6 +161,7 @@ class TokenSettings(_Model):
     lock_ttl_sec: float = Field(15, gt=0)
     wait_timeout_sec: float = Field(15, gt=0)
     retry_after_sec: int = Field(5, ge=1)
+    issuance_limit: IssuanceLimitSettings = IssuanceLimitSettings()
 
 
 class RedisSettings(_Model):
@@ -175,6 +197,11 @@ class ServerSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     proxy_headers: bool = False
     cors_allow_origins: list[str] = []
+    # Slow clients: a request line and headers must arrive within this (and a keep-alive
+    # connection may idle no longer); a body within body_read_timeout_sec of its headers.
+    header_read_timeout_sec: float = Field(10, ge=0.1, le=60)
+    body_read_timeout_sec: float = Field(15, ge=0.1, le=600)
+    max_header_bytes: int = Field(16384, ge=1024, le=65536)
 
 
 class DevSettings(_Model):
@@ -238,6 +265,19 @@ class Settings(_Model):
     rate_limit: RateLimitSettings = RateLimitSettings()
     openapi: OpenApiSettings = OpenApiSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _dev_mode_caches_in_process(cls, data: Any) -> Any:
+        """Dev mode is one process: its cache defaults to memory (no Redis needed to try it)
+        unless the configuration names a backend."""
+        if not isinstance(data, Mapping):
+            return data
+        dev, cache = data.get("dev"), data.get("cache")
+        dev_on = dev.get("enabled") is True if isinstance(dev, Mapping) else False
+        if dev_on and (cache is None or (isinstance(cache, Mapping) and "backend" not in cache)):
+            return {**data, "cache": {**(cache or {}), "backend": "memory"}}
+        return data
+
     def redacted_dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -266,6 +306,76 @@ def parse_key_spec(spec: str) -> tuple[str, bytes]:
     if len(raw) != 32:
         raise ValueError("key must decode to 32 bytes (AES-256)")
     return kid, raw
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why ``origin`` cannot be a CORS origin that is granted credentials, or None.
+
+    An origin is ``scheme://host[:port]`` exactly as browsers send it (RFC 6454): lower case, no
+    path, no trailing slash, no default port; anything else would never match (or, with ``*``,
+    would match every site)."""
+    if "*" in origin:
+        return (
+            "'*' and wildcards are refused: cookies and Authorization are granted to these origins, "
+            "so list each origin (e.g. https://app.example.com)"
+        )
+    if origin.strip().lower() == "null":
+        return "the 'null' origin (sandboxed frames, file: pages) cannot be trusted with credentials"
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return "expected scheme://host[:port] (e.g. https://app.example.com)"
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.netloc:
+        return "expected http:// or https:// and a host: scheme://host[:port]"
+    if parts.username is not None or parts.password is not None:
+        return "an origin has no user or password"
+    if parts.path or parts.query or parts.fragment or origin.endswith(("?", "#")):
+        return "an origin has no path, trailing slash, query or fragment: scheme://host[:port]"
+    if host.startswith("[") or ":" in host:
+        valid_host = True  # IPv6 literal: urlsplit has checked it
+    else:
+        valid_host = all(_HOST_LABEL.match(label) for label in host.split("."))
+    if not valid_host:
+        return "the host is not a valid host name"
+    if port == _DEFAULT_PORTS[parts.scheme.lower()]:
+        canonical = f"{parts.scheme.lower()}://{host if ':' not in host else f'[{host}]'}"
+        return f"browsers send the default port as no port: write {canonical}"
+    netloc = host if ":" not in host else f"[{host}]"
+    canonical = f"{parts.scheme.lower()}://{netloc}{f':{port}' if port is not None else ''}"
+    if origin != canonical:
+        return f"browsers send it as {canonical}: write it that way or it never matches"
+    return None
+
+
+def weak_key_problem(key: bytes) -> str | None:
+    """Why ``key`` is obviously not random, or None. Only the obvious: few distinct bytes, a
+    repeated pattern, a run of neighbouring characters, or little variety overall (a Shannon
+    estimate under 64 bits). Passing says nothing about strength; random keys always pass.
+    The message never includes the key."""
+    n = len(key)
+    if n == 0:
+        return "is empty"
+    if len(set(key)) < 8:
+        return "has fewer than 8 distinct characters: use random bytes (e.g. openssl rand -base64 32)"
+    for period in range(1, n // 2 + 1):
+        if key[period:] == key[:-period]:  # e.g. "password1234password1234password"
+            return "is a repeated pattern: use random bytes (e.g. openssl rand -base64 32)"
+    neighbours = sum(1 for a, b in itertools.pairwise(key) if abs(a - b) <= 1)
+    if neighbours * 3 > (n - 1) * 2:
+        return "is mostly a run of neighbouring characters: use random bytes (e.g. openssl rand -base64 32)"
+    counts = [key.count(b) for b in set(key)]
+    bits = -sum(c * math.log2(c / n) for c in counts)
+    if bits < 64:
+        return "has too little variety to be random: use random bytes (e.g. openssl rand -base64 32)"
+    return None
 
 
 def _is_base64(value: str) -> bool:
@@ -311,8 +421,12 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
                 add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
         if algs & HS_ALGORITHMS and j.hs_secret is None and not dev:
             add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
-        if j.hs_secret is not None and len(j.hs_secret.get_secret_value().encode()) < 32:
-            add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+        if j.hs_secret is not None:
+            hs = j.hs_secret.get_secret_value().encode()
+            if len(hs) < 32:
+                add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+            elif (weak := weak_key_problem(hs)) is not None:
+                add(("auth.jwt.hs_secret", weak))
         if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.discovery or j.public_keys_pem or dev):
             add(
                 (
@@ -353,6 +467,17 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
             stray = _TEMPLATE_FIELD.sub("", rule.template)
             if "{" in stray or "}" in stray:
                 add((f"mapping.principal[{i}].template", "only {name} placeholders are allowed"))
+            between = _TEMPLATE_FIELD.split(rule.template)[2:-1:2]
+            if any(not text or re.search(r"[A-Za-z0-9%]", text) for text in between):
+                # Values are told apart by this text (and have its characters percent-encoded):
+                # it must exist and must not be made of what the encoding itself writes.
+                add(
+                    (
+                        f"mapping.principal[{i}].template",
+                        "placeholders must be separated by text without letters, digits or '%' "
+                        "(e.g. 'team:{tenant}:{value}')",
+                    )
+                )
 
     t = s.tokens
     if not t.allowed_scopes:
@@ -403,15 +528,29 @@ def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
     seen: set[str] = set()
     for i, spec in enumerate(c.encryption_keys):
         try:
-            kid, _ = parse_key_spec(spec.get_secret_value())
+            kid, raw_key = parse_key_spec(spec.get_secret_value())
         except ValueError as exc:
             add((f"cache.encryption_keys[{i}]", str(exc)))
             continue
+        if (weak := weak_key_problem(raw_key)) is not None:
+            add((f"cache.encryption_keys[{i}]", f"key {kid!r} {weak}"))
         if kid in seen:
             add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
         seen.add(kid)
-    if c.hmac_key is not None and len(c.hmac_key.get_secret_value().encode()) < 32:
-        add(("cache.hmac_key", "must be at least 32 bytes"))
+    if c.hmac_key is not None:
+        hmac_key = c.hmac_key.get_secret_value().encode()
+        if len(hmac_key) < 32:
+            add(("cache.hmac_key", "must be at least 32 bytes"))
+        elif (weak := weak_key_problem(hmac_key)) is not None:
+            add(("cache.hmac_key", weak))
+    seen_origins: set[str] = set()
+    for i, origin in enumerate(s.server.cors_allow_origins):
+        problem = origin_problem(origin)
+        if problem is not None:
+            add((f"server.cors_allow_origins[{i}]", problem))
+        elif origin in seen_origins:
+            add((f"server.cors_allow_origins[{i}]", f"{origin} is listed twice"))
+        seen_origins.add(origin)
     o = s.observability
     if not o.metrics.path.startswith("/") or o.metrics.path in ("/healthz", "/readyz"):
         add(("observability.metrics.path", "must start with / and differ from /healthz and /readyz"))

@@ -1,5 +1,9 @@
 """Where verification keys come from: a JWKS URL (cached, refreshed on an unknown kid at a
-bounded rate) or a fixed set (PEM files, the dev key)."""
+bounded rate) or a fixed set (PEM files, the dev key).
+
+Sources are independent: one that cannot answer (a JWKS URL that is down before its first
+successful fetch) raises ``KeysUnavailable``, which the verifier only reports (503) when no key
+of any other source verified the token."""
 
 from __future__ import annotations
 
@@ -21,6 +25,17 @@ from bff.errors import ServiceUnavailable
 from bff.observability import metrics
 
 log = logging.getLogger("bff.jwks")
+
+# With no JWKS fetched yet, a failed fetch is retried at most this often (or the configured
+# refresh interval, if shorter), so a dead URL does not cost every request a fetch and a timeout.
+UNFETCHED_RETRY_SEC = 5.0
+
+
+class KeysUnavailable(ServiceUnavailable):
+    """A key source cannot say which keys it has (its JWKS was never fetched)."""
+
+    def __init__(self) -> None:
+        super().__init__("identity provider keys are unavailable", retry_after=5, code="auth_unavailable")
 
 
 def key_fits(alg: str, key: Any) -> bool:
@@ -68,14 +83,35 @@ class StaticKeySource:
 
 
 class CompositeKeySource:
+    """Several sources; the verifier asks them one by one (``sources``), so that a token one of
+    them verifies never waits for, or fails with, another."""
+
     def __init__(self, sources: Sequence[KeySource]) -> None:
         self._sources = list(sources)
 
+    @property
+    def sources(self) -> list[KeySource]:
+        return list(self._sources)
+
     async def keys_for(self, kid: str | None, alg: str) -> Sequence[Any]:
         out: list[Any] = []
+        missing: KeysUnavailable | None = None
         for source in self._sources:
-            out.extend(await source.keys_for(kid, alg))
+            try:
+                out.extend(await source.keys_for(kid, alg))
+            except KeysUnavailable as exc:
+                missing = exc
+        if missing is not None and not out:
+            raise missing
         return out
+
+
+def sources_of(source: KeySource | None) -> list[KeySource]:
+    if source is None:
+        return []
+    if isinstance(source, CompositeKeySource):
+        return source.sources
+    return [source]
 
 
 def parse_jwks(doc: Any) -> list[VerificationKey]:
@@ -158,10 +194,8 @@ class JwksKeySource:
             # turning every request into a JWKS fetch.
             await self._refresh(time.monotonic(), bounded=True)
             found = _select(self._keys, kid, alg)
-        if not found and not self._keys:
-            raise ServiceUnavailable(
-                "identity provider keys are unavailable", retry_after=5, code="auth_unavailable"
-            )
+        if not found and self._fetched_at is None:
+            raise KeysUnavailable()
         return found
 
     async def accepted_algorithms(self) -> list[str] | None:
@@ -181,22 +215,23 @@ class JwksKeySource:
         now = time.monotonic()
         if self._fetched_at is None or now - self._fetched_at >= self._ttl:
             # Bounded once tried: while the provider is down, requests do not each fetch.
-            await self._refresh(now, bounded=self._last_attempt is not None)
+            await self._refresh(now, bounded=True)
 
     async def _refresh(self, requested_at: float, *, bounded: bool) -> None:
         async with self._lock:
             last = self._last_attempt
             if last is not None and last >= requested_at:
                 return  # someone refreshed while we waited for the lock
-            # Without any key, retry sooner: every sign-in waits for this.
-            interval = self._min_interval if self._keys else min(self._min_interval, 5.0)
+            interval = self._min_interval
+            if self._fetched_at is None:
+                interval = min(interval, UNFETCHED_RETRY_SEC)
             if bounded and last is not None and requested_at - last < interval:
                 return
             self._last_attempt = time.monotonic()
             self.fetches += 1
             try:
                 keys, accepted = await self._fetch()
-            except oidc.KeysUnavailable as exc:
+            except oidc.FetchError as exc:
                 metrics.JWKS_FETCHES.labels(outcome=exc.reason).inc()
                 self.last_error = exc.text
                 log.warning("JWKS fetch failed: %s; keeping %d known key(s)", exc.text, len(self._keys))
@@ -238,7 +273,7 @@ class JwksKeySource:
         oidc.check_jwks_shape(doc, url)
         keys = parse_jwks(doc)
         if not keys:
-            raise oidc.KeysUnavailable(
+            raise oidc.FetchError(
                 "no_keys", f"GET {netdiag.redacted_url(url)}: the JWKS lists no usable signing key"
             )
         accepted = None

@@ -1,20 +1,48 @@
 """JWT verification with pyjwt: allowlisted algorithms, keys of the matching family only,
-issuer, audience, exp/nbf with leeway, required claims."""
+issuer, audience, required claims; exp/nbf/iat checked here, strictly: JSON numbers (RFC 7519
+NumericDate) within a sane range, with leeway. Whatever a signed token carries, the answer is a
+401 with a reason, never an error of ours."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jwt
 
 from bff.auth.diagnostics import shown
-from bff.auth.jwks import JwksKeySource, KeySource
+from bff.auth.jwks import JwksKeySource, KeySource, KeysUnavailable, sources_of
 from bff.errors import Unauthenticated
 from bff.settings import HS_ALGORITHMS
+
+# 9999-12-31T23:59:59Z: a NumericDate beyond it is no date at all (and would overflow datetimes).
+MAX_NUMERIC_DATE = 253_402_300_799
+TIME_CLAIMS = ("exp", "nbf", "iat")
+# Parsing failures that pyjwt may let through for hostile input: reported as "invalid token".
+_PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, UnicodeError)
+
+
+class _BadSignature(Unauthenticated):
+    """No key of a source verified the signature (another source's key may)."""
+
+
+def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """The claim as seconds since the epoch; None when absent. Strings (even numeric ones),
+    booleans, NaN, infinities and values out of range are refused."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unauthenticated(f"the {name!r} claim must be a number (NumericDate)", details={"claim": name})
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Unauthenticated(f"the {name!r} claim must be a finite number", details={"claim": name})
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise Unauthenticated(f"the {name!r} claim is out of range", details={"claim": name})
+    return float(value)
 
 
 class JwtVerifier:
@@ -30,9 +58,11 @@ class JwtVerifier:
         required_claims: Sequence[str] = ("exp", "sub"),
         cache_ttl_sec: float = 60,
         cache_max_entries: int = 10_000,
+        clock: Callable[[], float] = time.time,
         jwks: JwksKeySource | None = None,
         static_keys: bool = False,
     ) -> None:
+        self._clock = clock
         self._algorithms = frozenset(a for a in algorithms if a.lower() != "none")
         # The JWKS source: its keys for readiness and, with OpenID Connect discovery, the
         # provider's algorithms (narrowed by the configured ones).
@@ -46,6 +76,7 @@ class JwtVerifier:
         self._required = list(required_claims)
         # Apps ask for their token on every page load with the same JWT: remembering a successful
         # verification (by digest, briefly, never past the token's exp) halves the cost of a hit.
+        # An entry lasts until min(now + cache_ttl, exp): exp is a checked number by then.
         self._cache_ttl = cache_ttl_sec
         self._cache_max = cache_max_entries
         self._verified: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
@@ -57,7 +88,7 @@ class JwtVerifier:
         if self._cache_ttl <= 0:
             return await self._verify(token)
         digest = hashlib.sha256(token.encode()).digest()
-        now = time.time()
+        now = self._clock()
         hit = self._verified.get(digest)
         if hit is not None:
             if hit[1] > now:
@@ -65,9 +96,9 @@ class JwtVerifier:
             del self._verified[digest]
         claims = await self._verify(token)
         until = now + self._cache_ttl
-        exp = claims.get("exp")
-        if isinstance(exp, (int, float)):
-            until = min(until, float(exp) + self._leeway)
+        exp = numeric_date(claims, "exp")
+        if exp is not None:
+            until = min(until, exp)
         self._verified[digest] = (claims, until)
         if len(self._verified) > self._cache_max:
             self._verified.popitem(last=False)
@@ -90,7 +121,7 @@ class JwtVerifier:
     async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, *_PARSE_ERRORS):
             raise Unauthenticated("malformed token", reason="malformed") from None
         alg = header.get("alg")
         allowed = await self._allowed_algorithms()
@@ -104,17 +135,48 @@ class JwtVerifier:
         if kid is not None and not isinstance(kid, str):
             raise Unauthenticated("malformed token", reason="malformed")
         seen = {"alg": alg, "kid": shown(kid)}
-        keys: Sequence[Any]
-        if alg in HS_ALGORITHMS:
-            # The shared secret only for HS*, and HS* only with the shared secret: a public key can
-            # never be used as an HMAC secret.
-            keys = [self._hs_secret] if self._hs_secret else []
-        else:
-            keys = await self._keys.keys_for(kid, alg) if self._keys else []
+        try:
+            if alg in HS_ALGORITHMS:
+                # The shared secret only for HS*, and HS* only with the shared secret: a public key
+                # can never be used as an HMAC secret.
+                claims = self._with_keys(token, alg, [self._hs_secret] if self._hs_secret else [])
+            else:
+                claims = await self._with_sources(token, alg, kid)
+            self._check_times(claims)
+        except Unauthenticated as exc:
+            # Every refusal names the token's alg and kid for the operator (never the token).
+            exc.details = {**exc.details, **seen}
+            raise
+        return claims
+
+    async def _with_sources(self, token: str, alg: str, kid: str | None) -> dict[str, Any]:
+        """Each source in turn: the first key that verifies decides. A source that cannot answer
+        only matters (503) if no other source's key verified the token."""
+        unavailable: KeysUnavailable | None = None
+        tried = False
+        for source in sources_of(self._keys):
+            try:
+                keys = await source.keys_for(kid, alg)
+            except KeysUnavailable as exc:
+                unavailable = exc
+                continue
+            if keys:
+                tried = True
+                try:
+                    return self._with_keys(token, alg, keys)
+                except _BadSignature:
+                    continue
+        if unavailable is not None:
+            raise unavailable
+        if not tried:
+            raise Unauthenticated("no key to verify this token (unknown kid)", reason="unknown_kid")
+        raise Unauthenticated("token signature invalid", reason="bad_signature")
+
+    def _with_keys(self, token: str, alg: str, keys: Sequence[Any]) -> dict[str, Any]:
+        """The claims, once one of ``keys`` verified the signature; ``_BadSignature`` when none
+        did (``Unauthenticated`` for anything else wrong with a signed token)."""
         if not keys:
-            raise Unauthenticated(
-                "no key to verify this token (unknown kid)", reason="unknown_kid", details=seen
-            )
+            raise Unauthenticated("no key to verify this token (unknown kid)", reason="unknown_kid")
         for key in keys:
             try:
                 claims: dict[str, Any] = jwt.decode(
@@ -123,16 +185,17 @@ class JwtVerifier:
                     algorithms=[alg],
                     issuer=self._issuers or None,
                     audience=self._audiences or None,
-                    leeway=self._leeway,
-                    options={"require": self._required, "verify_aud": bool(self._audiences)},
+                    options={
+                        "require": self._required,
+                        "verify_aud": bool(self._audiences),
+                        # Checked below, strictly: pyjwt takes "exp": "9999999999" or true.
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
                 )
-                return claims
             except jwt.InvalidSignatureError:
                 continue
-            except jwt.ExpiredSignatureError:
-                raise Unauthenticated("token expired", reason="expired", details=seen) from None
-            except jwt.ImmatureSignatureError:
-                raise Unauthenticated("token not yet valid", reason="not_yet_valid", details=seen) from None
             except jwt.InvalidAudienceError:
                 # The signature held: the claims are the issuer's own, safe to compare in the log.
                 raise Unauthenticated(
@@ -141,7 +204,6 @@ class JwtVerifier:
                     details={
                         "expected aud": ",".join(self._audiences),
                         "received aud": shown(_claim(token, "aud")),
-                        **seen,
                     },
                 ) from None
             except jwt.InvalidIssuerError:
@@ -151,25 +213,35 @@ class JwtVerifier:
                     details={
                         "expected iss": " or ".join(repr(i) for i in self._issuers),
                         "received iss": repr(shown(_claim(token, "iss"))),
-                        **seen,
                     },
                 ) from None
             except jwt.MissingRequiredClaimError as exc:
                 raise Unauthenticated(
                     f"token lacks the {exc.claim!r} claim",
                     reason="missing_claim",
-                    details={"missing claim": shown(exc.claim), **seen},
+                    details={"missing claim": shown(exc.claim)},
                 ) from None
-            except jwt.InvalidTokenError as exc:
+            except (jwt.InvalidTokenError, *_PARSE_ERRORS) as exc:
                 raise Unauthenticated(
-                    "invalid token", reason="invalid_token", details={"problem": type(exc).__name__, **seen}
+                    "invalid token", reason="invalid_token", details={"problem": type(exc).__name__}
                 ) from None
-        raise Unauthenticated("token signature invalid", reason="bad_signature", details=seen)
+            return claims
+        raise _BadSignature("token signature invalid", reason="bad_signature")
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        now = self._clock()
+        exp, nbf, iat = (numeric_date(claims, name) for name in TIME_CLAIMS)
+        if exp is not None and exp <= now - self._leeway:
+            raise Unauthenticated("token expired", reason="expired")
+        if nbf is not None and nbf > now + self._leeway:
+            raise Unauthenticated("token not yet valid", reason="not_yet_valid")
+        if iat is not None and iat > now + self._leeway:
+            raise Unauthenticated("token issued in the future", reason="not_yet_valid")
 
 
 def _claim(token: str, name: str) -> Any:
     """A claim of a token whose signature has just been verified (for the diagnostics line)."""
     try:
         return jwt.decode(token, options={"verify_signature": False}).get(name)
-    except jwt.InvalidTokenError:
+    except (jwt.InvalidTokenError, *_PARSE_ERRORS):
         return None

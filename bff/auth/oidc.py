@@ -1,7 +1,7 @@
 """Fetching what the identity provider publishes: its OpenID Connect discovery document
 (``<issuer>/.well-known/openid-configuration``) and its JWKS, with every failure named.
 
-A failure is a ``KeysUnavailable`` with a ``reason`` from a fixed set (a metrics label) and a
+A failure is a ``FetchError`` with a ``reason`` from a fixed set (a metrics label) and a
 one-line ``text`` naming the URL and the cause: connection refused, timed out, TLS, HTTP 404, not
 JSON, a discovery document where a JWKS was expected, an issuer that differs from the configured
 one (OpenID Connect Discovery 1.0, section 4.3: they must be identical, trailing slash included).
@@ -19,7 +19,7 @@ from bff import netdiag
 from bff.settings import ASYMMETRIC_ALGORITHMS
 
 WELL_KNOWN = "/.well-known/openid-configuration"
-# Outcomes of a fetch (metrics label values): "ok" plus every KeysUnavailable reason.
+# Outcomes of a fetch (metrics label values): "ok" plus every FetchError reason.
 FETCH_OUTCOMES = (
     "ok",
     *netdiag.REASONS,
@@ -32,7 +32,7 @@ FETCH_OUTCOMES = (
 )
 
 
-class KeysUnavailable(Exception):
+class FetchError(Exception):
     def __init__(self, reason: str, text: str) -> None:
         super().__init__(text)
         self.reason = reason
@@ -58,14 +58,14 @@ async def get_json(http: httpx.AsyncClient, url: str, timeout: float) -> Any:
         resp = await http.get(url, timeout=timeout, headers={"Accept": "application/json"})
     except (httpx.HTTPError, OSError) as exc:
         c = netdiag.cause(exc)
-        raise KeysUnavailable(c.reason, f"GET {shown}: {c.text}") from None
+        raise FetchError(c.reason, f"GET {shown}: {c.text}") from None
     if resp.status_code != 200:
-        raise KeysUnavailable("http_status", f"GET {shown}: HTTP {resp.status_code}")
+        raise FetchError("http_status", f"GET {shown}: HTTP {resp.status_code}")
     try:
         return resp.json()
     except ValueError:
         kind = resp.headers.get("content-type", "no content type").split(";")[0]
-        raise KeysUnavailable("not_json", f"GET {shown}: the answer is not JSON ({kind})") from None
+        raise FetchError("not_json", f"GET {shown}: the answer is not JSON ({kind})") from None
 
 
 def is_discovery_document(doc: Any) -> bool:
@@ -75,21 +75,21 @@ def is_discovery_document(doc: Any) -> bool:
 def parse_discovery(doc: Any, url: str, expected_issuer: str | None) -> Discovery:
     shown = netdiag.redacted_url(url)
     if not is_discovery_document(doc):
-        raise KeysUnavailable(
+        raise FetchError(
             "not_discovery", f"GET {shown}: not an OpenID Connect discovery document (no jwks_uri)"
         )
     issuer = doc.get("issuer")
     if not isinstance(issuer, str):
-        raise KeysUnavailable("not_discovery", f"GET {shown}: the discovery document names no issuer")
+        raise FetchError("not_discovery", f"GET {shown}: the discovery document names no issuer")
     if expected_issuer is not None and issuer != expected_issuer:
-        raise KeysUnavailable(
+        raise FetchError(
             "issuer_mismatch",
             f"GET {shown}: the provider's issuer is {issuer!r} but auth.jwt.issuer is {expected_issuer!r}"
             " (they must be identical, trailing slash included; tokens carry the provider's)",
         )
     jwks_uri: str = doc["jwks_uri"]
     if not jwks_uri.startswith(("https://", "http://")):
-        raise KeysUnavailable("not_discovery", f"GET {shown}: jwks_uri is not an http(s) URL")
+        raise FetchError("not_discovery", f"GET {shown}: jwks_uri is not an http(s) URL")
     advertised = doc.get("id_token_signing_alg_values_supported")
     algorithms = tuple(
         a for a in (advertised if isinstance(advertised, list) else []) if a in ASYMMETRIC_ALGORITHMS
@@ -100,14 +100,14 @@ def parse_discovery(doc: Any, url: str, expected_issuer: str | None) -> Discover
 def check_jwks_shape(doc: Any, url: str) -> None:
     shown = netdiag.redacted_url(url)
     if is_discovery_document(doc):
-        raise KeysUnavailable(
+        raise FetchError(
             "not_jwks",
             f"GET {shown}: an OpenID Connect discovery document, not a JWKS (its jwks_uri is "
             f"{netdiag.redacted_url(doc['jwks_uri'])}): set auth.jwt.discovery: true with "
             "auth.jwt.issuer, or auth.jwt.jwks_url to the jwks_uri",
         )
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise KeysUnavailable("not_jwks", f'GET {shown}: not a JWKS document (no "keys" list)')
+        raise FetchError("not_jwks", f'GET {shown}: not a JWKS document (no "keys" list)')
 
 
 def effective_algorithms(configured: Sequence[str], explicit: bool, discovered: Sequence[str]) -> list[str]:

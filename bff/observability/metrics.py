@@ -134,6 +134,9 @@ _TOKEN_EVENTS = {
     "wait_timeouts": "wait_timeout",
     "cache_unreadable": "unreadable",
 }
+# Request methods that get a label of their own; anything else a client makes up is "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+OTHER = "other"
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MAX_EVENT_NAMES = 256
 PROXY_BREAKER = "vluna_api"
@@ -195,6 +198,16 @@ class MeteredStats(Stats):
         child.inc(n)
         if not mirrored and label == name:
             self._events[name] = child
+
+
+def method_label(method: str) -> str:
+    """The request method as a label value: one of HTTP_METHODS, else "other" (a client can send
+    any token as its method; each distinct one would otherwise be a series of its own)."""
+    return method if method in HTTP_METHODS else OTHER
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else OTHER
 
 
 def observe_upstream(operation: str, outcome: str, seconds: float, error_kind: str | None = None) -> None:

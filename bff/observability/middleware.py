@@ -1,8 +1,9 @@
 """The outermost layer of every HTTP request: request id, metrics, access log line, server span.
 
 It wraps Litestar's whole ASGI handler (routing and exception handlers included), so 404s and
-errors are counted and logged like everything else. The route label is the matched route
-*template* (``/vluna/api/v1/{path:path}``), ``<unmatched>`` when nothing matched.
+errors are counted and logged like everything else. Every label value comes from a bounded set:
+the route is the matched route *template* (``/vluna/api/v1/{path:path}``), ``<unmatched>`` when
+nothing matched; the method is a known HTTP method or ``other``; the status a number 100-599.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = self._incoming_id(scope)
-        method = str(cast(Any, scope)["method"])
+        # Bounded everywhere it goes (labels, log lines, span names): the client chooses it.
+        method = metrics.method_label(str(cast(Any, scope)["method"]))
         info = RequestInfo(request_id=request_id, method=method)
         token = current_request.set(info)
         status = 500
@@ -131,7 +133,7 @@ class ObservabilityMiddleware:
             current_request.reset(token)
 
     def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
-        key = (method, route, str(status))
+        key = (method, route, metrics.status_label(status))
         counter = self._counters.get(key)
         if counter is None:
             if len(self._counters) >= _MAX_SERIES:

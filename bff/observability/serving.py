@@ -1,9 +1,10 @@
 """Process-level pieces of ``vluna-bff serve``: the multi-process metrics directory, the optional
 separate metrics port, and a SIGTERM that ends in exit status 0 after a graceful shutdown.
 
-Graceful shutdown itself is uvicorn's: on SIGTERM it stops accepting connections, lets requests
-in flight finish (at most ``observability.shutdown_grace_sec``, then cancels them), then runs the
-app's shutdown (background refreshes cancelled, Redis, HTTP and SDK pools closed).
+Graceful shutdown itself is the server's (bff/server.py): on SIGTERM each worker stops accepting
+connections, lets requests in flight finish (at most ``observability.shutdown_grace_sec``, then
+the worker is killed), then runs the app's shutdown (background refreshes cancelled, Redis, HTTP
+and SDK pools closed).
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ log = logging.getLogger("bff.serve")
 
 
 @contextlib.contextmanager
-def multiprocess_metrics(workers: int, configured_dir: str | None) -> Iterator[str | None]:
-    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers (before they start) when there are several.
+def multiprocess_metrics(
+    workers: int, configured_dir: str | None, *, scraped_apart: bool = False
+) -> Iterator[str | None]:
+    """Set ``PROMETHEUS_MULTIPROC_DIR`` for the workers (before they start) when there are several,
+    or when another process than the worker serves the metrics (``scraped_apart``: the separate
+    metrics port is served by the supervisor).
 
     A configured (or inherited) directory is emptied at start: samples of an earlier run must not
     be added to this one's. A directory made here is removed at exit.
     """
     path = configured_dir or os.environ.get(MULTIPROC_ENV)
-    if workers <= 1 and not path:
+    if workers <= 1 and not scraped_apart and not path:
         yield None
         return
     created = False
@@ -72,6 +77,6 @@ def start_metrics_server(host: str, port: int) -> Any:
 
 
 def exit_zero_on_sigterm() -> None:
-    """uvicorn re-raises the signal it handled once it has shut down; with this handler in place
-    that does not kill the process, so a graceful stop exits with status 0."""
+    """``vluna-bff dev`` (uvicorn): uvicorn re-raises the signal it handled once it has shut
+    down; with this handler in place that does not kill the process, so a graceful stop exits 0."""
     signal.signal(signal.SIGTERM, lambda sig, frame: None)

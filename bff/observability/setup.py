@@ -16,7 +16,7 @@ from bff.vluna_probe import VlunaProbe
 
 
 def configure_process(settings: Settings) -> None:
-    """Once per server process (the CLI, each uvicorn worker): logging and tracing."""
+    """Once per server process (the CLI, each server worker): logging and tracing."""
     o = settings.observability
     configure_logging(settings.server.log_level, o.log_format)
     register_settings_secrets(settings)

@@ -331,7 +331,8 @@ class ProxyService:
                 self._memo[key] = (entry, now + min(ttl, left))
         return entry
 
-    def _forget_memo(self, principal: Principal) -> None:
+    def forget_memo(self, principal: Principal) -> None:
+        """Drop this user's memoised tokens (on a 401 from Vluna, and on sign-out)."""
         for key in [k for k in self._memo if k[0] == principal.principal_id and k[1] == principal.user_id]:
             del self._memo[key]
 
@@ -366,7 +367,7 @@ class ProxyService:
             # The cached token is no longer accepted (revoked, key rotated): drop it, get a new
             # one, try once more.
             self.stats.inc("proxy.token.reissued")
-            self._forget_memo(p.principal)
+            self.forget_memo(p.principal)
             await self._broker.forget(p.principal, strict=False)
             entry = await self._token(p.principal, p.match.route.route.scopes)
             resp = await self._attempts(

@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from bff.errors import BadRequest, ErrorBody, ServiceUnavailable, UpstreamRejected
+from bff.errors import BadRequest, ErrorBody, ServiceUnavailable, TooManyRequests, UpstreamRejected
 from bff.tokens.broker import (
     Principal,
     SignOutIncomplete,
@@ -20,6 +20,7 @@ from bff.tokens.broker import (
     TokenRejected,
     TokenUnavailable,
 )
+from bff.tokens.limits import IssuanceLimited
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -82,6 +83,17 @@ async def token_or_http_error(broker: TokenBroker, principal: Principal, scopes:
         ) from None
     except TokenRejected:
         raise UpstreamRejected("the billing service refused to issue a token for this user") from None
+    except IssuanceLimited as exc:
+        if exc.budget:
+            raise TooManyRequests(
+                "the service is issuing too many billing tokens right now",
+                retry_after=exc.retry_after,
+                code="issuance_budget_exhausted",
+            ) from None
+        raise TooManyRequests(
+            "too many new billing tokens for this user; a token already held stays valid",
+            retry_after=exc.retry_after,
+        ) from None
 
 
 async def _principal(request: Request[Any, Any, Any]) -> Principal:
@@ -100,6 +112,8 @@ async def _principal(request: Request[Any, Any, Any]) -> Principal:
     responses=_errors(
         **_AUTH_ERRORS,
         s400="scopes outside tokens.allowed_scopes (invalid_scopes)",
+        s429="too many new tokens for this user or replica (rate_limited, issuance_budget_exhausted; "
+        "Retry-After)",
         s502="Vluna refused to issue a token for this user (upstream_rejected)",
         s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
         "auth_unavailable; Retry-After)",
@@ -155,8 +169,11 @@ def _iso(epoch: float) -> str:
 )
 async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     principal = await _principal(request)
+    services = request.app.state.services
+    if services.proxy is not None:
+        services.proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
     try:
-        await request.app.state.services.broker.forget(principal)
+        await services.broker.forget(principal)
     except SignOutIncomplete as exc:
         # A 204 promises that no replica serves these tokens again; without Redis that cannot
         # be promised, so the client is asked to sign out again later.

@@ -26,6 +26,7 @@ from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache, SharedCac
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys, canonical_scopes
+from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock
 
 log = logging.getLogger("bff.broker")
@@ -126,9 +127,11 @@ class TokenBroker:
         stats: Stats,
         lock: RedisLock | None = None,
         notifier: Notifier | None = None,
+        limiter: IssuanceLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._limiter = limiter
         self._cfg = config
         self._issuer = issuer
         self._cache = cache
@@ -255,7 +258,7 @@ class TokenBroker:
             try:
                 await fut
                 self.stats.inc("refreshes")
-            except (TokenUnavailable, TokenRejected):
+            except (TokenUnavailable, TokenRejected, IssuanceLimited):
                 # The current token stays in the cache and keeps being served until it expires.
                 self.stats.inc("refresh_failures")
 
@@ -347,6 +350,8 @@ class TokenBroker:
             return False
 
     async def _issue_and_store(self, key: str, principal: Principal, scopes: tuple[str, ...]) -> TokenEntry:
+        if self._limiter is not None:
+            await self._limiter.spend(principal.principal_id, principal.user_id)  # IssuanceLimited
         self.stats.inc("issuances")
         started = self._clock()
         try:

@@ -35,6 +35,14 @@ class CacheKeys:
     def signed_out(self, principal_id: str, user_id: str) -> str:
         return f"{self._prefix}out:{self._digest('out', principal_id, user_id)}"
 
+    def issuances(self, principal_id: str, user_id: str, window: int) -> str:
+        """The counter of one user's issuances in one window (see limits.py)."""
+        return f"{self._prefix}iss:{self._digest('iss', principal_id, user_id)}:{window}"
+
+    def all_issuances(self, window: int) -> str:
+        """The counter of every replica's issuances in one window."""
+        return f"{self._prefix}iss:{self._digest('iss-all')}:{window}"
+
     def lock(self, token_key: str) -> str:
         return f"{self._prefix}lock:{token_key[len(self._prefix) :]}"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import itertools
 import secrets
 import time
@@ -23,8 +24,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 ISSUER = "https://id.example.test/"
 AUDIENCE = "vluna-bff-tests"
 HS_SECRET = "hs-secret-for-tests-0123456789abcdef"
-ENC_KEY_1 = "k1:" + base64.b64encode(b"\x01" * 32).decode()
-ENC_KEY_2 = "k2:" + base64.b64encode(b"\x02" * 32).decode()
+# Fixed but random-looking (keys of repeated bytes are refused as weak).
+ENC_KEY_1 = "k1:" + base64.b64encode(hashlib.sha256(b"test encryption key 1").digest()).decode()
+ENC_KEY_2 = "k2:" + base64.b64encode(hashlib.sha256(b"test encryption key 2").digest()).decode()
 HMAC_KEY = "hmac-key-for-tests-0123456789abcdef"
 SERVICE_SECRET = base64.b64encode(b"service-secret-bytes-for-tests!!").decode()
 

@@ -403,3 +403,25 @@ async def test_cors_preflight(keys: Keys, issuer: FakeIssuer) -> None:
         assert r.headers["access-control-allow-credentials"] == "true"
         r = await client.get("/vluna/token", headers={"Origin": "https://evil.test", **bearer(keys.token())})
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_an_ambiguous_session_is_refused(keys: Keys, issuer: FakeIssuer) -> None:
+    async with client_for(make_settings(keys), issuer) as client:
+        mine, theirs = keys.token("alice", org_id="acme"), keys.token("mallory", org_id="evil")
+        csrf = {"X-Vluna-CSRF": "1"}
+        r = await client.get("/vluna/token", headers={**csrf, "Cookie": f"vluna_session={mine}"})
+        assert r.status_code == 200
+        for cookie in (
+            f"vluna_session={theirs}; vluna_session={mine}",
+            f"vluna_session={mine}; other=1; vluna_session={mine}",
+            f"vluna_session=; vluna_session={mine}",
+        ):
+            r = await client.get("/vluna/token", headers={**csrf, "Cookie": cookie})
+            assert r.status_code == 400 and r.json()["error"] == "ambiguous_session", cookie
+            assert "vluna_session" in r.json()["message"]
+        r = await client.get(
+            "/vluna/token",
+            headers=[("Authorization", f"Bearer {mine}"), ("Authorization", f"Bearer {theirs}")],
+        )
+        assert r.status_code == 400 and r.json()["error"] == "ambiguous_credentials"
+    assert [c[1] for c in issuer.calls] == ["alice"]

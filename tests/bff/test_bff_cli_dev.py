@@ -81,8 +81,9 @@ async def test_dev_sign_in_then_token_from_the_embedded_emulator() -> None:
         r = await client.get("/vluna/token", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
         body = r.json()
-        # The cookie path works too (with the anti-forgery header) and hits the cache.
-        client.cookies.set("vluna_session", token)
+        # The cookie path works too (the cookie /dev/login set, with the anti-forgery header) and
+        # hits the cache. (Setting a second vluna_session would be refused as ambiguous.)
+        assert [c.value for c in client.cookies.jar if c.name == "vluna_session"] == [token]
         r2 = await client.get("/vluna/token", headers={"X-Vluna-CSRF": "1"})
         assert r2.json()["access_token"] == body["access_token"]
         assert runtime.emulator.calls("issue_platform_token") == 1

@@ -10,7 +10,7 @@ import jwt
 import pytest
 from bff_support import AUDIENCE, HS_SECRET, ISSUER, Keys
 
-from bff.auth.jwks import JwksKeySource, StaticKeySource
+from bff.auth.jwks import CompositeKeySource, JwksKeySource, StaticKeySource
 from bff.auth.jwt import JwtVerifier
 from bff.errors import ServiceUnavailable, Unauthenticated
 
@@ -231,3 +231,127 @@ async def test_verification_cache_never_outlives_the_token(keys: Keys) -> None:
     for digest, (claims, _) in list(v._verified.items()):
         v._verified[digest] = (claims, time.time() - 1)
     assert (await v.verify(long))["sub"] == "bob"
+
+
+def hs_signed(payload: bytes, secret: bytes = HS_SECRET.encode()) -> str:
+    """A token over exactly these payload bytes (so it may hold NaN, huge numbers, anything)."""
+    import hashlib
+    import hmac as hmac_mod
+
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(payload)
+    return signing_input + "." + b64(hmac_mod.new(secret, signing_input.encode(), hashlib.sha256).digest())
+
+
+def claims_json(**time_claims: str) -> bytes:
+    """Valid issuer, audience and subject; the time claims as raw JSON text."""
+    base = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE}
+    parts = [f"{json.dumps(k)}:{json.dumps(v)}" for k, v in base.items()]
+    parts += [f'"{k}":{v}' for k, v in time_claims.items()]
+    return ("{" + ",".join(parts) + "}").encode()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "10" + "0" * 400,  # 10**400: the verification cache's float() overflowed (500)
+        "1e300",
+        "Infinity",
+        "-Infinity",
+        "NaN",
+        '"9999999999"',  # a numeric string: pyjwt takes it, RFC 7519 does not
+        '"4102444800"',
+        "true",
+        "null",
+        "[4102444800]",
+        '{"exp": 4102444800}',
+        "-1",
+        "253402300800",  # one second past 9999-12-31
+    ],
+)
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+async def test_time_claims_must_be_numeric_dates(keys: Keys, claim: str, raw: str) -> None:
+    v, _ = verifier(keys, cache_ttl_sec=60)
+    times = {"exp": str(int(time.time()) + 600), claim: raw}
+    with pytest.raises(Unauthenticated) as info:
+        await v.verify(hs_signed(claims_json(**times)))
+    assert info.value.status == 401
+    assert repr(claim) in info.value.message or "invalid token" in info.value.message
+    assert not v._verified
+
+
+async def test_numeric_dates_may_be_fractional(keys: Keys) -> None:
+    v, _ = verifier(keys)
+    now = time.time()
+    token = hs_signed(claims_json(exp=repr(now + 600.5), nbf=repr(now - 0.5), iat=repr(now - 1.25)))
+    assert (await v.verify(token))["sub"] == "alice"
+
+
+async def test_no_cached_verification_outlives_exp(keys: Keys) -> None:
+    from bff_support import FakeClock
+
+    clock = FakeClock()
+    v, _ = verifier(keys, cache_ttl_sec=60, leeway_sec=0, clock=clock)
+    token = hs_signed(claims_json(exp=str(int(time.time()) + 10)))
+    assert await v.verify(token)
+    assert await v.verify(token)  # from the cache
+    clock.advance(11)
+    with pytest.raises(Unauthenticated) as info:
+        await v.verify(token)
+    assert "expired" in info.value.message
+
+
+def pem_and_jwks(keys: Keys, idp: IdP) -> tuple[JwtVerifier, JwksKeySource]:
+    """As the app builds it: the PEM key (RSA) first, then the JWKS URL (which also has EC)."""
+    http = httpx.AsyncClient(transport=httpx.MockTransport(idp.handler))
+    jwks = JwksKeySource("https://id.example.test/jwks", http, min_refresh_interval_sec=60)
+    source = CompositeKeySource([StaticKeySource.from_pems([keys.rsa_pem()]), jwks])
+    v, _ = verifier(keys, key_source=source)
+    return v, jwks
+
+
+async def test_a_failing_jwks_does_not_block_pem_keys(keys: Keys) -> None:
+    idp = IdP(keys.jwks())
+    idp.down = True
+    v, _ = pem_and_jwks(keys, idp)
+    for _ in range(5):
+        assert (await v.verify(keys.token("alice", kid=None)))["sub"] == "alice"
+        assert (await v.verify(keys.token("alice", kid="rsa-1")))["sub"] == "alice"
+    assert idp.fetches == 0  # the PEM key verified them: the JWKS URL was not even asked
+    # HS tokens have their own secret.
+    assert (await v.verify(keys.token("carol", alg="HS256", kid=None)))["sub"] == "carol"
+    # A token only the JWKS could verify: 503 (the JWKS is down), not 401.
+    with pytest.raises(ServiceUnavailable) as info:
+        await v.verify(keys.token("bob", alg="ES256", kid="ec-1"))
+    assert info.value.code == "auth_unavailable" and info.value.headers["Retry-After"]
+    # Once the JWKS answers, it verifies too; the PEM key never stopped.
+    idp.down = False
+    v2, _ = pem_and_jwks(keys, idp)
+    assert (await v2.verify(keys.token("bob", alg="ES256", kid="ec-1")))["sub"] == "bob"
+
+
+async def test_an_unfetched_jwks_is_retried_at_a_bounded_rate(keys: Keys) -> None:
+    idp = IdP(keys.jwks())
+    idp.down = True
+    v, jwks = pem_and_jwks(keys, idp)
+    for _ in range(20):
+        with pytest.raises(ServiceUnavailable):
+            await v.verify(keys.token("bob", alg="ES256", kid="ec-1"))
+    assert idp.fetches == 1  # not one fetch per request
+    assert jwks._last_attempt is not None
+    jwks._last_attempt -= 6  # past the retry interval of a never-fetched JWKS (5 s)
+    idp.down = False
+    assert (await v.verify(keys.token("bob", alg="ES256", kid="ec-1")))["sub"] == "bob"
+    assert idp.fetches == 2
+
+
+async def test_a_wrong_key_with_the_jwks_down_is_not_called_valid(keys: Keys) -> None:
+    idp = IdP(keys.jwks())
+    idp.down = True
+    v, _ = pem_and_jwks(keys, idp)
+    # Signed by a key neither source has: with the JWKS unknown it may have been its key (503);
+    # never accepted.
+    with pytest.raises(ServiceUnavailable):
+        await v.verify(keys.token(key=keys.rsa_other, kid="rsa-1"))
+    idp.down = False
+    v2, _ = pem_and_jwks(keys, idp)
+    await assert_rejected(v2, keys.token(key=keys.rsa_other, kid="rsa-1"), "signature")

@@ -258,6 +258,28 @@ async def test_two_workers_metrics_aggregate_both_on_a_separate_port(keys: Keys,
     assert code == 0
 
 
+async def test_one_worker_metrics_on_a_separate_port_are_the_workers(keys: Keys, tmp_path: Path) -> None:
+    """With one worker the separate port is still served by the supervisor, another process: it
+    reports what the worker recorded (multi-process mode is on for it too)."""
+    cfg, env = write_config(tmp_path, keys, "http://127.0.0.1:9", server={"log_level": "warning"})
+    port, metrics_port = free_port(), free_port()
+    proc = start_serve(cfg, port, env, subprocess.DEVNULL, "--metrics-port", str(metrics_port))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await wait_healthy(f"{base}/healthz", proc)
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(5):
+                assert (await client.get(f"{base}/healthz")).status_code == 200
+            assert (await client.get(f"{base}/metrics")).status_code == 404
+            text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    assert sample(text, "vluna_bff_http_requests_total", {"route": "/healthz", "status": "200"}) >= 6
+    assert code == 0
+
+
 def test_dead_workers_live_gauges_are_dropped(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector

@@ -64,8 +64,8 @@ async def test_token_route_errors_and_security(keys: Keys) -> None:
     _, doc = await served(make_settings(keys, openapi={"enabled": True}))
     get = doc["paths"]["/vluna/token"]["get"]
     assert get["operationId"] == "getToken"
-    assert set(get["responses"]) == {"200", "400", "401", "403", "502", "503"}
-    for status in ("400", "401", "403", "502", "503"):
+    assert set(get["responses"]) == {"200", "400", "401", "403", "429", "502", "503"}
+    for status in ("400", "401", "403", "429", "502", "503"):
         schema = get["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/Error"}, status
     assert doc["components"]["schemas"]["Error"]["required"] == ["error", "message"]

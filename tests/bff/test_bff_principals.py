@@ -80,3 +80,24 @@ async def test_hook_replaces_rules() -> None:
     assert (p.principal_id, p.user_id) == ("acct:7", "u")
     with pytest.raises(Forbidden):
         await mapper.map(Identity(claims={"sub": "u", "banned": True}, method="hook"))
+
+
+async def test_several_claims_never_collide() -> None:
+    """The reported case: t:{value}:{dept} mapped (acme:x, eng) and (acme, x:eng) alike."""
+    s = MappingSettings.model_validate({"principal": [{"claim": "org", "template": "t:{value}:{dept}"}]})
+    a = await mapped({"sub": "u", "org": "acme:x", "dept": "eng"}, s)
+    b = await mapped({"sub": "u", "org": "acme", "dept": "x:eng"}, s)
+    assert (a.principal_id, b.principal_id) == ("t:acme%3Ax:eng", "t:acme:x%3Aeng")
+    c = await mapped({"sub": "u", "org": "acme%3Ax", "dept": "eng"}, s)
+    assert c.principal_id == "t:acme%253Ax:eng"  # "%" is encoded too: no forging an encoding
+    # One placeholder: values are used as they are (prefix and suffix are fixed).
+    assert (await mapped({"sub": "a:b%c"})).principal_id == "user:a:b%c"
+
+
+async def test_traits_are_bounded_scalars() -> None:
+    p = await mapped(
+        {"sub": "u1", "email": "x" * 5000, "name": 10**30, "is_admin": float("nan")},
+    )
+    assert p.traits == {}
+    p = await mapped({"sub": "u1", "email": "a@x", "name": 2**53, "is_admin": 1.5})
+    assert p.traits == {"email": "a@x", "name": 2**53, "admin": 1.5}

@@ -730,6 +730,21 @@ async def test_token_memo_saves_cache_reads(
         assert server.emulator.calls("issue_platform_token") == 0
 
 
+async def test_a_sign_out_stops_the_proxy_using_the_token_at_once(
+    client: AppClient, keys: Keys, server: EmulatorServer
+) -> None:
+    def bearer_seen() -> str:
+        return [s for s in server.recorder.api_calls() if s.path.endswith("/wallet/balance")][-1].headers[
+            "authorization"
+        ]
+
+    assert (await client.get(f"{P}/wallet/balance", headers=auth(keys))).status_code == 200
+    before = bearer_seen()
+    assert (await client.delete("/vluna/token", headers=auth(keys))).status_code == 204
+    assert (await client.get(f"{P}/wallet/balance", headers=auth(keys))).status_code == 200
+    assert bearer_seen() != before  # not the memoised (signed-out) token
+
+
 async def test_proxied_calls_are_measured_as_upstream_calls(
     client: AppClient, keys: Keys, server: EmulatorServer
 ) -> None:

@@ -83,7 +83,7 @@ def test_yaml_then_env_then_file_secrets(tmp_path: Path, keys: Keys) -> None:
 def test_secret_files_hold_json_lists_and_plain_text(tmp_path: Path, keys: Keys) -> None:
     cfg = tmp_path / "bff.yaml"
     cfg.write_text(yaml.safe_dump(base_settings(keys)))
-    rotation = [f"k2:{base64.b64encode(b'2' * 32).decode()}", f"k1:{base64.b64encode(b'1' * 32).decode()}"]
+    rotation = [ENC_KEY_2, ENC_KEY_1]
     keys_file = tmp_path / "encryption-keys"
     keys_file.write_text(json.dumps(rotation) + "\n")
     bracketed = tmp_path / "hs"
@@ -193,6 +193,24 @@ def test_secrets_never_in_errors_dumps_or_reprs(keys: Keys) -> None:
         assert secret not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "template",
+    ["{value}{dept}", "t:{value}x{dept}", "{value}%{dept}", "{a}-{value}7{b}", "{value}:{dept}{x}"],
+)
+def test_templates_whose_values_could_run_together_are_refused(keys: Keys, template: str) -> None:
+    data = base_settings(keys, mapping={"principal": [{"claim": "org", "template": template}]})
+    with pytest.raises(SettingsError) as info:
+        validate_settings(data)
+    assert "mapping.principal[0].template" in fields_of(info.value)
+    assert "separated" in str(info.value)
+
+
+def test_templates_with_separated_placeholders_are_accepted(keys: Keys) -> None:
+    for template in ("t:{value}:{dept}", "{tenant}/{value}", "x-{value}|{a}.{b}", "org:{value}"):
+        data = base_settings(keys, mapping={"principal": [{"claim": "org", "template": template}]})
+        assert validate_settings(data).mapping.principal[0].template == template
+
+
 def test_api_base_url_is_checked_and_never_the_service_api(keys: Keys) -> None:
     ok = validate_settings(base_settings(keys, vluna={"api_base_url": "https://eu.api.vluna.test/api/v1/"}))
     assert ok.vluna.api_base_url == "https://eu.api.vluna.test/api/v1"
@@ -201,3 +219,106 @@ def test_api_base_url_is_checked_and_never_the_service_api(keys: Keys) -> None:
             validate_settings(base_settings(keys, vluna={"api_base_url": bad}))
         assert fields_of(err.value) == {"vluna.api_base_url"}
         assert bad not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("origin", "says"),
+    [
+        ("*", "'*'"),
+        ("https://*.example.com", "wildcards"),
+        ("null", "'null'"),
+        ("https://app.example.com/", "trailing slash"),
+        ("https://app.example.com/app", "no path"),
+        ("https://App.Example.com", "https://app.example.com"),
+        ("https://app.example.com:443", "default port"),
+        ("app.example.com", "scheme://host"),
+        ("ftp://app.example.com", "http:// or https://"),
+        ("https://ex_ample.com", "host name"),
+        ("https://bob:hunter2-secret@app.example.com", "no user or password"),
+    ],
+)
+def test_cors_origins_are_checked_at_start_up(keys: Keys, origin: str, says: str) -> None:
+    data = base_settings(keys, server={"cors_allow_origins": ["https://ok.example.com", origin]})
+    with pytest.raises(SettingsError) as info:
+        validate_settings(data)
+    assert fields_of(info.value) == {"server.cors_allow_origins[1]"}
+    assert says in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_cors_origins_as_browsers_send_them_are_accepted(keys: Keys) -> None:
+    origins = [
+        "https://app.example.com",
+        "http://localhost:5173",
+        "http://127.0.0.1:8080",
+        "http://[::1]:3000",
+    ]
+    settings = validate_settings(base_settings(keys, server={"cors_allow_origins": origins}))
+    assert settings.server.cors_allow_origins == origins
+    twice = base_settings(keys, server={"cors_allow_origins": [origins[0], origins[0]]})
+    with pytest.raises(SettingsError) as info:
+        validate_settings(twice)
+    assert "listed twice" in str(info.value)
+
+
+def test_an_app_is_never_built_with_a_wildcard_origin(keys: Keys) -> None:
+    from bff.app import create_app
+    from bff.settings import Settings
+
+    unchecked = Settings.model_validate(base_settings(keys, server={"cors_allow_origins": ["*"]}))
+    with pytest.raises(SettingsError) as info:
+        create_app(unchecked)
+    assert fields_of(info.value) == {"server.cors_allow_origins[0]"}
+
+
+WEAK = {
+    "32 identical characters": "a" * 32,
+    "two characters": "ab" * 16,
+    "a repeated word": "password1234password1234password",
+    "a run": "0123456789abcdefghijklmnopqrstuvwxyz",
+    "mostly one character": "a" * 30 + "bcdefghij",
+}
+
+
+@pytest.mark.parametrize("weak", list(WEAK.values()), ids=list(WEAK))
+def test_obviously_weak_secrets_are_refused(keys: Keys, weak: str) -> None:
+    data = base_settings(
+        keys,
+        auth={"jwt": {"algorithms": ["RS256", "HS256"], "hs_secret": weak}},
+        cache={
+            "hmac_key": weak,
+            "encryption_keys": [ENC_KEY_1, "k9:" + base64.b64encode(weak[:32].encode()).decode()],
+        },
+    )
+    with pytest.raises(SettingsError) as info:
+        validate_settings(data)
+    assert fields_of(info.value) == {"auth.jwt.hs_secret", "cache.hmac_key", "cache.encryption_keys[1]"}
+    text = str(info.value)
+    assert weak not in text and weak[:32] not in text
+    assert "random" in text
+
+
+def test_random_secrets_pass_the_weakness_check() -> None:
+    import os
+    import secrets
+
+    from bff.settings import weak_key_problem
+
+    for _ in range(2000):
+        for key in (os.urandom(32), secrets.token_hex(16).encode(), base64.b64encode(os.urandom(32))):
+            assert weak_key_problem(key) is None
+
+
+def test_dev_mode_caches_in_process_unless_a_backend_is_named() -> None:
+    # `vluna-bff dev` anywhere (no config file): one process, no Redis needed.
+    assert validate_settings({"dev": {"enabled": True}}).cache.backend == "memory"
+    with pytest.raises(SettingsError) as info:
+        validate_settings({"dev": {"enabled": True}, "cache": {"backend": "redis"}})
+    assert "cache.redis.url" in str(info.value)
+    named = validate_settings(
+        {
+            "dev": {"enabled": True},
+            "cache": {"backend": "redis", "redis": {"url": "redis://127.0.0.1:6379/0"}},
+        }
+    )
+    assert named.cache.backend == "redis"

@@ -285,6 +285,8 @@ def test_a_failed_background_renewal_backs_off(page: Page, service: Service) -> 
             const pause = () => new Promise((r) => setTimeout(r, 20));
             fakeNow += (c.token.expires_in - 10) * 1000;   // due, still usable
             for (let i = 0; i < 10; i++) { await c.getToken(); await pause(); }
+            for (let i = 0; i < 250 && errors.length < 1; i++) await pause();
+            for (let i = 0; i < 10; i++) { await c.getToken(); await pause(); }  // backing off
             const kept = c.token.access_token === before;
             fakeNow += 3500;                                 // past Retry-After
             await c.getToken();

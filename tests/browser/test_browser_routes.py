@@ -4,6 +4,7 @@ the global build derived from the module, revalidation by ETag."""
 from __future__ import annotations
 
 import base64
+import hashlib
 
 from litestar.testing import TestClient
 
@@ -22,15 +23,15 @@ PRODUCTION = {
         "methods": ["bearer"],
         "jwt": {
             "algorithms": ["HS256"],
-            "hs_secret": "x" * 32,
+            "hs_secret": "browser-routes-hs-secret-0123456789",
             "issuer": "https://id.test",
             "audience": ["a"],
         },
     },
     "cache": {
         "backend": "memory",
-        "encryption_keys": ["k1:" + base64.b64encode(b"\x01" * 32).decode()],
-        "hmac_key": "h" * 32,
+        "encryption_keys": ["k1:" + base64.b64encode(hashlib.sha256(b"browser routes").digest()).decode()],
+        "hmac_key": "browser-routes-hmac-key-0123456789",
     },
 }
 

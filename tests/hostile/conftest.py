@@ -104,10 +104,13 @@ def user_keys() -> UserKeys:
 
 
 @contextlib.contextmanager
-def serving(keys: UserKeys, *, upstream: str | None = None, **sections: Any) -> Iterator[Target]:
+def serving(
+    keys: UserKeys, *, upstream: str | None = None, stderr: Any = None, **sections: Any
+) -> Iterator[Target]:
     """The emulator behind a counting relay and `vluna-bff serve` in front of it (Redis: the
-    shared server, under a key prefix of its own). `upstream`: another /api/v1 base for the proxy.
-    Keyword arguments are configuration sections merged over the production-shaped defaults."""
+    shared server, under a key prefix of its own). `upstream`: another /api/v1 base for the proxy;
+    `stderr`: a file for the service's log. Keyword arguments are configuration sections merged
+    over the production-shaped defaults."""
     emulator = start_emulator()
     relay = CountingRelay(emulator.port)
     sections.setdefault("auth", {"jwt": {"leeway_sec": 5}})
@@ -116,7 +119,7 @@ def serving(keys: UserKeys, *, upstream: str | None = None, **sections: Any) -> 
     data = bff_config(relay.url, keys.pem(), redis_url=SHARED_REDIS_URL, **sections)
     cfg = write_config(data)
     try:
-        bff = start_bff(cfg)
+        bff = start_bff(cfg, stderr=stderr)
     except Exception:
         relay.close()
         emulator.stop()

@@ -97,6 +97,32 @@ def valid(keys: UserKeys) -> str:
     return keys.token("attacker", org="attacker-org")
 
 
+def rs256_over(keys: UserKeys, payload: bytes) -> str:
+    """Validly signed by the trusted key over exactly these payload bytes (NaN, 400-digit numbers,
+    nesting: whatever a JSON parser might choke on)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signing_input = f"{_b64({'alg': 'RS256', 'typ': 'JWT'})}.{_b64raw(payload)}"
+    sig = keys.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64raw(sig)}"
+
+
+def _b64raw(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims_with(**raw: str) -> object:
+    """A signed token whose claims are valid except for the given ones, written as raw JSON."""
+
+    def make(keys: UserKeys) -> str:
+        good = {k: json.dumps(v) for k, v in _claims(sub="claims", org_id="claims-org").items()}
+        good.update(raw)
+        return rs256_over(keys, ("{" + ",".join(f'"{k}":{v}' for k, v in good.items()) + "}").encode())
+
+    return make
+
+
 @dataclass
 class Case:
     id: str
@@ -153,6 +179,29 @@ CASES = [
         body=b"{}",
     ),
     Case("alg-none-delete", method="DELETE", token=alg_none),
+    # -- claim values (validly signed by the trusted key) -----------------------------------
+    Case("exp-10-pow-400", token=claims_with(exp="1" + "0" * 400)),
+    Case("exp-numeric-string", token=claims_with(exp='"9999999999"')),
+    Case("exp-true", token=claims_with(exp="true")),
+    Case("exp-nan", token=claims_with(exp="NaN")),
+    Case("exp-infinity", token=claims_with(exp="Infinity")),
+    Case("exp-1e308", token=claims_with(exp="1e308")),
+    Case("exp-null", token=claims_with(exp="null")),
+    Case("exp-array", token=claims_with(exp="[9999999999]")),
+    Case("nbf-10-pow-400", token=claims_with(nbf="1" + "0" * 400)),
+    Case("nbf-string", token=claims_with(nbf='"0"')),
+    Case("iat-in-the-future", token=claims_with(iat="9999999999")),
+    Case("iat-object", token=claims_with(iat='{"t": 1}')),
+    Case("claim-with-4500-digits", token=claims_with(org_id="9" * 4500), status=(400, 401, 431)),
+    Case("claim-nested-3000-deep", token=claims_with(x="[" * 3000 + "]" * 3000), status=(400, 401, 431)),
+    Case("sub-object", token=claims_with(sub='{"id": 1}')),
+    Case("iss-list", token=claims_with(iss=json.dumps([ISSUER]))),
+    Case("aud-object", token=claims_with(aud=json.dumps({"aud": AUDIENCE}))),
+    Case("payload-not-an-object", token=lambda keys: rs256_over(keys, b"[1, 2, 3]")),
+    Case("payload-not-json", token=lambda keys: rs256_over(keys, b"\xff\xfe not json")),
+    Case("org-id-huge-int", token=claims_with(org_id="1" + "0" * 300), status=(403,)),
+    Case("exp-numeric-string-on-proxy", path=f"{P}/wallet/balance", token=claims_with(exp='"9999999999"')),
+    Case("exp-nan-cookie", token=claims_with(exp="NaN"), cookie=True, headers=[("X-Vluna-CSRF", "1")]),
     # -- cookies and CSRF ---------------------------------------------------------------------
     Case("cookie-without-csrf-header", token=valid, cookie=True, status=(403,)),
     Case(
@@ -174,6 +223,37 @@ CASES = [
     ),
     Case("cookie-delete-without-csrf", method="DELETE", token=valid, cookie=True, status=(403,)),
     Case("forged-cookie-with-csrf", token=forged, cookie=True, headers=[CSRF]),
+    # Two session cookies (one tossed in by a sibling domain): which is the user's? Refused.
+    Case(
+        "two-session-cookies-two-headers",
+        token=valid,
+        cookie=True,
+        headers=[CSRF, ("Cookie", "vluna_session={other-valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-one-header",
+        headers=[CSRF, ("Cookie", "theme=dark; vluna_session={other-valid}; vluna_session={valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-same-value",
+        headers=[CSRF, ("Cookie", "vluna_session={valid};vluna_session={valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-one-empty",
+        headers=[CSRF, ("Cookie", "vluna_session=; vluna_session={valid}")],
+        status=(400,),
+    ),
+    Case(
+        "two-session-cookies-on-proxy-write",
+        method="POST",
+        path=f"{P}/checkouts",
+        headers=[CSRF, JSON, ("Cookie", "vluna_session={valid}; vluna_session={other-valid}")],
+        body=b"{}",
+        status=(400,),
+    ),
     # -- proxy paths: traversal and encoding tricks -------------------------------------------
     Case("dotdot-to-mgt", path=f"{P}/../../../mgt/v1/token/issue", token=valid, status=(400, 404)),
     Case("dotdot-in-route", path=f"{P}/checkouts/../catalog/products", token=valid, status=(400,)),
@@ -238,8 +318,10 @@ CASES = [
         raw=b"POST /vluna/token HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /__emulator__/counters HTTP/1.1\r\nHost: x\r\n"
         b"Connection: close\r\n\r\n",
-        # RFC 9112 6.1: answered, and the connection closed, so the rest is never parsed.
-        status=(400,),
+        # RFC 9112 6.3: refused (400), or framed by Transfer-Encoding alone (the server drops the
+        # Content-Length; here POST is then 405); either way answered once and the connection
+        # closed, so the rest is never parsed.
+        status=(400, 405),
     ),
     Case(
         "negative-content-length",
@@ -272,7 +354,13 @@ CASES = [
         "two-authorization-headers",
         headers=[("Authorization", "Bearer junk")],
         token=valid,
-        status=(400, 401),
+        status=(400,),
+    ),
+    Case(
+        "two-valid-authorization-headers",
+        headers=[("Authorization", "Bearer " + "{other-valid}")],
+        token=valid,
+        status=(400,),
     ),
     Case(
         "get-with-body",
@@ -346,6 +434,10 @@ CASES = [
         body=b"{}",
         status=(400,),
     ),
+    # -- bounded observability (tests/hostile/test_observability_bounds.py for the series) ---------
+    Case("junk-method-1500-bytes", method="Q" * 1500, status=(400, 404, 405)),
+    Case("junk-method-on-proxy", method="PROPFIND", path=f"{P}/catalog/products", token=valid, status=(405,)),
+    Case("lower-case-method", method="get", path=f"{P}/catalog/products", token=valid, status=(404, 405)),
     Case("scopes-not-allowed", path="/vluna/token?scopes=admin,mgt", token=valid, status=(400,)),
     Case("scopes-too-long", path="/vluna/token?scopes=" + "checkout," * 100, token=valid, status=(400,)),
 ]
@@ -358,7 +450,12 @@ def build(case: Case, keys: UserKeys) -> bytes:
             auth = f"Authorization: Bearer {valid(keys)}\r\n".encode()
         return case.raw.replace(b"{auth}", auth)
     lines = [f"{case.method} {case.path} HTTP/1.1", f"Host: {LOOPBACK}"]
-    lines += [f"{k}: {v}" for k, v in _hdr(case, keys)]
+    # {valid} and {other-valid}: tokens of two different signed-in users, placed by the case.
+    fill = {"{valid}": valid(keys), "{other-valid}": keys.token("victim", org="victim-org")}
+    for k, v in _hdr(case, keys):
+        for name, token in fill.items():
+            v = v.replace(name, token)
+        lines.append(f"{k}: {v}")
     if case.body or case.method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(case.body)}")
     lines.append("Connection: close")
@@ -394,8 +491,17 @@ def test_attack(target: Target, case: Case) -> None:
     assert status < 500, raw[:600]
     assert raw.count(b"HTTP/1.1 ") == 1, "a second (smuggled) request was answered"
     _head, _, body = raw.partition(b"\r\n\r\n")
-    # Error answers carry no secret and no echo of the credential.
+    # Error answers carry no secret and no echo of the credential (no JWT at all: every JWT, the
+    # caller's or a platform token, begins with a base64 '{"').
     assert b"Traceback" not in body and b"BEGIN PUBLIC KEY" not in body
+    assert b"eyJ" not in raw, raw[:600]
+    if b"content-type: application/json" in _head.lower():
+        error = json.loads(body)
+        assert set(error) == {"error", "message"} and error["error"] and error["message"], body[:600]
+    else:
+        # Only requests the HTTP server itself cannot parse are answered by it (as plain text),
+        # and it closes the connection after them.
+        assert status == 400 and b"connection: close" in _head.lower(), raw[:600]
     # Nothing reached Vluna.
     assert target.upstream_marks() == before
 

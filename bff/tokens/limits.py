@@ -1,0 +1,114 @@
+"""Limits on issuing platform tokens (``tokens.issuance_limit``): every issuance spends the realm's
+shared service key, so one user looping sign-out and sign-in, or a flood of new users, must not be
+able to spend it all.
+
+Fixed windows, checked in this order, each only for an issuance that passed the ones before
+(so a user refused for their own limit spends nothing of the shared budgets):
+
+- per user (principal and user, every scope set together): a Redis counter shared by every
+  replica, keyed by an HMAC (no identity in Redis);
+- per replica: a counter in this process;
+- all replicas together: one Redis counter.
+
+Only issuances count: cached tokens are served whatever the counters say. With Redis unavailable
+the per-user counter is kept per process (looser by the number of replicas, never stricter) and
+the all-replica budget is not enforced (the per-replica one still is).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bff.settings import IssuanceLimitSettings
+from bff.stats import Stats
+from bff.tokens.cache import REDIS_ERRORS, RedisGuard
+from bff.tokens.keys import CacheKeys
+
+log = logging.getLogger("bff.limits")
+
+_MAX_LOCAL_USERS = 100_000
+
+
+class IssuanceLimited(Exception):
+    """No new token now. ``budget``: False when the user's own limit was reached, True when a
+    shared budget (this replica's or all replicas') was."""
+
+    def __init__(self, retry_after: int, *, budget: bool) -> None:
+        super().__init__("issuance limited")
+        self.retry_after = retry_after
+        self.budget = budget
+
+
+class IssuanceLimiter:
+    def __init__(
+        self,
+        settings: IssuanceLimitSettings,
+        *,
+        redis: Any | None,
+        keys: CacheKeys,
+        guard: RedisGuard,
+        stats: Stats,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._s = settings
+        self._redis = redis
+        self._keys = keys
+        self._guard = guard
+        self._stats = stats
+        self._clock = clock
+        self._window = -1
+        self._replica_count = 0
+        self._local_users: dict[tuple[str, str], int] = {}
+
+    async def spend(self, principal_id: str, user_id: str) -> None:
+        """Counts one issuance for this user; raises ``IssuanceLimited`` when over a limit."""
+        s = self._s
+        now = self._clock()
+        window = int(now // s.window_sec)
+        if window != self._window:
+            self._window = window
+            self._replica_count = 0
+            self._local_users.clear()
+        retry_after = max(1, math.ceil((window + 1) * s.window_sec - now))
+        if s.per_user:
+            count = await self._count(self._keys.issuances(principal_id, user_id, window))
+            if count is None:
+                count = self._count_locally((principal_id, user_id))
+            if count > s.per_user:
+                self._stats.inc("issuances_limited_user")
+                raise IssuanceLimited(retry_after, budget=False)
+        if s.per_replica:
+            if self._replica_count >= s.per_replica:
+                self._stats.inc("issuances_limited_budget")
+                raise IssuanceLimited(retry_after, budget=True)
+            self._replica_count += 1
+        if s.all_replicas:
+            total = await self._count(self._keys.all_issuances(window))
+            if total is not None and total > s.all_replicas:
+                self._stats.inc("issuances_limited_budget")
+                raise IssuanceLimited(retry_after, budget=True)
+
+    async def _count(self, key: str) -> int | None:
+        """INCR with the window's expiry, in one round trip; None without Redis."""
+        if self._redis is None or not self._guard.available:
+            return None
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.expire(key, self._s.window_sec + 1)
+            result = await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._guard.failed(exc)
+            return None
+        return int(result[0])
+
+    def _count_locally(self, user: tuple[str, str]) -> int:
+        if user not in self._local_users and len(self._local_users) >= _MAX_LOCAL_USERS:
+            self._local_users.clear()
+        count = self._local_users.get(user, 0) + 1
+        self._local_users[user] = count
+        return count
