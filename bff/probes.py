@@ -32,6 +32,7 @@ from vlunaai import APIConnectionError, VlunaAIError
 from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
+from bff.observability.context import quiet_http
 from bff.settings import Settings
 from bff.tokens.redis_client import make_redis, redis_target
 from bff.vluna_probe import PROBE_OPERATION, build_probe_client, probe_call
@@ -314,6 +315,7 @@ async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
         f"signed {PROBE_OPERATION} at {netdiag.redacted_url(v.base_url)}"
         f" (realm {v.realm_id}, key {v.service_key_id})"
     )
+    quiet = quiet_http.set(True)  # its httpx line at debug, like every probe call's
     try:
         await probe_call(client, timeout)
     except APIConnectionError as exc:
@@ -329,6 +331,7 @@ async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
     except asyncio.TimeoutError:
         return [ProbeLine("vluna", False, f"{what}: no answer within {timeout:g} s")]
     finally:
+        quiet_http.reset(quiet)
         with contextlib.suppress(Exception):
             await client.close()
     return [ProbeLine("vluna", True, f"{what}: accepted")]

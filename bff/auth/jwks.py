@@ -199,8 +199,11 @@ class JwksKeySource:
         return found
 
     async def accepted_algorithms(self) -> list[str] | None:
-        """The algorithms to accept when the keys come by discovery (None: the configured ones)."""
-        await self._fresh()
+        """The algorithms to accept when the keys come by discovery (None: the configured ones).
+        Only explicit discovery fetches for this: otherwise a token of another source (a PEM key)
+        would make the JWKS URL be asked (and waited on) for nothing."""
+        if self._discovery:
+            await self._fresh()
         return self._accepted
 
     async def ensure_keys(self) -> str | None:
