@@ -9,6 +9,7 @@ import random
 import secrets
 import string
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -136,9 +137,13 @@ def test_random_paths_queries_and_headers_add_no_series(observed: Observed) -> N
 def test_access_log_lines_stay_bounded(observed: Observed) -> None:
     method = junk_method(1200)
     path = "/" + secrets.token_hex(600)
+    before = len(observed.access_lines())
     observed.send(method, path, f"X-Request-Id: {'a' * 5000}\r\n")
-    lines = observed.access_lines()
-    assert lines, "the access log was not written"
+    # The worker writes the line after the answer has gone out: wait for it (bounded).
+    deadline = time.monotonic() + 10
+    while len(lines := observed.access_lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(lines) == before + 1, "the access log line for the request was not written"
     last = lines[-1]
     assert last["method"] == "other" and last["route"] == "<unmatched>" and last["status"] == 404
     assert len(last["request_id"]) <= 128
