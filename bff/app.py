@@ -243,7 +243,7 @@ def error_body(code: str, message: str) -> dict[str, str]:
 
 def _bff_error(request: Request[Any, Any, Any], exc: BffError) -> Response[Any]:
     return Response(
-        error_body(exc.code, exc.message),
+        exc.body(),
         status_code=exc.status,
         headers={"Cache-Control": "no-store", **exc.headers},
     )

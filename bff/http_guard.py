@@ -20,7 +20,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bff.errors import BffError
+from bff.errors import RequestTimeout
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -107,11 +107,6 @@ class RequestGuard:
             await BodyDeadline(self.body_read_timeout_sec, receive, send).run(self.app, scope)
             return
         await self.app(scope, receive, send)
-
-
-class RequestTimeout(BffError):
-    status = 408
-    code = "request_timeout"
 
 
 class BodyDeadline:

@@ -23,13 +23,28 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 from litestar import Request, Response
 
-from bff.errors import BadRequest, BffError, UpstreamRejected
+from bff.errors import (
+    BadRequest,
+    BffError,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    UnsupportedMediaType,
+    UpstreamInvalid,
+    UpstreamRejected,
+    UpstreamUnreachable,
+    UriTooLong,
+    parse_retry_after,
+    retry_after_value,
+)
 from bff.observability import tracing
 from bff.observability.context import current_request_id
 from bff.observability.metrics import observe_upstream
 from bff.proxy.breaker import BreakerOpen, CircuitBreaker
 from bff.proxy.config import ProxySettings
-from bff.proxy.paths import Allowlist, Match, PathRefused
+from bff.proxy.paths import Allowlist, MalformedPath, Match, PathRefused
 from bff.proxy.public_cache import PublicCache, etag_matches
 from bff.proxy.ratelimit import RateLimited, RateLimiter
 from bff.proxy.upstream import (
@@ -40,7 +55,6 @@ from bff.proxy.upstream import (
     UpstreamTimeout,
     UpstreamTooLarge,
 )
-from bff.routes.token import token_or_http_error
 from bff.stats import Stats
 from bff.tokens.broker import Principal, TokenBroker, TokenEntry
 
@@ -56,12 +70,6 @@ _LANGUAGE = re.compile(r"^[A-Za-z0-9*,;=. -]{1,128}$")
 _ACCEPT = re.compile(r"^[A-Za-z0-9*/+.,;= -]{1,256}$")
 _JSON_TYPE = re.compile(r"^application/(?:[a-z0-9.+-]+\+)?json\s*(?:;\s*charset=(?:\"?utf-8\"?))?\s*$", re.I)
 _decode = msgspec.json.Decoder()
-
-
-class ProxyError(BffError):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, code=code, headers=headers)
-        self.status = status
 
 
 class RawAnswer:
@@ -170,18 +178,16 @@ class ProxyService:
         principal: Principal = await self._mapper.map(identity)
         try:
             match = self.allowlist.match(method, _sub_path(request.scope))
-        except PathRefused as exc:
+        except PathRefused:
             self.stats.inc("proxy.refused")
-            raise ProxyError(exc.status, exc.code, exc.message) from None
+            raise
         try:
             await self._limiter.check(
                 self._limiter.subject(principal.principal_id, principal.user_id),
                 write=method in WRITE_METHODS,
             )
         except RateLimited as exc:
-            raise ProxyError(
-                429, "rate_limited", "too many requests", {"Retry-After": str(exc.retry_after)}
-            ) from None
+            raise TooManyRequests("too many requests", retry_after=exc.retry_after) from None
         prepared = await self._prepare(request, method, match, principal)
         route = match.route.route
         if route.public and self.cache.enabled:
@@ -234,7 +240,7 @@ class ProxyService:
         h = request.headers
         raw_query = request.scope.get("query_string", b"")
         if len(raw_query) > s.max_query_length:
-            raise ProxyError(414, "query_too_long", "the query string is too long")
+            raise UriTooLong("the query string is too long", code="query_too_long")
         allowed = match.route.query
         query: list[tuple[str, str]] = []
         if raw_query:
@@ -288,20 +294,20 @@ class ProxyService:
             except ValueError:
                 raise BadRequest("invalid Content-Length", code="bad_request") from None
             if n > limit:
-                raise ProxyError(413, "body_too_large", f"the request body exceeds {limit} bytes")
+                raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ProxyError(413, "body_too_large", f"the request body exceeds {limit} bytes")
+                raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
             chunks.append(chunk)
         body = b"".join(chunks)
         if not body:
             return body
         ctype = h.get("content-type", "")
         if not _JSON_TYPE.match(ctype):
-            raise ProxyError(415, "unsupported_media_type", "request bodies must be application/json")
+            raise UnsupportedMediaType("request bodies must be application/json")
         try:
             parsed = _decode.decode(body)
         except (msgspec.DecodeError, RecursionError, ValueError):
@@ -321,7 +327,7 @@ class ProxyService:
         memo = self._memo.get(key)
         if memo is not None and memo[1] > now:
             return memo[0]
-        entry = await token_or_http_error(self._broker, principal, wanted)
+        entry = await self._broker.get_token(principal, wanted)
         ttl = self.settings.token_memo_sec
         if ttl > 0:
             left = entry.expires_at - self._broker.now() - 30  # never near the token's expiry
@@ -394,22 +400,21 @@ class ProxyService:
             try:
                 self.breaker.before()
             except BreakerOpen as exc:
-                raise ProxyError(
-                    503,
-                    "upstream_unavailable",
+                raise ServiceUnavailable(
                     "the billing service is unavailable",
-                    {"Retry-After": str(exc.retry_after)},
+                    retry_after=exc.retry_after,
+                    code="upstream_unavailable",
                 ) from None
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise ProxyError(504, "upstream_timeout", "the billing service did not answer in time")
+                raise GatewayTimeout("the billing service did not answer in time")
             timeouts = Timeouts(
                 connect=min(s.connect_timeout_sec, remaining),
                 read=min(s.read_timeout_sec, remaining),
                 total=remaining,
             )
             self.stats.inc("proxy.upstream.requests")
-            failure: ProxyError | None = None
+            failure: BffError | None = None
             resp: UpstreamResponse | None = None
             started = loop.time()
             try:
@@ -418,11 +423,11 @@ class ProxyService:
                 self.breaker.success()
                 self.stats.inc("proxy.upstream.errors")
                 observe_upstream(operation, "error", loop.time() - started, "too_large")
-                raise ProxyError(502, "upstream_invalid", "the billing service answered too much") from None
+                raise UpstreamInvalid("the billing service answered too much") from None
             except UpstreamTimeout:
-                failure = ProxyError(504, "upstream_timeout", "the billing service did not answer in time")
+                failure = GatewayTimeout("the billing service did not answer in time")
             except UpstreamError:
-                failure = ProxyError(502, "upstream_unavailable", "the billing service could not be reached")
+                failure = UpstreamUnreachable("the billing service could not be reached")
             observe_upstream(
                 operation,
                 "ok" if resp is not None and resp.status < 500 else "error",
@@ -456,16 +461,15 @@ class ProxyService:
             if resp.status in (404, 405):
                 # The server has no such route (a route of another generation of the API: see
                 # proxy.upstream_flavor); its own page is never passed on.
-                raise ProxyError(
-                    404, "upstream_route_missing", "the billing service does not offer this call"
-                )
-            raise ProxyError(502, "upstream_invalid", "the billing service gave an unexpected answer")
+                raise NotFound("the billing service does not offer this call", code="upstream_route_missing")
+            raise UpstreamInvalid("the billing service gave an unexpected answer")
         headers = dict(cache_control)
         if current_request_id() is None:
             headers["X-Request-Id"] = p.headers["X-Request-Id"]
-        ra = resp.headers.get("retry-after")
-        if ra is not None and resp.status in (429, 503) and ra.strip().isdigit():
-            headers["Retry-After"] = ra.strip()
+        if resp.status in (429, 503) and "retry-after" in resp.headers:
+            wait = parse_retry_after(resp.headers)
+            if wait is not None:
+                headers["Retry-After"] = retry_after_value(wait)
         if resp.headers.get("idempotent-replayed") == "true":
             headers["Idempotent-Replayed"] = "true"
         if resp.status >= 400:
@@ -474,15 +478,9 @@ class ProxyService:
 
 
 def _retry_after(resp: UpstreamResponse | None) -> float | None:
-    if resp is None:
+    if resp is None or "retry-after" not in resp.headers:
         return None
-    raw = resp.headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
+    return parse_retry_after(resp.headers)
 
 
 def _sub_path(scope: Mapping[str, Any]) -> str:
@@ -492,5 +490,5 @@ def _sub_path(scope: Mapping[str, Any]) -> str:
     if not path.startswith(PREFIX + "/"):
         # Anything that reached this handler but is not spelt exactly like the prefix (percent-
         # encoded, different case, ...) is refused outright.
-        raise PathRefused(400, "invalid_path", "the request path is not allowed")
+        raise MalformedPath("the request path is not allowed")
     return path[len(PREFIX) :]

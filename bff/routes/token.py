@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any, TypedDict
 
@@ -11,16 +10,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from bff.errors import BadRequest, ErrorBody, ServiceUnavailable, TooManyRequests, UpstreamRejected
-from bff.tokens.broker import (
-    Principal,
-    SignOutIncomplete,
-    TokenBroker,
-    TokenEntry,
-    TokenRejected,
-    TokenUnavailable,
-)
-from bff.tokens.limits import IssuanceLimited
+from bff.errors import BadRequest, ErrorBody
+from bff.tokens.broker import Principal
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -71,31 +62,6 @@ def parse_scopes(raw: str | None, allowed: list[str], default: list[str]) -> tup
     return tuple(sorted(wanted))
 
 
-async def token_or_http_error(broker: TokenBroker, principal: Principal, scopes: Sequence[str]) -> TokenEntry:
-    """The broker's token, with its failures as the HTTP errors every route answers with."""
-    try:
-        return await broker.get_token(principal, scopes)
-    except TokenUnavailable as exc:
-        raise ServiceUnavailable(
-            "billing tokens are temporarily unavailable",
-            retry_after=exc.retry_after,
-            code="token_unavailable",
-        ) from None
-    except TokenRejected:
-        raise UpstreamRejected("the billing service refused to issue a token for this user") from None
-    except IssuanceLimited as exc:
-        if exc.budget:
-            raise TooManyRequests(
-                "the service is issuing too many billing tokens right now",
-                retry_after=exc.retry_after,
-                code="issuance_budget_exhausted",
-            ) from None
-        raise TooManyRequests(
-            "too many new billing tokens for this user; a token already held stays valid",
-            retry_after=exc.retry_after,
-        ) from None
-
-
 async def _principal(request: Request[Any, Any, Any]) -> Principal:
     services = request.app.state.services
     identity = await services.auth.authenticate(request)
@@ -130,7 +96,7 @@ async def get_token(
     # Authenticate first: an anonymous caller learns nothing about the configured scopes.
     principal = await _principal(request)
     wanted = parse_scopes(scopes, t.allowed_scopes, t.default_scopes)
-    entry = await token_or_http_error(services.broker, principal, wanted)
+    entry = await services.broker.get_token(principal, wanted)  # its failures are BffErrors
     now = services.broker.now()
     body: TokenBody = {
         "access_token": entry.access_token,
@@ -172,16 +138,9 @@ async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
     services = request.app.state.services
     if services.proxy is not None:
         services.proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
-    try:
-        await services.broker.forget(principal)
-    except SignOutIncomplete as exc:
-        # A 204 promises that no replica serves these tokens again; without Redis that cannot
-        # be promised, so the client is asked to sign out again later.
-        raise ServiceUnavailable(
-            "the sign-out could not be recorded; send it again",
-            retry_after=exc.retry_after,
-            code="sign_out_incomplete",
-        ) from None
+    # A 204 promises that no replica serves these tokens again; without Redis that cannot be
+    # promised, so the client is asked to sign out again later (SignOutIncomplete, a 503).
+    await services.broker.forget(principal)
     return Response(None, status_code=204, headers=NO_STORE)
 
 

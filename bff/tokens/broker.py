@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bff.errors import ServiceUnavailable, UpstreamRejected
 from bff.observability.tracing import span
 from bff.stats import Stats
 from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache, SharedCacheUnavailable
@@ -80,25 +81,34 @@ class TokenEntry:
         return max(0, int(self.expires_at - now))
 
 
-class TokenUnavailable(Exception):
-    """No valid token can be served now; the client should retry after ``retry_after`` seconds."""
+class TokenUnavailable(ServiceUnavailable):
+    """No valid token can be served now (503); the client should retry after ``retry_after``
+    seconds. ``reason`` is for the operator only."""
+
+    code = "token_unavailable"
 
     def __init__(self, reason: str, retry_after: int) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+        super().__init__("billing tokens are temporarily unavailable", retry_after=retry_after)
+        self.reason = reason
 
 
-class TokenRejected(Exception):
-    """Vluna refused to issue for this principal or this service key."""
+class TokenRejected(UpstreamRejected):
+    """Vluna refused to issue for this principal or this service key (502). ``reason`` is for
+    the operator only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the billing service refused to issue a token for this user")
+        self.reason = reason
 
 
-class SignOutIncomplete(Exception):
+class SignOutIncomplete(ServiceUnavailable):
     """The sign-out could not be recorded where every replica sees it (Redis): the tokens might
-    still be served, so the caller must not be told it is signed out."""
+    still be served, so the caller must not be told it is signed out (503: send it again)."""
+
+    code = "sign_out_incomplete"
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__("sign-out could not be recorded")
-        self.retry_after = retry_after
+        super().__init__("the sign-out could not be recorded; send it again", retry_after=retry_after)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bff.errors import TooManyRequests
 from bff.settings import IssuanceLimitSettings
 from bff.stats import Stats
 from bff.tokens.cache import REDIS_ERRORS, RedisGuard
@@ -33,13 +34,22 @@ log = logging.getLogger("bff.limits")
 _MAX_LOCAL_USERS = 100_000
 
 
-class IssuanceLimited(Exception):
-    """No new token now. ``budget``: False when the user's own limit was reached, True when a
-    shared budget (this replica's or all replicas') was."""
+class IssuanceLimited(TooManyRequests):
+    """No new token now (429). ``budget``: False when the user's own limit was reached, True when
+    a shared budget (this replica's or all replicas') was."""
 
     def __init__(self, retry_after: int, *, budget: bool) -> None:
-        super().__init__("issuance limited")
-        self.retry_after = retry_after
+        if budget:
+            super().__init__(
+                "the service is issuing too many billing tokens right now",
+                retry_after=retry_after,
+                code="issuance_budget_exhausted",
+            )
+        else:
+            super().__init__(
+                "too many new billing tokens for this user; a token already held stays valid",
+                retry_after=retry_after,
+            )
         self.budget = budget
 
 

@@ -13,7 +13,8 @@ import pytest
 from bff_support import Keys, base_settings
 from pydantic import SecretStr
 
-from bff.http_guard import RequestGuard, RequestTimeout
+from bff.errors import RequestTimeout
+from bff.http_guard import RequestGuard
 from bff.server import ServerOptions, bind_address
 from bff.settings import RedisSettings, Settings, SettingsError, validate_settings
 from bff.tokens.redis_client import make_redis
