@@ -20,6 +20,7 @@ from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.types import ControllerRouterHandler
+from vlunaai import ServiceClient
 
 from bff.auth.bearer import BearerAuthenticator, CookieAuthenticator
 from bff.auth.chain import AuthChain
@@ -39,11 +40,12 @@ from bff.stats import Stats
 from bff.tokens.broker import BrokerConfig, TokenBroker
 from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
-from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
+from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer, first_call_retries
 from bff.tokens.keys import CacheKeys
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock
 from bff.tokens.redis_client import make_redis, redis_target
+from bff.vluna import create_vluna_client
 
 log = logging.getLogger("bff")
 
@@ -56,6 +58,7 @@ class Services:
     broker: TokenBroker
     stats: Stats
     issuer: TokenIssuer
+    vluna: ServiceClient | None  # the one Vluna client: the issuer's and readiness's
     http: httpx.AsyncClient
     redis: Any | None
     notifier: Notifier | None
@@ -160,6 +163,7 @@ def build_services(
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,
     clock: Callable[[], float] = time.time,
+    vluna: ServiceClient | None = None,
 ) -> Services:
     stats = MeteredStats()
     owns_http = http is None
@@ -180,18 +184,15 @@ def build_services(
     cache = ResilientCache(
         RedisCache(redis) if redis is not None else None, MemoryCache(c.memory_max_entries), guard
     )
+    if vluna is None:
+        transport = PropagatingTransport(httpx.AsyncHTTPTransport())
+        vluna = create_vluna_client(settings.vluna, transport=transport)
     if issuer is None:
-        v = settings.vluna
-        assert v.realm_id and v.service_key_id and v.service_key_secret
-        issuer = SdkTokenIssuer.create(
-            base_url=v.base_url,
-            realm_id=v.realm_id,
-            key_id=v.service_key_id,
-            secret=v.service_key_secret.get_secret_value(),
-            session_ttl_sec=settings.tokens.session_ttl_sec,
-            timeout_sec=v.timeout_sec,
-            max_retries=v.max_retries,
-            transport=PropagatingTransport(httpx.AsyncHTTPTransport()),
+        assert vluna is not None  # validation requires vluna.* outside dev mode, which injects one
+        issuer = SdkTokenIssuer(
+            vluna,
+            settings.tokens.session_ttl_sec,
+            first_call_retries=first_call_retries(settings.vluna.max_retries),
         )
     t = settings.tokens
     broker = TokenBroker(
@@ -227,6 +228,7 @@ def build_services(
         broker=broker,
         stats=stats,
         issuer=issuer,
+        vluna=vluna,
         http=http,
         redis=redis,
         notifier=notifier,
@@ -278,6 +280,7 @@ def create_app(
     proxy_upstream: Any = None,
     on_shutdown: Sequence[Any] = (),
     clock: Callable[[], float] = time.time,
+    vluna: ServiceClient | None = None,
 ) -> Litestar:
     from bff.routes.token import token_routes
     from bff.web import client_routes
@@ -292,7 +295,14 @@ def create_app(
     if bad:
         raise SettingsError(bad)
     services = build_services(
-        settings, issuer=issuer, redis=redis, http=http, dev_keys=dev_keys, realm_id=realm_id, clock=clock
+        settings,
+        issuer=issuer,
+        redis=redis,
+        http=http,
+        dev_keys=dev_keys,
+        realm_id=realm_id,
+        clock=clock,
+        vluna=vluna,
     )
     if settings.proxy.enabled:
         from bff.proxy.routes import build_proxy
@@ -317,6 +327,9 @@ def create_app(
                 await services.notifier.stop()
             with contextlib.suppress(Exception):
                 await services.issuer.aclose()
+            if services.vluna is not None:
+                with contextlib.suppress(Exception):
+                    await services.vluna.close()
             if services.owns_redis and services.redis is not None:
                 with contextlib.suppress(Exception):
                     await services.redis.aclose()

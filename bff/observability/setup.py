@@ -32,7 +32,7 @@ def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     metrics.initialise_series()
     for outcome in oidc.FETCH_OUTCOMES:
         metrics.JWKS_FETCHES.labels(outcome=outcome)
-    probe = VlunaProbe(settings, services.issuer) if o.readiness.check_vluna else None
+    probe = VlunaProbe(services.vluna) if o.readiness.check_vluna else None
     app.state.readiness = Readiness(settings, services.redis, probe, services.auth)
     for route in health_routes(settings):
         app.register(route)
@@ -45,8 +45,6 @@ def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     )
 
     async def close() -> None:
-        if probe is not None:
-            await probe.aclose()
         metrics.mark_this_worker_dead()
 
     app.on_shutdown.append(close)

@@ -23,7 +23,7 @@ from bff_support import (
 )
 from observability_support import (
     RecordingTransport,
-    emulator_issuer,
+    emulator_client,
     emulator_vluna,
     sample,
     series_labels,
@@ -70,7 +70,7 @@ async def test_healthz_needs_no_auth_and_readyz_checks_vluna_with_a_signed_call(
     keys: Keys, emulator: VlunaEmulator
 ) -> None:
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
-    async with client_for(settings, emulator_issuer(emulator)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
         r = await client.get("/healthz")
         assert r.status_code == 200 and r.json() == {"status": "ok"}
         r = await client.get("/readyz")
@@ -96,7 +96,7 @@ async def test_readyz_when_vluna_is_down_follows_the_policy(
         observability={"readiness": {"cache_ttl_sec": 0, "vluna_down": policy}},
     )
     emulator.inject_fault(PROBE_OP, status=503, retry_after=0, times=None)
-    async with client_for(settings, emulator_issuer(emulator)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
         r = await client.get("/readyz")
         assert r.status_code == expected, r.text
         assert r.json()["checks"]["vluna"] == ("unreachable" if policy == "fail" else "degraded")
@@ -114,7 +114,7 @@ async def test_readyz_fails_on_a_rejected_service_key_whatever_the_policy(
     settings = make_settings(
         keys, vluna=emulator_vluna(emulator), observability={"readiness": {"vluna_down": "degraded"}}
     )
-    async with client_for(settings, emulator_issuer(emulator, secret=wrong)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator, secret=wrong)) as client:
         r = await client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["checks"]["vluna"] == "rejected" and r.json()["status"] == "not_ready"
@@ -293,7 +293,7 @@ async def test_request_id_is_kept_or_made_returned_and_sent_to_vluna(
 ) -> None:
     record = RecordingTransport(emulator.transport())
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
-    async with client_for(settings, emulator_issuer(emulator, record=record)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
         r = await client.get("/vluna/token", headers={**auth(keys, "rid-1"), "X-Request-Id": "req-abc.123"})
         assert r.status_code == 200 and r.headers["x-request-id"] == "req-abc.123"
         issue = [h for path, h in record.seen if path.endswith("/token/issue")]
@@ -327,7 +327,7 @@ async def test_debug_logs_of_a_full_flow_hold_no_secret_key_or_token(
     sign_in = keys.token("log-user", org_id="log-org")
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
     try:
-        async with client_for(settings, emulator_issuer(emulator)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
             for scopes in ("checkout", "portal", "checkout,portal"):
                 r = await client.get(
                     f"/vluna/token?scopes={scopes}",
@@ -399,7 +399,7 @@ async def test_spans_for_request_cache_and_upstream_and_traceparent_to_vluna(
     incoming = f"00-{trace_id}-00f067aa0ba902b7-01"
     try:
         settings = make_settings(keys, vluna=emulator_vluna(emulator))
-        async with client_for(settings, emulator_issuer(emulator, record=record)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
             r = await client.get("/vluna/token", headers={**auth(keys, "tr-1"), "traceparent": incoming})
             assert r.status_code == 200
     finally:
@@ -423,6 +423,6 @@ async def test_tracing_off_means_no_traceparent(keys: Keys, emulator: VlunaEmula
     assert not tracing.enabled()
     record = RecordingTransport(emulator.transport())
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
-    async with client_for(settings, emulator_issuer(emulator, record=record)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
         assert (await client.get("/vluna/token", headers=auth(keys, "tr-2"))).status_code == 200
     assert record.seen and all("traceparent" not in h for _, h in record.seen)
