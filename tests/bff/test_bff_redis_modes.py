@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from bff_support import FakeIssuer, Keys, make_settings, redis_dump, running_services, until
 
 from bff.tokens.broker import Principal
+from bff.tokens.lock import ShardedNotifier
 
 ALICE = Principal("org:acme", "alice")
 
@@ -155,7 +156,10 @@ async def test_cluster(keys: Keys, prefix: str, cluster_url: str) -> None:
     for i in issuers:
         i.gate = gate
     async with running_services(settings, issuers[0]) as a, running_services(settings, issuers[1]) as b:
-        assert a.notifier is None  # no pub/sub on the cluster client: waiters re-check briefly
+        # Waiters are woken by sharded pub/sub (SSUBSCRIBE), one subscription set per process.
+        assert isinstance(a.notifier, ShardedNotifier)
+        await until(lambda: a.notifier is not None and a.notifier.connected)
+        await until(lambda: b.notifier is not None and b.notifier.connected)
         tasks = [
             asyncio.create_task(svc.broker.get_token(ALICE, ["portal"])) for svc in (a, b) for _ in range(20)
         ]
@@ -164,6 +168,8 @@ async def test_cluster(keys: Keys, prefix: str, cluster_url: str) -> None:
         results = await asyncio.gather(*tasks)
         assert len({r.access_token for r in results}) == 1
         assert sum(len(i.calls) for i in issuers) == 1
+        # The replica that did not issue learnt of the release from its sharded subscription.
+        assert a.stats.get("lock_wakeups") + b.stats.get("lock_wakeups") > 0
         await a.broker.forget(ALICE)
         assert (await b.broker.get_token(ALICE, ["portal"])).access_token != results[0].access_token
         assert a.stats.get("redis_errors") == b.stats.get("redis_errors") == 0
