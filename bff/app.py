@@ -32,21 +32,20 @@ from bff.auth.jwks import CompositeKeySource, JwksKeySource, KeySource, StaticKe
 from bff.auth.jwt import JwtVerifier
 from bff.errors import BffError
 from bff.hooks import load_hook
-from bff.observability.metrics import MeteredStats
-from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.openapi import openapi_config
-from bff.principals import PrincipalMapper
+from bff.principals import ObservedPrincipalMapper, PrincipalMapper
 from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
 from bff.stats import Stats
+from bff.telemetry.metrics import MeteredStats
 from bff.tokens.broker import BrokerConfig, TokenBroker
 from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
-from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer, first_call_retries
+from bff.tokens.issuer import MeteredIssuer, SdkTokenIssuer, TokenIssuer, first_call_retries
 from bff.tokens.keys import CacheKeys
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
 from bff.tokens.redis_client import make_redis, redis_target
-from bff.vluna import create_vluna_client
+from bff.vluna import PropagatingTransport, create_vluna_client
 
 log = logging.getLogger("bff")
 
@@ -66,6 +65,7 @@ class Services:
     owns_http: bool
     owns_redis: bool
     realm_id: str = ""
+    redis_target: str = "Redis"  # where Redis is, for log lines and readiness (no password)
     api_base_url: str = ""  # Vluna's /api/v1 as apps reach it (GET /vluna/token tells them)
     proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
 
@@ -173,7 +173,8 @@ def build_services(
     c = settings.cache
     hmac_key = c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32)
     keys = CacheKeys(hmac_key, c.key_prefix, realm)
-    guard = RedisGuard(stats, c.redis.down_backoff_sec, redis_target(c.redis))
+    target = redis_target(c.redis)
+    guard = RedisGuard(stats, c.redis.down_backoff_sec, target)
     owns_redis = False
     if c.backend == "redis" and redis is None:
         redis = make_redis(c.redis)
@@ -241,6 +242,7 @@ def build_services(
         owns_http=owns_http,
         owns_redis=owns_redis,
         realm_id=realm,
+        redis_target=target,
         api_base_url=api_base_url(settings),
     )
 

@@ -26,10 +26,9 @@ from pydantic import SecretStr
 
 from bff.auth.jwks import StaticKeySource, VerificationKey
 from bff.errors import BadRequest
-from bff.observability.upstream import PropagatingTransport
 from bff.proxy.upstream import AsgiUpstream
 from bff.settings import DevSettings, Settings
-from bff.vluna import create_vluna_client
+from bff.vluna import PropagatingTransport, create_vluna_client
 
 log = logging.getLogger("bff.dev")
 

@@ -163,8 +163,8 @@ def _operation_id(method: str, template: str) -> str:
 
 
 def _proxy_operations(settings: Settings, needs: list[dict[str, list[str]]]) -> dict[str, dict[str, Any]]:
-    from bff.proxy.config import template_params
     from bff.proxy.service import PREFIX
+    from bff.settings import template_params
 
     p = settings.proxy
     paths: dict[str, dict[str, Any]] = {}

@@ -32,11 +32,10 @@ from vlunaai import APIConnectionError, NotFoundError, VlunaAIError
 from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
-from bff.observability.context import quiet_http
-from bff.observability.upstream import PropagatingTransport
 from bff.settings import Settings
+from bff.telemetry.context import quiet_http
 from bff.tokens.redis_client import make_redis, redis_target
-from bff.vluna import create_vluna_client
+from bff.vluna import PropagatingTransport, create_vluna_client
 from bff.vluna_probe import PROBE_OPERATION, probe_call
 
 # Everything is imported above, before any probe runs: an import inside a coroutine blocks the

@@ -31,6 +31,8 @@ from vlunaai import (
 )
 
 from bff.settings import VlunaSettings
+from bff.telemetry import tracing
+from bff.telemetry.context import current_request_id
 
 TRANSIENT: tuple[type[VlunaAIError], ...] = (APIConnectionError, RateLimitError, InternalServerError)
 KEY_REJECTED: tuple[type[VlunaAIError], ...] = (AuthenticationError, PermissionDeniedError)
@@ -73,3 +75,26 @@ def create_vluna_client(
             transport=transport,
         )
     )
+
+
+class PropagatingTransport(httpx.AsyncBaseTransport):
+    """Wraps the SDK's httpx transport: adds ``X-Request-Id`` (the current request's) and
+    ``traceparent`` to every call. Neither header is covered by the SVC-AUTH signature, so
+    adding them below the SDK keeps signatures valid."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request_id = current_request_id()
+        if request_id is not None and "x-request-id" not in request.headers:
+            request.headers["x-request-id"] = request_id
+        if tracing.enabled():
+            carrier: dict[str, str] = {}
+            tracing.inject(carrier)
+            for name, value in carrier.items():
+                request.headers[name] = value
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

@@ -21,8 +21,8 @@ from typing import Literal
 from vlunaai import APIStatusError, RequestContext, ServiceClient, VlunaAIError
 
 from bff import netdiag
-from bff.observability import metrics
-from bff.observability.context import current_request_id, quiet_http
+from bff.telemetry import metrics
+from bff.telemetry.context import current_request_id, quiet_http
 from bff.vluna import key_rejected
 
 log = logging.getLogger("bff.readiness")

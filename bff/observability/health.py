@@ -36,9 +36,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ControllerRouterHandler
 
 from bff import netdiag
-from bff.observability import metrics
 from bff.settings import Settings, settings_warnings
-from bff.tokens.redis_client import redis_target
+from bff.telemetry import metrics
 from bff.vluna_probe import VlunaProbe
 
 if TYPE_CHECKING:
@@ -55,11 +54,18 @@ State = tuple[str, str | None]  # (state, reason when not ok)
 
 class Readiness:
     def __init__(
-        self, settings: Settings, redis: Any, probe: VlunaProbe | None, auth: AuthChain | None = None
+        self,
+        settings: Settings,
+        redis: Any,
+        probe: VlunaProbe | None,
+        auth: AuthChain | None = None,
+        *,
+        redis_target: str = "Redis",
     ) -> None:
+        """``redis_target``: where Redis is, as log lines and reasons name it (no password)."""
         self._r = settings.observability.readiness
         self._redis = redis
-        self._redis_target = redis_target(settings.cache.redis)
+        self._redis_target = redis_target
         self._probe = probe
         self._auth = auth
         # Configuration that works but is unsafe in production (e.g. the memory cache outside dev

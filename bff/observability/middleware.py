@@ -16,8 +16,8 @@ from typing import Any, cast
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from bff.observability import metrics, tracing
-from bff.observability.context import RequestInfo, current_request, valid_request_id
+from bff.telemetry import metrics, tracing
+from bff.telemetry.context import RequestInfo, current_request, valid_request_id
 
 access_log = logging.getLogger("bff.access")
 

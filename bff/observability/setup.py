@@ -7,11 +7,12 @@ from typing import Any
 from litestar import Litestar
 
 from bff.auth import oidc
-from bff.observability import metrics, middleware, tracing
-from bff.observability.context import IdHasher, set_id_hasher
+from bff.observability import middleware
 from bff.observability.health import Readiness, health_routes
 from bff.observability.logging import configure_logging, register_settings_secrets
 from bff.settings import Settings
+from bff.telemetry import metrics, tracing
+from bff.telemetry.context import IdHasher, set_id_hasher
 from bff.vluna_probe import VlunaProbe
 
 
@@ -33,7 +34,9 @@ def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     for outcome in oidc.FETCH_OUTCOMES:
         metrics.JWKS_FETCHES.labels(outcome=outcome)
     probe = VlunaProbe(services.vluna) if o.readiness.check_vluna else None
-    app.state.readiness = Readiness(settings, services.redis, probe, services.auth)
+    app.state.readiness = Readiness(
+        settings, services.redis, probe, services.auth, redis_target=services.redis_target
+    )
     for route in health_routes(settings):
         app.register(route)
     middleware.install(

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from bff.errors import BadRequest, BffError, NotFound, UriTooLong
-from bff.proxy.config import ProxyRoute, ProxySettings
+from bff.settings import ProxyRoute, ProxySettings
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-/~]*$")
 _PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")

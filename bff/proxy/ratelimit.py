@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from bff.proxy.config import RateLimitSettings
+from bff.settings import RateLimitSettings
 from bff.stats import Stats
 from bff.tokens.cache import REDIS_ERRORS
 

@@ -8,10 +8,10 @@ from typing import Any
 from litestar import Request, route
 from litestar.types import ASGIApp, ControllerRouterHandler
 
-from bff.proxy.config import derive_upstream_base
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
 from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
+from bff.settings import derive_upstream_base
 
 __all__ = ["PREFIX", "AsgiUpstream", "ProxyService", "build_proxy", "proxy_routes"]
 

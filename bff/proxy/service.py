@@ -39,11 +39,8 @@ from bff.errors import (
     parse_retry_after,
     retry_after_value,
 )
-from bff.observability import tracing
-from bff.observability.context import current_request_id
-from bff.observability.metrics import observe_upstream
+from bff.principals import Principal
 from bff.proxy.breaker import BreakerOpen, CircuitBreaker
-from bff.proxy.config import ProxySettings
 from bff.proxy.paths import Allowlist, MalformedPath, Match, PathRefused
 from bff.proxy.public_cache import PublicCache, etag_matches
 from bff.proxy.ratelimit import RateLimited, RateLimiter
@@ -55,8 +52,12 @@ from bff.proxy.upstream import (
     UpstreamTimeout,
     UpstreamTooLarge,
 )
+from bff.settings import ProxySettings
 from bff.stats import Stats
-from bff.tokens.broker import Principal, TokenBroker, TokenEntry
+from bff.telemetry import tracing
+from bff.telemetry.context import current_request_id
+from bff.telemetry.metrics import observe_upstream
+from bff.tokens.broker import TokenBroker, TokenEntry
 
 log = logging.getLogger("bff.proxy")
 

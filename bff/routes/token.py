@@ -11,7 +11,7 @@ from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from bff.errors import BadRequest, ErrorBody
-from bff.tokens.broker import Principal
+from bff.principals import Principal
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256

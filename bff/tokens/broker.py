@@ -16,13 +16,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bff.errors import ServiceUnavailable, UpstreamRejected
-from bff.observability.tracing import span
+from bff.principals import Principal
 from bff.stats import Stats
+from bff.telemetry.tracing import span
 from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache, SharedCacheUnavailable
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
@@ -31,13 +32,6 @@ from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
 from bff.tokens.lock import RedisLock, Waiters
 
 log = logging.getLogger("bff.broker")
-
-
-@dataclass(frozen=True)
-class Principal:
-    principal_id: str
-    user_id: str
-    traits: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

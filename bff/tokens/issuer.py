@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from vlunaai import InternalServerError, RequestContext, ServiceClient, VlunaAIError
 
 from bff.settings import VlunaSettings
+from bff.telemetry import metrics, tracing
 from bff.vluna import create_vluna_client, is_transient
 
 log = logging.getLogger("bff.issuer")
@@ -185,3 +186,43 @@ class SdkTokenIssuer:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.close()
+
+
+ISSUE_OPERATION = "issue_platform_token"
+
+
+class MeteredIssuer:
+    """Wraps any token issuer: a CLIENT span and the upstream metrics per call."""
+
+    def __init__(self, inner: TokenIssuer) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"MeteredIssuer({self.inner!r})"
+
+    async def issue(
+        self, principal_id: str, user_id: str, scopes: Sequence[str], traits: Mapping[str, Any]
+    ) -> IssuedToken:
+        started = time.perf_counter()
+        outcome = "error"
+        with tracing.span(
+            "vluna " + ISSUE_OPERATION, kind="client", attributes={"rpc.method": ISSUE_OPERATION}
+        ) as sp:
+            try:
+                token = await self.inner.issue(principal_id, user_id, scopes, traits)
+                outcome = "ok"
+                return token
+            except IssuerUnavailable:
+                outcome = "unavailable"
+                raise
+            except IssuerRejected:
+                outcome = "rejected"
+                raise
+            finally:
+                sp.set_attribute("bff.upstream.outcome", outcome)
+                if outcome != "ok":
+                    sp.set_status_error(outcome)
+                metrics.observe_upstream(ISSUE_OPERATION, outcome, time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

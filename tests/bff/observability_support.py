@@ -10,9 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from vlunaai import ServiceClient
 from vlunaai.testing import VlunaEmulator
 
-from bff.observability.upstream import PropagatingTransport
 from bff.settings import VlunaSettings
-from bff.vluna import create_vluna_client
+from bff.vluna import PropagatingTransport, create_vluna_client
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):

@@ -22,7 +22,8 @@ from bff_support import (
     until,
 )
 
-from bff.tokens.broker import Principal, SignOutIncomplete, TokenRejected, TokenUnavailable
+from bff.principals import Principal
+from bff.tokens.broker import SignOutIncomplete, TokenRejected, TokenUnavailable
 from bff.tokens.issuer import IssuerRejected
 
 ALICE = Principal("org:acme", "alice", {"email": "alice@acme.test"})

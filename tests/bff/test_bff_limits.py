@@ -9,8 +9,8 @@ import pytest
 import redis.asyncio as aioredis
 from bff_support import FakeIssuer, Keys, client_for, make_settings, running_services
 
+from bff.principals import Principal
 from bff.settings import Settings
-from bff.tokens.broker import Principal
 from bff.tokens.limits import IssuanceLimited
 
 ALICE = Principal("org:acme", "alice")

@@ -30,9 +30,9 @@ from observability_support import (
 )
 from vlunaai.testing import VlunaEmulator
 
-from bff.observability import tracing
 from bff.observability.logging import JsonFormatter, redact, register_secret
 from bff.settings import SettingsError
+from bff.telemetry import tracing
 from bff.vluna_probe import PROBE_OPERATION
 
 TOKEN_OP = "issue_platform_token"
@@ -258,7 +258,7 @@ async def test_upstream_error_and_redis_fallback_metrics(keys: Keys, prefix: str
 async def test_breaker_state_gauge() -> None:
     from prometheus_client import generate_latest
 
-    from bff.observability.metrics import PROXY_BREAKER, REGISTRY, MeteredStats, set_breaker_state
+    from bff.telemetry.metrics import PROXY_BREAKER, REGISTRY, MeteredStats, set_breaker_state
 
     stats = MeteredStats()
     stats.inc("proxy.breaker.open")

@@ -748,7 +748,7 @@ async def test_a_sign_out_stops_the_proxy_using_the_token_at_once(
 async def test_proxied_calls_are_measured_as_upstream_calls(
     client: AppClient, keys: Keys, server: EmulatorServer
 ) -> None:
-    from bff.observability.metrics import UPSTREAM_REQUESTS
+    from bff.telemetry.metrics import UPSTREAM_REQUESTS
 
     operation = "proxy GET /catalog/products"
     before = UPSTREAM_REQUESTS.labels(operation=operation, outcome="ok")._value.get()

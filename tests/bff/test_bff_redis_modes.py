@@ -17,7 +17,7 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from bff_support import FakeIssuer, Keys, make_settings, redis_dump, running_services, until
 
-from bff.tokens.broker import Principal
+from bff.principals import Principal
 from bff.tokens.lock import ShardedNotifier
 
 ALICE = Principal("org:acme", "alice")

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_attacks import exchange
 
 from bench._harness import LOOPBACK, UserKeys
-from bff.observability.metrics import HTTP_METHODS
+from bff.telemetry.metrics import HTTP_METHODS
 
 P = "/vluna/api/v1"
 KNOWN = HTTP_METHODS | {"other"}
