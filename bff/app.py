@@ -9,17 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
-from litestar.types import ControllerRouterHandler
+from litestar.types import ControllerRouterHandler, Method
 from redis.asyncio.cluster import RedisCluster
 from vlunaai import ServiceClient
 
@@ -34,7 +33,7 @@ from bff.errors import BffError
 from bff.hooks import load_hook
 from bff.openapi import openapi_config
 from bff.principals import ObservedPrincipalMapper, PrincipalMapper
-from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
+from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.telemetry.metrics import MeteredStats
 from bff.tokens.broker import BrokerConfig, TokenBroker
@@ -64,9 +63,8 @@ class Services:
     notifier: Waiters | None
     owns_http: bool
     owns_redis: bool
-    realm_id: str = ""
+    derived: Derived  # realm, HMAC key, default scopes, API base URLs: worked out once
     redis_target: str = "Redis"  # where Redis is, for log lines and readiness (no password)
-    api_base_url: str = ""  # Vluna's /api/v1 as apps reach it (GET /vluna/token tells them)
     proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
 
     def __repr__(self) -> str:
@@ -169,10 +167,10 @@ def build_services(
     stats = MeteredStats()
     owns_http = http is None
     http = http or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
-    realm = realm_id or settings.vluna.realm_id or settings.dev.realm_id
+    derived = derive(settings, realm_id=realm_id)
+    realm = derived.realm_id
     c = settings.cache
-    hmac_key = c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32)
-    keys = CacheKeys(hmac_key, c.key_prefix, realm)
+    keys = CacheKeys(derived.hmac_key, c.key_prefix, realm)
     target = redis_target(c.redis)
     guard = RedisGuard(stats, c.redis.down_backoff_sec, target)
     owns_redis = False
@@ -241,9 +239,8 @@ def build_services(
         notifier=notifier,
         owns_http=owns_http,
         owns_redis=owns_redis,
-        realm_id=realm,
+        derived=derived,
         redis_target=target,
-        api_base_url=api_base_url(settings),
     )
 
 
@@ -315,8 +312,7 @@ def create_app(
     if settings.proxy.enabled:
         from bff.proxy.routes import build_proxy
 
-        realm = realm_id or settings.vluna.realm_id or settings.dev.realm_id
-        services.proxy = build_proxy(settings, services, realm, upstream=proxy_upstream)
+        services.proxy = build_proxy(settings, services, upstream=proxy_upstream)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -348,21 +344,7 @@ def create_app(
             log.info("Application shutdown complete (pools closed)")
 
     s = settings.server
-    cors = (
-        CORSConfig(
-            allow_origins=list(s.cors_allow_origins),
-            allow_methods=["GET", "DELETE", "POST"] if settings.proxy.enabled else ["GET", "DELETE"],
-            allow_headers=[
-                "authorization",
-                settings.auth.cookie.csrf_header.lower(),
-                *_proxy_cors(settings)[0],
-            ],
-            expose_headers=_proxy_cors(settings)[1],
-            allow_credentials=True,
-        )
-        if s.cors_allow_origins
-        else None
-    )
+    cors = cors_config(settings)
     app = Litestar(
         route_handlers=[*token_routes(), *client_routes(), *_proxy_routes(settings), *extra_routes],
         lifespan=[lifespan],
@@ -392,7 +374,25 @@ def _proxy_routes(settings: Settings) -> list[ControllerRouterHandler]:
     return proxy_routes() if settings.proxy.enabled else []
 
 
-def _proxy_cors(settings: Settings) -> tuple[list[str], list[str]]:
-    from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Cross-origin access with credentials for ``server.cors_allow_origins`` (None: none), with
+    the proxy's methods and headers when the proxy is on."""
+    origins = settings.server.cors_allow_origins
+    if not origins:
+        return None
+    methods: list[Method | Literal["*"]] = ["GET", "DELETE"]
+    allow = ["authorization", settings.auth.cookie.csrf_header.lower()]
+    expose: list[str] = []
+    if settings.proxy.enabled:
+        from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
 
-    return (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS) if settings.proxy.enabled else ([], [])
+        methods.append("POST")
+        allow += CORS_ALLOW_HEADERS
+        expose += CORS_EXPOSE_HEADERS
+    return CORSConfig(
+        allow_origins=list(origins),
+        allow_methods=methods,
+        allow_headers=allow,
+        expose_headers=expose,
+        allow_credentials=True,
+    )

@@ -19,7 +19,9 @@ import json
 import math
 import os
 import re
+import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,9 +49,17 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+Problem = tuple[str, str]  # (the field's path, what is wrong with it), never the value
+
+
 class _Model(BaseModel):
     # A misspelt key in the YAML must fail loudly instead of silently keeping a default.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        """What this section's values break that their types cannot say, checked beside the
+        section (``root``: the whole tree, for the few checks that span sections)."""
+        return []
 
 
 # -- the API proxy (``proxy``) and the per-user rate limits (``rate_limit``) ----------------------
@@ -235,6 +245,15 @@ class ProxySettings(_Model):
             raise ValueError("connect/read timeouts must not exceed total_timeout_sec")
         return self
 
+    def problems(self, root: Settings) -> list[Problem]:
+        allowed = root.tokens.allowed_scopes
+        return [
+            (f"proxy.routes[{i}].scopes", f"{scope!r} is not in tokens.allowed_scopes")
+            for i, route in enumerate(self.routes)
+            for scope in route.scopes or []
+            if scope not in allowed
+        ]
+
 
 def derive_upstream_base(proxy: ProxySettings, vluna_base_url: str) -> str:
     """``proxy.upstream_base_url``, or the Vluna base with ``/mgt/v1`` swapped for ``/api/v1``."""
@@ -282,6 +301,21 @@ class VlunaSettings(_Model):
             raise ValueError("must be the /api/v1 base, never /mgt/v1 (apps must never get the service API)")
         return v.rstrip("/")
 
+    def problems(self, root: Settings) -> list[Problem]:
+        if root.dev.enabled:
+            return []
+        out = [
+            (f"vluna.{name}", "required (outside dev mode)")
+            for name in ("realm_id", "service_key_id", "service_key_secret")
+            if not getattr(self, name)
+        ]
+        secret = self.service_key_secret
+        if secret is not None and not _is_base64(secret.get_secret_value()):
+            out.append(("vluna.service_key_secret", "must be base64 (as shown when the key was created)"))
+        if not self.base_url.startswith(("http://", "https://")):
+            out.append(("vluna.base_url", "must be an http(s) URL"))
+        return out
+
 
 class JwtSettings(_Model):
     jwks_url: str | None = None
@@ -298,6 +332,55 @@ class JwtSettings(_Model):
     required_claims: list[str] = ["exp", "sub"]
     verified_cache_ttl_sec: float = Field(60, ge=0)
     verified_cache_max_entries: int = Field(10_000, ge=1)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        """Checked when bearer or cookie authentication is enabled."""
+        out: list[Problem] = []
+        add = out.append
+        dev = root.dev.enabled
+        algs = set(self.algorithms)
+        if not algs:
+            add(("auth.jwt.algorithms", "at least one algorithm is required"))
+        for alg in self.algorithms:
+            if alg.lower() == "none":
+                add(("auth.jwt.algorithms", "'none' is never accepted"))
+            elif alg not in HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+                add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
+        if algs & HS_ALGORITHMS and self.hs_secret is None and not dev:
+            add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
+        if self.hs_secret is not None:
+            hs = self.hs_secret.get_secret_value().encode()
+            if len(hs) < 32:
+                add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+            elif (weak := weak_key_problem(hs)) is not None:
+                add(("auth.jwt.hs_secret", weak))
+        if algs & ASYMMETRIC_ALGORITHMS and not (
+            self.jwks_url or self.discovery or self.public_keys_pem or dev
+        ):
+            add(
+                (
+                    "auth.jwt.jwks_url",
+                    "a JWKS URL, auth.jwt.discovery or auth.jwt.public_keys_pem is required",
+                )
+            )
+        if self.discovery and self.jwks_url:
+            add(("auth.jwt.discovery", "set either auth.jwt.discovery or auth.jwt.jwks_url, not both"))
+        if self.discovery and not self.issuer:
+            add(("auth.jwt.discovery", "needs auth.jwt.issuer (discovery is read from the issuer's URL)"))
+        for name in ("jwks_url", "issuer"):
+            value = getattr(self, name)
+            if (
+                value
+                and (self.discovery or name == "jwks_url")
+                and not value.startswith(("https://", "http://"))
+            ):
+                add((f"auth.jwt.{name}", "must be an http(s) URL"))
+        if not dev:
+            if not self.issuer:
+                add(("auth.jwt.issuer", "required: tokens of other issuers must be rejected"))
+            if not self.audience:
+                add(("auth.jwt.audience", "required: tokens meant for other services must be rejected"))
+        return out
 
 
 class CookieSettings(_Model):
@@ -329,6 +412,20 @@ class AuthSettings(_Model):
     introspection: IntrospectionSettings = IntrospectionSettings()
     hook: HookAuthSettings = HookAuthSettings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.methods:
+            out.append(("auth.methods", "enable at least one method"))
+        if len(set(self.methods)) != len(self.methods):
+            out.append(("auth.methods", "lists a method twice"))
+        if any(m in ("bearer", "cookie") for m in self.methods):
+            out += self.jwt.problems(root)
+        if "introspection" in self.methods and not self.introspection.url:
+            out.append(("auth.introspection.url", "required when introspection is enabled"))
+        if "hook" in self.methods and not self.hook.callable:
+            out.append(("auth.hook.callable", "required when the hook method is enabled ('module:callable')"))
+        return out
+
 
 class PrincipalRule(_Model):
     claim: str
@@ -344,6 +441,33 @@ class MappingSettings(_Model):
     user_claim: str = "sub"
     traits: dict[str, str] = {"email": "email", "name": "name"}
     hook: str | None = None
+
+    def problems(self, root: Settings) -> list[Problem]:
+        if self.hook:
+            return []
+        out: list[Problem] = []
+        if not self.principal:
+            out.append(("mapping.principal", "at least one rule (or mapping.hook) is required"))
+        for i, rule in enumerate(self.principal):
+            where = f"mapping.principal[{i}].template"
+            fields = _TEMPLATE_FIELD.findall(rule.template)
+            if "value" not in fields:
+                out.append((where, "must contain {value}"))
+            stray = _TEMPLATE_FIELD.sub("", rule.template)
+            if "{" in stray or "}" in stray:
+                out.append((where, "only {name} placeholders are allowed"))
+            between = _TEMPLATE_FIELD.split(rule.template)[2:-1:2]
+            if any(not text or re.search(r"[A-Za-z0-9%]", text) for text in between):
+                # Values are told apart by this text (and have its characters percent-encoded):
+                # it must exist and must not be made of what the encoding itself writes.
+                out.append(
+                    (
+                        where,
+                        "placeholders must be separated by text without letters, digits or '%' "
+                        "(e.g. 'team:{tenant}:{value}')",
+                    )
+                )
+        return out
 
 
 class IssuanceLimitSettings(_Model):
@@ -368,6 +492,35 @@ class TokenSettings(_Model):
     retry_after_sec: int = Field(5, ge=1)
     issuance_limit: IssuanceLimitSettings = IssuanceLimitSettings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.allowed_scopes:
+            out.append(("tokens.allowed_scopes", "at least one scope is required"))
+        for scope in self.default_scopes:
+            if scope not in self.allowed_scopes:
+                out.append(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
+        if len(self.allowed_scopes) > 8:
+            out.append(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
+        # Attempts of one issuance: the retries, and never fewer than two, since a 500
+        # SERVER.UNEXPECTED (a new principal's first call on some servers) is always tried twice.
+        v = root.vluna
+        worst_issue = v.timeout_sec * (max(v.max_retries, 1) + 1)
+        if self.lock_ttl_sec <= worst_issue:
+            # A lock that expires while its holder still waits on Vluna lets a second replica issue.
+            out.append(
+                (
+                    "tokens.lock_ttl_sec",
+                    f"must exceed vluna.timeout_sec x (max(vluna.max_retries, 1) + 1) = {worst_issue:g}",
+                )
+            )
+        if self.safety_margin_sec * 2 >= self.session_ttl_sec:
+            out.append(("tokens.safety_margin_sec", "must be less than half of tokens.session_ttl_sec"))
+        return out
+
+    def scopes_by_default(self) -> tuple[str, ...]:
+        """The scopes of a token asked for without any: ``default_scopes``, else every allowed one."""
+        return tuple(sorted(set(self.default_scopes or self.allowed_scopes)))
+
 
 class RedisSettings(_Model):
     url: SecretStr | None = None
@@ -383,6 +536,21 @@ class RedisSettings(_Model):
     connect_timeout_sec: float = Field(1.0, gt=0)
     down_backoff_sec: float = Field(5, ge=0)
 
+    def problems(self, root: Settings) -> list[Problem]:
+        """Checked for the redis backend."""
+        out: list[Problem] = []
+        if not self.url and not self.sentinels:
+            out.append(("cache.redis.url", "required for the redis backend (or cache.redis.sentinels)"))
+        if self.url and not self.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            out.append(("cache.redis.url", "must start with redis://, rediss:// or unix://"))
+        if self.sentinels and not self.sentinel_service:
+            out.append(("cache.redis.sentinel_service", "required with cache.redis.sentinels"))
+        for i, hp in enumerate(self.sentinels):
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit():
+                out.append((f"cache.redis.sentinels[{i}]", "expected host:port"))
+        return out
+
 
 class CacheSettings(_Model):
     # redis: shared by every replica (one issuance per user across replicas, sign-out seen by all).
@@ -393,6 +561,38 @@ class CacheSettings(_Model):
     encryption_keys: list[SecretStr] = []
     hmac_key: SecretStr | None = None
     memory_max_entries: int = Field(10_000, ge=1)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        add = out.append
+        if not _PREFIX.match(self.key_prefix):
+            add(("cache.key_prefix", "up to 64 of A-Z a-z 0-9 _ . : - (it is also used in a Redis pattern)"))
+        if self.backend == "redis":
+            out += self.redis.problems(root)
+        if not root.dev.enabled:
+            if not self.encryption_keys:
+                add(("cache.encryption_keys", "at least one key is required ('<id>:<base64 32 bytes>')"))
+            if self.hmac_key is None:
+                add(("cache.hmac_key", "required (32+ random bytes)"))
+        seen: set[str] = set()
+        for i, spec in enumerate(self.encryption_keys):
+            try:
+                kid, raw_key = parse_key_spec(spec.get_secret_value())
+            except ValueError as exc:
+                add((f"cache.encryption_keys[{i}]", str(exc)))
+                continue
+            if (weak := weak_key_problem(raw_key)) is not None:
+                add((f"cache.encryption_keys[{i}]", f"key {kid!r} {weak}"))
+            if kid in seen:
+                add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
+            seen.add(kid)
+        if self.hmac_key is not None:
+            hmac_key = self.hmac_key.get_secret_value().encode()
+            if len(hmac_key) < 32:
+                add(("cache.hmac_key", "must be at least 32 bytes"))
+            elif (weak := weak_key_problem(hmac_key)) is not None:
+                add(("cache.hmac_key", weak))
+        return out
 
 
 class ServerSettings(_Model):
@@ -407,6 +607,18 @@ class ServerSettings(_Model):
     header_read_timeout_sec: float = Field(10, ge=0.1, le=60)
     body_read_timeout_sec: float = Field(15, ge=0.1, le=600)
     max_header_bytes: int = Field(16384, ge=1024, le=65536)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        seen: set[str] = set()
+        for i, origin in enumerate(self.cors_allow_origins):
+            problem = origin_problem(origin)
+            if problem is not None:
+                out.append((f"server.cors_allow_origins[{i}]", problem))
+            elif origin in seen:
+                out.append((f"server.cors_allow_origins[{i}]", f"{origin} is listed twice"))
+            seen.add(origin)
+        return out
 
 
 class DevSettings(_Model):
@@ -449,12 +661,30 @@ class ObservabilitySettings(_Model):
     readiness: ReadinessSettings = ReadinessSettings()
     tracing: TracingSettings = TracingSettings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.metrics.path.startswith("/") or self.metrics.path in ("/healthz", "/readyz"):
+            out.append(
+                ("observability.metrics.path", "must start with / and differ from /healthz and /readyz")
+            )
+        if self.metrics.port and self.metrics.port == root.server.port:
+            out.append(("observability.metrics.port", "must differ from server.port"))
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.request_id_header):
+            out.append(("observability.request_id_header", "must be a header name"))
+        return out
+
 
 class OpenApiSettings(_Model):
     # Serve the OpenAPI document. None: in dev mode only (`vluna-bff openapi` prints it anyway).
     enabled: bool | None = None
     # Where: the document at <path> and <path>/openapi.json.
     path: str = "/vluna/openapi"
+
+    def problems(self, root: Settings) -> list[Problem]:
+        taken = ("/healthz", "/readyz", root.observability.metrics.path)
+        if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", self.path) or self.path in taken:
+            return [("openapi.path", "a path like /vluna/openapi, other than the probes and metrics")]
+        return []
 
 
 class Settings(_Model):
@@ -485,6 +715,15 @@ class Settings(_Model):
 
     def redacted_dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def problems(self, root: Settings | None = None) -> list[Problem]:
+        """Every section's problems, in the order of the sections."""
+        out: list[Problem] = []
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, _Model):
+                out += section.problems(self)
+        return out
 
 
 class SettingsError(Exception):
@@ -593,185 +832,6 @@ def _is_base64(value: str) -> bool:
         return False
 
 
-def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    add = problems.append
-    dev = s.dev.enabled
-
-    if not dev:
-        for name in ("realm_id", "service_key_id", "service_key_secret"):
-            if not getattr(s.vluna, name):
-                add((f"vluna.{name}", "required (outside dev mode)"))
-        secret = s.vluna.service_key_secret
-        if secret is not None and not _is_base64(secret.get_secret_value()):
-            add(("vluna.service_key_secret", "must be base64 (as shown when the key was created)"))
-        if not s.vluna.base_url.startswith(("http://", "https://")):
-            add(("vluna.base_url", "must be an http(s) URL"))
-
-    a = s.auth
-    if not a.methods:
-        add(("auth.methods", "enable at least one method"))
-    if len(set(a.methods)) != len(a.methods):
-        add(("auth.methods", "lists a method twice"))
-    uses_jwt = any(m in ("bearer", "cookie") for m in a.methods)
-    if uses_jwt:
-        j = a.jwt
-        algs = set(j.algorithms)
-        if not algs:
-            add(("auth.jwt.algorithms", "at least one algorithm is required"))
-        for alg in j.algorithms:
-            if alg.lower() == "none":
-                add(("auth.jwt.algorithms", "'none' is never accepted"))
-            elif alg not in HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
-                add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
-        if algs & HS_ALGORITHMS and j.hs_secret is None and not dev:
-            add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
-        if j.hs_secret is not None:
-            hs = j.hs_secret.get_secret_value().encode()
-            if len(hs) < 32:
-                add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
-            elif (weak := weak_key_problem(hs)) is not None:
-                add(("auth.jwt.hs_secret", weak))
-        if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.discovery or j.public_keys_pem or dev):
-            add(
-                (
-                    "auth.jwt.jwks_url",
-                    "a JWKS URL, auth.jwt.discovery or auth.jwt.public_keys_pem is required",
-                )
-            )
-        if j.discovery and j.jwks_url:
-            add(("auth.jwt.discovery", "set either auth.jwt.discovery or auth.jwt.jwks_url, not both"))
-        if j.discovery and not j.issuer:
-            add(("auth.jwt.discovery", "needs auth.jwt.issuer (discovery is read from the issuer's URL)"))
-        for name in ("jwks_url", "issuer"):
-            value = getattr(j, name)
-            if (
-                value
-                and (j.discovery or name == "jwks_url")
-                and not value.startswith(("https://", "http://"))
-            ):
-                add((f"auth.jwt.{name}", "must be an http(s) URL"))
-        if not dev:
-            if not j.issuer:
-                add(("auth.jwt.issuer", "required: tokens of other issuers must be rejected"))
-            if not j.audience:
-                add(("auth.jwt.audience", "required: tokens meant for other services must be rejected"))
-    if "introspection" in a.methods and not a.introspection.url:
-        add(("auth.introspection.url", "required when introspection is enabled"))
-    if "hook" in a.methods and not a.hook.callable:
-        add(("auth.hook.callable", "required when the hook method is enabled ('module:callable')"))
-
-    m = s.mapping
-    if not m.hook:
-        if not m.principal:
-            add(("mapping.principal", "at least one rule (or mapping.hook) is required"))
-        for i, rule in enumerate(m.principal):
-            fields = _TEMPLATE_FIELD.findall(rule.template)
-            if "value" not in fields:
-                add((f"mapping.principal[{i}].template", "must contain {value}"))
-            stray = _TEMPLATE_FIELD.sub("", rule.template)
-            if "{" in stray or "}" in stray:
-                add((f"mapping.principal[{i}].template", "only {name} placeholders are allowed"))
-            between = _TEMPLATE_FIELD.split(rule.template)[2:-1:2]
-            if any(not text or re.search(r"[A-Za-z0-9%]", text) for text in between):
-                # Values are told apart by this text (and have its characters percent-encoded):
-                # it must exist and must not be made of what the encoding itself writes.
-                add(
-                    (
-                        f"mapping.principal[{i}].template",
-                        "placeholders must be separated by text without letters, digits or '%' "
-                        "(e.g. 'team:{tenant}:{value}')",
-                    )
-                )
-
-    t = s.tokens
-    if not t.allowed_scopes:
-        add(("tokens.allowed_scopes", "at least one scope is required"))
-    for scope in t.default_scopes:
-        if scope not in t.allowed_scopes:
-            add(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
-    if len(t.allowed_scopes) > 8:
-        add(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
-    # Attempts of one issuance: the retries, and never fewer than two, since a 500
-    # SERVER.UNEXPECTED (a new principal's first call on some servers) is always tried twice.
-    worst_issue = s.vluna.timeout_sec * (max(s.vluna.max_retries, 1) + 1)
-    if t.lock_ttl_sec <= worst_issue:
-        # A lock that expires while its holder still waits on Vluna lets a second replica issue.
-        add(
-            (
-                "tokens.lock_ttl_sec",
-                f"must exceed vluna.timeout_sec x (max(vluna.max_retries, 1) + 1) = {worst_issue:g}",
-            )
-        )
-    if t.safety_margin_sec * 2 >= t.session_ttl_sec:
-        add(("tokens.safety_margin_sec", "must be less than half of tokens.session_ttl_sec"))
-    for i, route in enumerate(s.proxy.routes):
-        for scope in route.scopes or []:
-            if scope not in t.allowed_scopes:
-                add((f"proxy.routes[{i}].scopes", f"{scope!r} is not in tokens.allowed_scopes"))
-
-    c = s.cache
-    if not _PREFIX.match(c.key_prefix):
-        add(("cache.key_prefix", "up to 64 of A-Z a-z 0-9 _ . : - (it is also used in a Redis pattern)"))
-    if c.backend == "redis":
-        r = c.redis
-        if not r.url and not r.sentinels:
-            add(("cache.redis.url", "required for the redis backend (or cache.redis.sentinels)"))
-        if r.url and not r.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            add(("cache.redis.url", "must start with redis://, rediss:// or unix://"))
-        if r.sentinels and not r.sentinel_service:
-            add(("cache.redis.sentinel_service", "required with cache.redis.sentinels"))
-        for i, hp in enumerate(r.sentinels):
-            host, _, port = hp.rpartition(":")
-            if not host or not port.isdigit():
-                add((f"cache.redis.sentinels[{i}]", "expected host:port"))
-    if not dev:
-        if not c.encryption_keys:
-            add(("cache.encryption_keys", "at least one key is required ('<id>:<base64 32 bytes>')"))
-        if c.hmac_key is None:
-            add(("cache.hmac_key", "required (32+ random bytes)"))
-    seen: set[str] = set()
-    for i, spec in enumerate(c.encryption_keys):
-        try:
-            kid, raw_key = parse_key_spec(spec.get_secret_value())
-        except ValueError as exc:
-            add((f"cache.encryption_keys[{i}]", str(exc)))
-            continue
-        if (weak := weak_key_problem(raw_key)) is not None:
-            add((f"cache.encryption_keys[{i}]", f"key {kid!r} {weak}"))
-        if kid in seen:
-            add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
-        seen.add(kid)
-    if c.hmac_key is not None:
-        hmac_key = c.hmac_key.get_secret_value().encode()
-        if len(hmac_key) < 32:
-            add(("cache.hmac_key", "must be at least 32 bytes"))
-        elif (weak := weak_key_problem(hmac_key)) is not None:
-            add(("cache.hmac_key", weak))
-    seen_origins: set[str] = set()
-    for i, origin in enumerate(s.server.cors_allow_origins):
-        problem = origin_problem(origin)
-        if problem is not None:
-            add((f"server.cors_allow_origins[{i}]", problem))
-        elif origin in seen_origins:
-            add((f"server.cors_allow_origins[{i}]", f"{origin} is listed twice"))
-        seen_origins.add(origin)
-    o = s.observability
-    if not o.metrics.path.startswith("/") or o.metrics.path in ("/healthz", "/readyz"):
-        add(("observability.metrics.path", "must start with / and differ from /healthz and /readyz"))
-    if o.metrics.port and o.metrics.port == s.server.port:
-        add(("observability.metrics.port", "must differ from server.port"))
-    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", s.openapi.path) or s.openapi.path in (
-        "/healthz",
-        "/readyz",
-        o.metrics.path,
-    ):
-        add(("openapi.path", "a path like /vluna/openapi, other than the probes and metrics"))
-    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", o.request_id_header):
-        add(("observability.request_id_header", "must be a header name"))
-    return problems
-
-
 def settings_warnings(s: Settings) -> list[str]:
     """What works but is unsafe in production: logged by ``serve`` at start, listed in ``/readyz``
     and printed by ``check-config``. Dev mode (one process on a laptop) has none."""
@@ -787,9 +847,31 @@ def settings_warnings(s: Settings) -> list[str]:
     return warnings
 
 
-def api_base_url(s: Settings) -> str:
-    """Vluna's /api/v1 base URL as apps reach it (what ``GET /vluna/token`` hands out)."""
-    return s.vluna.api_base_url or derive_upstream_base(s.proxy, s.vluna.base_url)
+@dataclass(frozen=True)
+class Derived:
+    """Values computed from the settings once per app (``derive``) and passed down to every part
+    that needs them, so that no two parts can work them out differently."""
+
+    realm_id: str  # vluna.realm_id, else dev.realm_id (or the embedded emulator's, in dev mode)
+    # cache.hmac_key, else random bytes for this process (dev mode only: validation requires a
+    # key otherwise); keys cache entries, rate-limit counters and log identity hashes.
+    hmac_key: bytes = field(repr=False)
+    default_scopes: tuple[str, ...]  # a token asked for without scopes (tokens.scopes_by_default)
+    upstream_base_url: str  # Vluna's /api/v1 as the proxy calls it
+    api_base_url: str  # Vluna's /api/v1 as apps reach it (what GET /vluna/token hands out)
+
+
+def derive(s: Settings, *, realm_id: str | None = None) -> Derived:
+    upstream = derive_upstream_base(s.proxy, s.vluna.base_url)
+    return Derived(
+        realm_id=realm_id or s.vluna.realm_id or s.dev.realm_id,
+        hmac_key=s.cache.hmac_key.get_secret_value().encode()
+        if s.cache.hmac_key
+        else secrets.token_bytes(32),
+        default_scopes=s.tokens.scopes_by_default(),
+        upstream_base_url=upstream,
+        api_base_url=s.vluna.api_base_url or upstream,
+    )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -807,7 +889,7 @@ def validate_settings(data: Mapping[str, Any], *, complete: bool = True) -> Sett
     except ValidationError as exc:
         # Only location and message: pydantic's own str() would echo input values (secrets).
         raise SettingsError([(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    problems = _semantic_problems(settings) if complete else []
+    problems = settings.problems() if complete else []
     if problems:
         raise SettingsError(problems)
     return settings

@@ -27,8 +27,7 @@ def configure_process(settings: Settings) -> None:
 def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     """Probes and metrics routes, the request middleware, readiness state, shutdown hooks."""
     o = settings.observability
-    hmac_key = settings.cache.hmac_key
-    set_id_hasher(IdHasher.derived_from(hmac_key.get_secret_value().encode() if hmac_key else None))
+    set_id_hasher(IdHasher.derived_from(services.derived.hmac_key))
     register_settings_secrets(settings)
     metrics.initialise_series()
     for outcome in oidc.FETCH_OUTCOMES:

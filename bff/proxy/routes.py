@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from litestar import Request, route
@@ -11,7 +10,6 @@ from litestar.types import ASGIApp, ControllerRouterHandler
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
 from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
-from bff.settings import derive_upstream_base
 
 __all__ = ["PREFIX", "AsgiUpstream", "ProxyService", "build_proxy", "proxy_routes"]
 
@@ -20,13 +18,12 @@ CORS_ALLOW_HEADERS = ["content-type", "idempotency-key", "accept-language", "x-r
 CORS_EXPOSE_HEADERS = ["retry-after", "etag", "x-request-id", "idempotent-replayed"]
 
 
-def build_proxy(
-    settings: Any, services: Any, realm_id: str, upstream: Upstream | None = None
-) -> ProxyService:
+def build_proxy(settings: Any, services: Any, upstream: Upstream | None = None) -> ProxyService:
     p = settings.proxy
+    d = services.derived
     if upstream is None:
         upstream = AiohttpUpstream(
-            derive_upstream_base(p, settings.vluna.base_url),
+            d.upstream_base_url,
             max_connections=p.pool_max_connections,
             keepalive_timeout=p.keepalive_timeout_sec,
             max_response_bytes=p.max_response_bytes,
@@ -35,9 +32,9 @@ def build_proxy(
     limiter = RateLimiter(
         settings.rate_limit,
         redis=services.redis,
-        hmac_key=c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32),
+        hmac_key=d.hmac_key,
         prefix=c.key_prefix,
-        realm_id=realm_id,
+        realm_id=d.realm_id,
         stats=services.stats,
         down_backoff_sec=c.redis.down_backoff_sec,
     )
@@ -48,8 +45,8 @@ def build_proxy(
         auth=services.auth,
         mapper=services.mapper,
         limiter=limiter,
-        realm_id=realm_id,
-        default_scopes=tuple(sorted(set(settings.tokens.default_scopes or settings.tokens.allowed_scopes))),
+        realm_id=d.realm_id,
+        default_scopes=d.default_scopes,
         stats=services.stats,
     )
 

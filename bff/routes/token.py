@@ -46,9 +46,10 @@ _AUTH_ERRORS = {
 }
 
 
-def parse_scopes(raw: str | None, allowed: list[str], default: list[str]) -> tuple[str, ...]:
+def parse_scopes(raw: str | None, allowed: list[str], default: tuple[str, ...]) -> tuple[str, ...]:
+    """The scopes asked for, checked against ``allowed``; ``default`` when none are named."""
     if raw is None or not raw.strip():
-        return tuple(sorted(set(default or allowed)))
+        return default
     if len(raw) > _MAX_SCOPES_PARAM:
         raise BadRequest("scopes parameter too long", code="invalid_scopes")
     wanted = {s.strip() for s in raw.split(",") if s.strip()}
@@ -58,7 +59,7 @@ def parse_scopes(raw: str | None, allowed: list[str], default: list[str]) -> tup
             f"scopes not allowed: {', '.join(unknown)}; allowed: {', '.join(allowed)}", code="invalid_scopes"
         )
     if not wanted:
-        return tuple(sorted(set(default or allowed)))
+        return default
     return tuple(sorted(wanted))
 
 
@@ -95,7 +96,7 @@ async def get_token(
     t = services.settings.tokens
     # Authenticate first: an anonymous caller learns nothing about the configured scopes.
     principal = await _principal(request)
-    wanted = parse_scopes(scopes, t.allowed_scopes, t.default_scopes)
+    wanted = parse_scopes(scopes, t.allowed_scopes, services.derived.default_scopes)
     entry = await services.broker.get_token(principal, wanted)  # its failures are BffErrors
     now = services.broker.now()
     body: TokenBody = {
@@ -111,8 +112,8 @@ async def get_token(
         "billing_user_id": entry.billing_user_id,
         "scopes": list(entry.scopes),
         # What an app needs to call Vluna's /api/v1 with the token itself.
-        "realm_id": services.realm_id,
-        "api_base_url": services.api_base_url,
+        "realm_id": services.derived.realm_id,
+        "api_base_url": services.derived.api_base_url,
     }
     return Response(body, headers=NO_STORE)
 
