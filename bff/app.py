@@ -1,7 +1,10 @@
-"""The application factory: settings in, a Litestar app with every part wired out.
+"""The application factory: settings in, one ``Litestar`` declaration out.
 
-Later features (the API proxy, metrics, health) plug in as more route handlers on the same
-``Services``.
+``build_services`` wires the parts (auth chain, principal mapper, token broker, the one Vluna
+client, proxy); ``create_app`` declares the app in one call: route handlers, the dependencies
+they receive by name (``principal`` per request; ``broker``, ``proxy``, ``settings``,
+``derived``, ``readiness``), exception handlers, the lifespan, and the ASGI middleware around
+the whole app (observability, the request guard, the CORS credentials guard).
 """
 
 from __future__ import annotations
@@ -10,15 +13,17 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.types import ControllerRouterHandler, Method
+from litestar.types import ASGIApp, ControllerRouterHandler, Method
 from redis.asyncio.cluster import RedisCluster
 from vlunaai import ServiceClient
 
@@ -29,10 +34,16 @@ from bff.auth.identity import Authenticator
 from bff.auth.introspection import IntrospectionAuthenticator
 from bff.auth.jwks import CompositeKeySource, JwksKeySource, KeySource, StaticKeySource
 from bff.auth.jwt import JwtVerifier
+from bff.cors_credentials import CredentialsOnlyForAllowedOrigins
 from bff.errors import BffError
 from bff.hooks import load_hook
+from bff.http_guard import RequestGuard
+from bff.observability.health import Readiness
+from bff.observability.setup import instrument
 from bff.openapi import openapi_config
-from bff.principals import ObservedPrincipalMapper, PrincipalMapper
+from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
+from bff.proxy.service import ProxyService
+from bff.proxy.upstream import Upstream
 from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.telemetry.metrics import MeteredStats
@@ -65,7 +76,7 @@ class Services:
     owns_redis: bool
     derived: Derived  # realm, HMAC key, default scopes, API base URLs: worked out once
     redis_target: str = "Redis"  # where Redis is, for log lines and readiness (no password)
-    proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
+    proxy: ProxyService | None = None  # when proxy.enabled
 
     def __repr__(self) -> str:
         return f"Services(methods={self.auth.methods})"
@@ -273,6 +284,79 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     )
 
 
+class BffApp(Litestar):
+    """Litestar, plus ASGI middleware around the whole app (``outer_middleware``, outermost
+    first). Litestar's own ``middleware=`` runs only for requests that reach a route handler;
+    these also see 404/405 answers, CORS preflights and errors, which must be logged, counted,
+    given a request id and held to the head and body limits like every other request."""
+
+    def __init__(
+        self, *, outer_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (), **config: Any
+    ) -> None:
+        self._outer_middleware = tuple(outer_middleware)
+        super().__init__(**config)
+
+    def _create_asgi_handler(self) -> ASGIApp:
+        handler = super()._create_asgi_handler()  # exception handlers, CORS
+        for wrap in reversed(self._outer_middleware):
+            handler = wrap(handler)
+        return handler
+
+
+def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
+    """What handlers receive by name: the caller's principal (per request) and the app's parts."""
+    auth, mapper = services.auth, services.mapper
+
+    async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+        # Authentication and mapping failures are BffErrors (401, 403, 503), answered as such.
+        return await mapper.map(await auth.authenticate(request))
+
+    def provide_broker() -> TokenBroker:
+        return services.broker
+
+    def provide_proxy() -> ProxyService | None:
+        return services.proxy
+
+    def provide_settings() -> Settings:
+        return services.settings
+
+    def provide_derived() -> Derived:
+        return services.derived
+
+    def provide_readiness() -> Readiness:
+        return readiness
+
+    def constant(fn: Callable[[], Any]) -> Provide:
+        return Provide(fn, use_cache=True, sync_to_thread=False)
+
+    provided = {
+        "principal": Provide(provide_principal),
+        "broker": constant(provide_broker),
+        "proxy": constant(provide_proxy),
+        "settings": constant(provide_settings),
+        "derived": constant(provide_derived),
+        "readiness": constant(provide_readiness),
+    }
+    assert tuple(provided) == DEPENDENCY_NAMES
+    return provided
+
+
+DEPENDENCY_NAMES = ("principal", "broker", "proxy", "settings", "derived", "readiness")
+
+
+def dependency_placeholders() -> dict[str, Provide]:
+    """The same names with nothing behind them, for an app that only describes its routes (the
+    OpenAPI document): handlers' dependencies are then not taken for query parameters."""
+
+    def placeholder(name: str) -> Provide:
+        def unavailable() -> None:  # one function per name: Litestar keys providers by function
+            raise RuntimeError(f"{name}: this app only describes its routes")
+
+        return Provide(unavailable, sync_to_thread=False)
+
+    return {name: placeholder(name) for name in DEPENDENCY_NAMES}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -282,8 +366,8 @@ def create_app(
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,
     extra_routes: Sequence[ControllerRouterHandler] = (),
-    proxy_upstream: Any = None,
-    on_shutdown: Sequence[Any] = (),
+    proxy_upstream: Upstream | None = None,
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     clock: Callable[[], float] = time.time,
     vluna: ServiceClient | None = None,
 ) -> Litestar:
@@ -312,7 +396,22 @@ def create_app(
     if settings.proxy.enabled:
         from bff.proxy.routes import build_proxy
 
-        services.proxy = build_proxy(settings, services, upstream=proxy_upstream)
+        services.proxy = build_proxy(
+            settings,
+            broker=services.broker,
+            redis=services.redis,
+            stats=services.stats,
+            derived=services.derived,
+            upstream=proxy_upstream,
+        )
+    telemetry = instrument(
+        settings,
+        hmac_key=services.derived.hmac_key,
+        redis=services.redis,
+        vluna=services.vluna,
+        auth=services.auth,
+        redis_target=services.redis_target,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -345,27 +444,42 @@ def create_app(
 
     s = settings.server
     cors = cors_config(settings)
-    app = Litestar(
-        route_handlers=[*token_routes(), *client_routes(), *_proxy_routes(settings), *extra_routes],
-        lifespan=[lifespan],
+
+    # (Both speak plain ASGI, with dict messages: cast to Litestar's typed ASGIApp.)
+    def request_guard(app: ASGIApp) -> ASGIApp:
+        guard = RequestGuard(
+            app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
+        )
+        return cast("ASGIApp", guard)
+
+    def credentials_guard(app: ASGIApp) -> ASGIApp:
+        return cast("ASGIApp", CredentialsOnlyForAllowedOrigins(app))
+
+    return BffApp(
+        route_handlers=[
+            *token_routes(),
+            *client_routes(),
+            *_proxy_routes(settings),
+            *extra_routes,
+            *telemetry.routes,
+        ],
+        dependencies=dependencies(services, telemetry.readiness),
+        # Outermost first: every request is logged and counted (also those the guard refuses);
+        # credentials are stripped from CORS answers that grant no origin.
+        outer_middleware=[
+            telemetry.middleware,
+            request_guard,
+            *([credentials_guard] if cors is not None else []),
+        ],
         exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
         cors_config=cors,
+        lifespan=[lifespan],
+        on_shutdown=[telemetry.close],
+        state=State({"services": services, "readiness": telemetry.readiness}),
         debug=False,
         logging_config=None,
         openapi_config=openapi_config(settings),
     )
-    app.state.services = services
-    from bff import cors_credentials, http_guard
-    from bff.observability.setup import instrument
-
-    if cors is not None:
-        cors_credentials.install(app)
-    # Inside the observability wrapper, so refused requests are still logged and counted.
-    http_guard.install(
-        app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
-    )
-    instrument(app, settings, services)
-    return app
 
 
 def _proxy_routes(settings: Settings) -> list[ControllerRouterHandler]:

@@ -156,10 +156,3 @@ class BodyDeadline:
                 # this connection can be read reliably.
                 message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
         await self._send(message)
-
-
-def install(app: Any, *, max_header_bytes: int, body_read_timeout_sec: float) -> None:
-    """Wrap a Litestar app's ASGI handler (after routing is built)."""
-    app.asgi_handler = RequestGuard(
-        app.asgi_handler, max_header_bytes=max_header_bytes, body_read_timeout_sec=body_read_timeout_sec
-    )

@@ -98,6 +98,7 @@ def document(settings: Settings) -> dict[str, Any]:
     services: an app of the same route handlers (``vluna-bff openapi``)."""
     from litestar._openapi.plugin import OpenAPIPlugin
 
+    from bff.app import dependency_placeholders
     from bff.observability.health import health_routes
     from bff.proxy.routes import proxy_routes
     from bff.routes.token import token_routes
@@ -105,6 +106,7 @@ def document(settings: Settings) -> dict[str, Any]:
     on = settings.model_copy(update={"openapi": settings.openapi.model_copy(update={"enabled": True})})
     app = Litestar(
         route_handlers=[*token_routes(), *(proxy_routes() if on.proxy.enabled else []), *health_routes(on)],
+        dependencies=dependency_placeholders(),
         openapi_config=openapi_config(on),
         logging_config=None,  # the process's logging is configured elsewhere (or not at all)
     )

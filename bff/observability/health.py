@@ -31,11 +31,13 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ControllerRouterHandler
 
 from bff import netdiag
+from bff.proxy.service import ProxyService
 from bff.settings import Settings, settings_warnings
 from bff.telemetry import metrics
 from bff.vluna_probe import VlunaProbe
@@ -140,10 +142,9 @@ class Readiness:
             return code, {**body, "cached": False}
 
 
-def refresh_breaker_gauge(services: Any) -> None:
+def refresh_breaker_gauge(proxy: ProxyService | None) -> None:
     """The proxy's breaker as of now (open turns half-open by time alone, without an event)."""
-    proxy = getattr(services, "proxy", None)
-    if proxy is None or not hasattr(proxy, "breaker_state"):
+    if proxy is None:
         return
     with contextlib.suppress(Exception):
         metrics.set_breaker_state(metrics.PROXY_BREAKER, str(proxy.breaker_state()["state"]))
@@ -167,8 +168,7 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
             )
         },
     )
-    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        readiness: Readiness = request.app.state.readiness
+    async def readyz(readiness: NamedDependency[Readiness]) -> Response[dict[str, Any]]:
         code, body = await readiness.check()
         return Response(body, status_code=code, headers=NO_STORE)
 
@@ -176,8 +176,8 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
     if m.enabled and m.port is None:
 
         @get(m.path, sync_to_thread=False, include_in_schema=False)
-        def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-            refresh_breaker_gauge(request.app.state.services)
+        def metrics_endpoint(proxy: NamedDependency[ProxyService | None]) -> Response[bytes]:
+            refresh_breaker_gauge(proxy)
             body, content_type = metrics.render()
             return Response(body, media_type=content_type, headers=NO_STORE)
 

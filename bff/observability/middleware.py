@@ -156,8 +156,3 @@ def _tracing_headers(scope: Scope) -> dict[str, str]:
         if name in (b"traceparent", b"tracestate"):
             out[name.decode()] = value.decode("latin-1")
     return out
-
-
-def install(app: Any, **options: Any) -> None:
-    """Wrap a Litestar app's ASGI handler (after routing is built)."""
-    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, **options)

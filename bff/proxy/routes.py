@@ -5,11 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, route
+from litestar.di import NamedDependency
 from litestar.types import ASGIApp, ControllerRouterHandler
 
+from bff.principals import Principal
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
 from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
+from bff.settings import Derived, Settings
+from bff.stats import Stats
+from bff.tokens.broker import TokenBroker
 
 __all__ = ["PREFIX", "AsgiUpstream", "ProxyService", "build_proxy", "proxy_routes"]
 
@@ -18,12 +23,21 @@ CORS_ALLOW_HEADERS = ["content-type", "idempotency-key", "accept-language", "x-r
 CORS_EXPOSE_HEADERS = ["retry-after", "etag", "x-request-id", "idempotent-replayed"]
 
 
-def build_proxy(settings: Any, services: Any, upstream: Upstream | None = None) -> ProxyService:
+def build_proxy(
+    settings: Settings,
+    *,
+    broker: TokenBroker,
+    redis: Any,
+    stats: Stats,
+    derived: Derived,
+    upstream: Upstream | None = None,
+) -> ProxyService:
+    """The proxy over ``upstream`` (default: aiohttp to the derived upstream base URL), with its
+    per-user rate limiter on ``redis`` (None: this process only)."""
     p = settings.proxy
-    d = services.derived
     if upstream is None:
         upstream = AiohttpUpstream(
-            d.upstream_base_url,
+            derived.upstream_base_url,
             max_connections=p.pool_max_connections,
             keepalive_timeout=p.keepalive_timeout_sec,
             max_response_bytes=p.max_response_bytes,
@@ -31,32 +45,33 @@ def build_proxy(settings: Any, services: Any, upstream: Upstream | None = None) 
     c = settings.cache
     limiter = RateLimiter(
         settings.rate_limit,
-        redis=services.redis,
-        hmac_key=d.hmac_key,
+        redis=redis,
+        hmac_key=derived.hmac_key,
         prefix=c.key_prefix,
-        realm_id=d.realm_id,
-        stats=services.stats,
+        realm_id=derived.realm_id,
+        stats=stats,
         down_backoff_sec=c.redis.down_backoff_sec,
     )
     return ProxyService(
         p,
         upstream=upstream,
-        broker=services.broker,
-        auth=services.auth,
-        mapper=services.mapper,
+        broker=broker,
         limiter=limiter,
-        realm_id=d.realm_id,
-        default_scopes=d.default_scopes,
-        stats=services.stats,
+        realm_id=derived.realm_id,
+        default_scopes=derived.default_scopes,
+        stats=stats,
     )
 
 
 @route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def proxy_call(request: Request[Any, Any, Any]) -> ASGIApp:
+async def proxy_call(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    proxy: NamedDependency[ProxyService],
+) -> ASGIApp:
     # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
     # still converted by Litestar as usual.
-    proxy: ProxyService = request.app.state.services.proxy
-    answer: ASGIApp = await proxy.handle(request)  # type: ignore[assignment]
+    answer: ASGIApp = await proxy.handle(request, principal)  # type: ignore[assignment]
     return answer
 
 

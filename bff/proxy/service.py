@@ -121,8 +121,6 @@ class ProxyService:
         *,
         upstream: Upstream,
         broker: TokenBroker,
-        auth: Any,
-        mapper: Any,
         limiter: RateLimiter,
         realm_id: str,
         default_scopes: tuple[str, ...],
@@ -131,8 +129,6 @@ class ProxyService:
         self.settings = settings
         self.upstream = upstream
         self._broker = broker
-        self._auth = auth
-        self._mapper = mapper
         self._limiter = limiter
         self._realm = realm_id
         self._scopes = default_scopes
@@ -172,11 +168,12 @@ class ProxyService:
 
     # -- the request ------------------------------------------------------------------------
 
-    async def handle(self, request: Request[Any, Any, Any]) -> Response[Any] | RawAnswer:
+    async def handle(
+        self, request: Request[Any, Any, Any], principal: Principal
+    ) -> Response[Any] | RawAnswer:
+        """One proxied call of ``principal`` (already authenticated and mapped)."""
         self.stats.inc("proxy.requests")
         method = request.method.upper()
-        identity = await self._auth.authenticate(request)
-        principal: Principal = await self._mapper.map(identity)
         try:
             match = self.allowlist.match(method, _sub_path(request.scope))
         except PathRefused:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, TypedDict
 
-from litestar import Request, Response, delete, get
+from litestar import Response, delete, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from bff.errors import BadRequest, ErrorBody
 from bff.principals import Principal
+from bff.proxy.service import ProxyService
+from bff.settings import Derived, Settings
+from bff.tokens.broker import TokenBroker
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
@@ -63,13 +67,6 @@ def parse_scopes(raw: str | None, allowed: list[str], default: tuple[str, ...]) 
     return tuple(sorted(wanted))
 
 
-async def _principal(request: Request[Any, Any, Any]) -> Principal:
-    services = request.app.state.services
-    identity = await services.auth.authenticate(request)
-    principal: Principal = await services.mapper.map(identity)
-    return principal
-
-
 @get(
     "/vluna/token",
     operation_id="getToken",
@@ -87,18 +84,19 @@ async def _principal(request: Request[Any, Any, Any]) -> Principal:
     ),
 )
 async def get_token(
-    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    broker: NamedDependency[TokenBroker],
+    settings: NamedDependency[Settings],
+    derived: NamedDependency[Derived],
     scopes: Annotated[
         str | None, QueryParameter(description="comma-separated subset of tokens.allowed_scopes")
     ] = None,
 ) -> Response[TokenBody]:
-    services = request.app.state.services
-    t = services.settings.tokens
-    # Authenticate first: an anonymous caller learns nothing about the configured scopes.
-    principal = await _principal(request)
-    wanted = parse_scopes(scopes, t.allowed_scopes, services.derived.default_scopes)
-    entry = await services.broker.get_token(principal, wanted)  # its failures are BffErrors
-    now = services.broker.now()
+    # The principal is resolved (authenticated) before this runs: an anonymous caller learns
+    # nothing about the configured scopes.
+    wanted = parse_scopes(scopes, settings.tokens.allowed_scopes, derived.default_scopes)
+    entry = await broker.get_token(principal, wanted)  # its failures are BffErrors
+    now = broker.now()
     body: TokenBody = {
         "access_token": entry.access_token,
         "token_type": entry.token_type,
@@ -112,8 +110,8 @@ async def get_token(
         "billing_user_id": entry.billing_user_id,
         "scopes": list(entry.scopes),
         # What an app needs to call Vluna's /api/v1 with the token itself.
-        "realm_id": services.derived.realm_id,
-        "api_base_url": services.derived.api_base_url,
+        "realm_id": derived.realm_id,
+        "api_base_url": derived.api_base_url,
     }
     return Response(body, headers=NO_STORE)
 
@@ -134,14 +132,16 @@ def _iso(epoch: float) -> str:
         "provider's keys are unavailable (auth_unavailable); Retry-After",
     ),
 )
-async def delete_token(request: Request[Any, Any, Any]) -> Response[None]:
-    principal = await _principal(request)
-    services = request.app.state.services
-    if services.proxy is not None:
-        services.proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
+async def delete_token(
+    principal: NamedDependency[Principal],
+    broker: NamedDependency[TokenBroker],
+    proxy: NamedDependency[ProxyService | None],
+) -> Response[None]:
+    if proxy is not None:
+        proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
     # A 204 promises that no replica serves these tokens again; without Redis that cannot be
     # promised, so the client is asked to sign out again later (SignOutIncomplete, a 503).
-    await services.broker.forget(principal)
+    await broker.forget(principal)
     return Response(None, status_code=204, headers=NO_STORE)
 
 
