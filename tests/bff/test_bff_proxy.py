@@ -497,7 +497,7 @@ async def test_breaker_opens_fails_fast_and_a_probe_closes_it(
     async with proxy_client(settings, server) as c:
         proxy = c.app.state.services.proxy
         clock = Clock()
-        proxy.breaker = CircuitBreaker(
+        proxy.forwarder.breaker = CircuitBreaker(
             "test", failure_threshold=3, open_sec=30, probe_timeout_sec=15, stats=proxy.stats, clock=clock
         )
         await warm(c, keys, server)
@@ -533,7 +533,7 @@ async def test_a_failed_probe_opens_the_breaker_again(
     async with proxy_client(settings, server) as c:
         proxy = c.app.state.services.proxy
         clock = Clock()
-        proxy.breaker = CircuitBreaker(
+        proxy.forwarder.breaker = CircuitBreaker(
             "t", failure_threshold=1, open_sec=10, probe_timeout_sec=15, stats=proxy.stats, clock=clock
         )
         await warm(c, keys, server)
