@@ -100,4 +100,5 @@ def start_service(emulator: Emulator, user_keys: UserKeys, tmp_path: Path) -> It
         for p in procs:
             p.stop()
         for prefix, url in prefixes:
-            cleanup_prefix(prefix, url)
+            if url:  # none: a Sentinel or Cluster of the test's own, stopped with it
+                cleanup_prefix(prefix, url)

@@ -164,3 +164,53 @@ def events(proc: Proc) -> dict[str, float]:
     r = httpx.get(f"{proc.url}/metrics", timeout=10)
     r.raise_for_status()
     return {m.group(1): float(m.group(2)) for m in _EVENT_LINE.finditer(r.text)}
+
+
+async def check_promises(
+    load: FailoverLoad, t_event: float, t_healthy: float, *, backoff: float, tail: int
+) -> None:
+    """What a failover may cost, and what it may not:
+
+    - nothing stuck: every request was answered, with a token or a 503 with Retry-After;
+    - before the event: every request served, each new user issued exactly one token;
+    - during the window: at most one issuance per key per process (each falls back to its own
+      single flight, never worse);
+    - after it: the last `tail` new users (all started once Redis was whole again and `backoff`
+      more had passed) were served every time with exactly one issuance each;
+    - the replicas agree again: every user asked on every process gets one and the same token.
+    """
+    reqs = load.reqs
+    assert not [r for r in reqs if r.status == 0], [r for r in reqs if r.status == 0][:5]
+    assert {r.status for r in reqs} <= {200, 503}, {r.status for r in reqs}
+    assert all(r.retry_after for r in reqs if r.status == 503)
+    before = [r for r in reqs if r.t1 < t_event]
+    assert before and {r.status for r in before} == {200}
+    tokens = load.cold_tokens()
+    last_answer: dict[str, float] = {}
+    for r in reqs:
+        last_answer[r.user] = max(last_answer.get(r.user, 0.0), r.t1)
+    done_before = [u for u in load.cold_started if last_answer[u] < t_event]
+    assert done_before and all(len(tokens[u]) == 1 for u in done_before), {
+        u: len(tokens[u]) for u in done_before
+    }
+    assert all(len(t) <= len(load.procs) for t in tokens.values())
+    last = sorted(load.cold_started, key=load.cold_started.__getitem__)[-tail:]
+    assert all(load.cold_started[u] > t_healthy + backoff for u in last), "the load did not run long enough"
+    assert all(len(tokens[u]) == 1 for u in last), {u: len(tokens[u]) for u in last}
+    assert {r.status for r in reqs if r.user in last} == {200}
+    everyone = [*load.warm_names(), *load.cold_started]
+    n = len(load.procs)
+    final = await asyncio.gather(*[load.get(u, k) for u in everyone for k in range(n)])
+    assert {r.status for r in final} == {200}
+    served: dict[str, set[str | None]] = {}
+    for r in final:
+        served.setdefault(r.user, set()).add(r.token)
+    assert all(len(t) == 1 for t in served.values()), {u: len(t) for u, t in served.items() if len(t) > 1}
+
+
+def process_figures(procs: Sequence[Proc]) -> dict[str, list[float]]:
+    counters = [events(p) for p in procs]
+    return {
+        name: [c.get(name, 0) for c in counters]
+        for name in ("issuances", "redis_errors", "redis_fallbacks", "lock_wakeups", "waited_for_other")
+    }
