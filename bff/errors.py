@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import ClassVar, TypedDict
 
+import httpx
 from vlunaai._http import parse_retry_after as _sdk_parse_retry_after
 
 
@@ -32,8 +33,6 @@ def retry_after_value(seconds: float) -> str:
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait according to an upstream answer's headers (``Retry-After`` as seconds or
     an HTTP date), with the SDK's own parser; None when absent or unreadable."""
-    import httpx
-
     return _sdk_parse_retry_after(httpx.Headers(headers))
 
 
