@@ -304,44 +304,30 @@ class BffApp(Litestar):
 
 
 def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
-    """What handlers receive by name: the caller's principal (per request) and the app's parts."""
+    """What handlers receive by name: the caller's principal (authenticated and mapped per
+    request), and for the probe and metrics routes the readiness state and the proxy."""
     auth, mapper = services.auth, services.mapper
 
     async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
         # Authentication and mapping failures are BffErrors (401, 403, 503), answered as such.
         return await mapper.map(await auth.authenticate(request))
 
-    def provide_broker() -> TokenBroker:
-        return services.broker
-
     def provide_proxy() -> ProxyService | None:
         return services.proxy
-
-    def provide_settings() -> Settings:
-        return services.settings
-
-    def provide_derived() -> Derived:
-        return services.derived
 
     def provide_readiness() -> Readiness:
         return readiness
 
-    def constant(fn: Callable[[], Any]) -> Provide:
-        return Provide(fn, use_cache=True, sync_to_thread=False)
-
     provided = {
         "principal": Provide(provide_principal),
-        "broker": constant(provide_broker),
-        "proxy": constant(provide_proxy),
-        "settings": constant(provide_settings),
-        "derived": constant(provide_derived),
-        "readiness": constant(provide_readiness),
+        "proxy": Provide(provide_proxy, use_cache=True, sync_to_thread=False),
+        "readiness": Provide(provide_readiness, use_cache=True, sync_to_thread=False),
     }
     assert tuple(provided) == DEPENDENCY_NAMES
     return provided
 
 
-DEPENDENCY_NAMES = ("principal", "broker", "proxy", "settings", "derived", "readiness")
+DEPENDENCY_NAMES = ("principal", "proxy", "readiness")
 
 
 def dependency_placeholders() -> dict[str, Provide]:
@@ -371,7 +357,8 @@ def create_app(
     clock: Callable[[], float] = time.time,
     vluna: ServiceClient | None = None,
 ) -> Litestar:
-    from bff.routes.token import token_routes
+    from bff.proxy.routes import proxy_routes
+    from bff.routes.token import TokenRouteParts, token_routes
     from bff.web import client_routes
 
     # validate_settings refuses these; an app built from unchecked settings must not either, since
@@ -457,9 +444,16 @@ def create_app(
 
     return BffApp(
         route_handlers=[
-            *token_routes(),
+            *token_routes(
+                TokenRouteParts(
+                    broker=services.broker,
+                    proxy=services.proxy,
+                    allowed_scopes=settings.tokens.allowed_scopes,
+                    derived=services.derived,
+                )
+            ),
             *client_routes(),
-            *_proxy_routes(settings),
+            *(proxy_routes(services.proxy) if services.proxy is not None else []),
             *extra_routes,
             *telemetry.routes,
         ],
@@ -480,12 +474,6 @@ def create_app(
         logging_config=None,
         openapi_config=openapi_config(settings),
     )
-
-
-def _proxy_routes(settings: Settings) -> list[ControllerRouterHandler]:
-    from bff.proxy.routes import proxy_routes
-
-    return proxy_routes() if settings.proxy.enabled else []
 
 
 def cors_config(settings: Settings) -> CORSConfig | None:

@@ -105,7 +105,11 @@ def document(settings: Settings) -> dict[str, Any]:
 
     on = settings.model_copy(update={"openapi": settings.openapi.model_copy(update={"enabled": True})})
     app = Litestar(
-        route_handlers=[*token_routes(), *(proxy_routes() if on.proxy.enabled else []), *health_routes(on)],
+        route_handlers=[
+            *token_routes(None),
+            *(proxy_routes(None) if on.proxy.enabled else []),
+            *health_routes(on),
+        ],
         dependencies=dependency_placeholders(),
         openapi_config=openapi_config(on),
         logging_config=None,  # the process's logging is configured elsewhere (or not at all)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import SkipValidation
 from litestar.types import ControllerRouterHandler
 
 from bff import netdiag
@@ -168,7 +169,7 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
             )
         },
     )
-    async def readyz(readiness: NamedDependency[Readiness]) -> Response[dict[str, Any]]:
+    async def readyz(readiness: NamedDependency[SkipValidation[Readiness]]) -> Response[dict[str, Any]]:
         code, body = await readiness.check()
         return Response(body, status_code=code, headers=NO_STORE)
 
@@ -176,7 +177,7 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
     if m.enabled and m.port is None:
 
         @get(m.path, sync_to_thread=False, include_in_schema=False)
-        def metrics_endpoint(proxy: NamedDependency[ProxyService | None]) -> Response[bytes]:
+        def metrics_endpoint(proxy: NamedDependency[SkipValidation[ProxyService | None]]) -> Response[bytes]:
             refresh_breaker_gauge(proxy)
             body, content_type = metrics.render()
             return Response(body, media_type=content_type, headers=NO_STORE)

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request, route
 from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 from litestar.types import ASGIApp, ControllerRouterHandler
 
 from bff.principals import Principal
@@ -63,17 +64,20 @@ def build_proxy(
     )
 
 
-@route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def proxy_call(
-    request: Request[Any, Any, Any],
-    principal: NamedDependency[Principal],
-    proxy: NamedDependency[ProxyService],
-) -> ASGIApp:
-    # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
-    # still converted by Litestar as usual.
-    answer: ASGIApp = await proxy.handle(request, principal)  # type: ignore[assignment]
-    return answer
+def proxy_routes(proxy: ProxyService | None) -> list[ControllerRouterHandler]:
+    """The proxy route over ``proxy`` (``None``: an app that only describes its routes). The
+    caller's principal is its one dependency resolved per request; the proxy is bound here (see
+    ``bff.routes.token.token_routes`` for why)."""
 
+    @route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def proxy_call(
+        request: Request[Any, Any, Any], principal: NamedDependency[SkipValidation[Principal]]
+    ) -> ASGIApp:
+        if proxy is None:
+            raise RuntimeError("this route only describes itself")
+        # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
+        # still converted by Litestar as usual.
+        answer: ASGIApp = await proxy.handle(request, principal)  # type: ignore[assignment]
+        return answer
 
-def proxy_routes() -> list[ControllerRouterHandler]:
     return [proxy_call]
