@@ -6,7 +6,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
-from bff_support import REDIS_URL, FakeIssuer, Keys
+
+from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+
+from .support import FakeIssuer, Keys
 
 
 @pytest.fixture(scope="session")

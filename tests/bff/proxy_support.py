@@ -12,12 +12,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import uvicorn
-from bff_support import AppClient, Keys, client_for, make_settings
 from vlunaai.testing import VlunaEmulator
 
 from bff.proxy.upstream import asgi_call
 from bff.settings import Settings
 from bff.tokens.issuer import SdkTokenIssuer
+
+from .support import AppClient, Keys, client_for, make_settings
 
 
 @dataclass
@@ -190,15 +191,6 @@ async def raw_request(
         app, method, unquote(path), path, query, headers or {}, body, "bff.test"
     )
     return RawAnswer(status, out_headers, data)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

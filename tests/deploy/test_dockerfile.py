@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dockerfile_support import (
+
+from .dockerfile_support import (
     DOCKERFILE,
     IMAGE_BASE_PATH,
     Replay,

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,23 +23,15 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from helm_support import CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, one, render, template
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.emulator import Emulator, start_emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_servers import cleanup_prefix
+from tests.support.service import bff_config, start_bff, write_config
 
-from bench._harness import (  # noqa: E402 (after the sys.path entry)
-    Emulator,
-    Proc,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    start_bff,
-    start_emulator,
-    write_config,
-)
+from .helm_support import CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, one, render, template
 
 ALERT_TESTS = Path(__file__).resolve().parent / "prometheus" / "alerts_test.yaml"
 DASHBOARD = CHART / "dashboards" / "vluna-bff.json"

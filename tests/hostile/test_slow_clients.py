@@ -20,18 +20,14 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from conftest import CountingRelay, Target
 
-from bench._harness import (
-    LOOPBACK,
-    SHARED_REDIS_URL,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    start_bff,
-    start_emulator,
-    write_config,
-)
+from tests.support.emulator import start_emulator
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
+from tests.support.service import bff_config, start_bff, write_config
+
+from .support import CountingRelay, Target
 
 TIMEOUT = 5.0  # both read timeouts of the service under test
 STALLED = 500
