@@ -61,7 +61,7 @@ SCENARIOS = ("token", "workers", "cold", "proxy", "sdk", "proxy-script", "stacks
 DEFAULT_SCENARIOS = SCENARIOS[:-1]
 SERVICE_STACK = "service"
 READY = ("/healthz", {200})
-PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"
+PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"  # run as `python -m bench.bff_proxy`
 
 
 @dataclass
@@ -450,7 +450,7 @@ class Runner:
             cleanup_prefix(prefix)
 
     def proxy_script(self) -> None:
-        cmd = [PY, str(PROXY_SCRIPT)]
+        cmd = [PY, "-m", "bench.bff_proxy"]
         if self.args.quick:
             cmd += ["--seconds", "2"]
         try:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +13,8 @@ from vlunaai.testing import VlunaEmulator
 from bff.observability.upstream import PropagatingTransport
 from bff.tokens.issuer import SdkTokenIssuer
 from tests.support.emulator import start_emulator
-from tests.support.processes import PY, REPO
+
+from .support import sdk_issuer
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
@@ -39,16 +37,7 @@ def emulator_issuer(
 ) -> SdkTokenIssuer:
     """The production issuer (SDK, signed calls) wired as build_services wires it, to the emulator."""
     inner: httpx.AsyncBaseTransport = record if record is not None else emu.transport()
-    return SdkTokenIssuer.create(
-        base_url=emu.service_base_url,
-        realm_id=emu.realm_id,
-        key_id=emu.service_key_id,
-        secret=secret or emu.service_key_secret,
-        session_ttl_sec=600,
-        timeout_sec=5,
-        max_retries=0,
-        transport=PropagatingTransport(inner),
-    )
+    return sdk_issuer(emu, secret=secret, transport=PropagatingTransport(inner))
 
 
 def emulator_vluna(emu: VlunaEmulator) -> dict[str, Any]:
@@ -77,27 +66,14 @@ def series_labels(text: str) -> list[dict[str, str]]:
 
 # -- processes ------------------------------------------------------------------------------------
 
-EMULATOR_SECRET = "b2JzZXJ2YWJpbGl0eS10ZXN0LXNlY3JldC1ieXRlcyE="
-
 
 @contextlib.contextmanager
 def emulator_process() -> Iterator[str]:
     """``vlunaai-emulator`` on 127.0.0.1 (random port, controls on); yields its base URL."""
-    emulator = start_emulator(secret=EMULATOR_SECRET)
+    emulator = start_emulator()
     try:
         yield emulator.url
     finally:
         # Killed, not stopped: a call held by an injected latency would hold its graceful stop.
         emulator.popen.kill()
         emulator.popen.wait()
-
-
-def start_serve(cfg: Path, port: int, env: dict[str, str], stderr: Any, *extra: str) -> subprocess.Popen[Any]:
-    """`vluna-bff serve` on `port`, not waited for (the tests watch it start)."""
-    return subprocess.Popen(
-        [PY, "-m", "bff.cli", "serve", "--config", str(cfg), "--port", str(port), *extra],
-        env={**os.environ, **env},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )

@@ -18,7 +18,7 @@ from bff.proxy.upstream import asgi_call
 from bff.settings import Settings
 from bff.tokens.issuer import SdkTokenIssuer
 
-from .support import AppClient, Keys, client_for, make_settings
+from .support import AppClient, Keys, client_for, make_settings, sdk_issuer
 
 
 @dataclass
@@ -145,16 +145,7 @@ def proxy_settings(
 
 def emulator_issuer(emulator: VlunaEmulator) -> SdkTokenIssuer:
     # Issuance goes through the SDK in-process (not what is under test here).
-    return SdkTokenIssuer.create(
-        base_url=emulator.service_base_url,
-        realm_id=emulator.realm_id,
-        key_id=emulator.service_key_id,
-        secret=emulator.service_key_secret,
-        session_ttl_sec=900,
-        timeout_sec=5,
-        max_retries=0,
-        transport=emulator.transport(),
-    )
+    return sdk_issuer(emulator, ttl=900)
 
 
 @contextlib.asynccontextmanager

@@ -12,17 +12,21 @@ import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from litestar import Litestar
+from vlunaai.testing import VlunaEmulator
 
 from bff.app import Services, build_services, create_app
 from bff.settings import Settings, validate_settings
-from bff.tokens.issuer import IssuedToken, IssuerUnavailable
+from bff.tokens.issuer import IssuedToken, IssuerUnavailable, SdkTokenIssuer
+from tests.support.emulator import EMULATOR_SECRET
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.service import deep_update
 
@@ -122,6 +126,34 @@ def base_settings(keys: Keys, **sections: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def serve_config(
+    tmp_path: Path, keys: Keys, emulator_url: str, **sections: Mapping[str, Any]
+) -> tuple[Path, dict[str, str]]:
+    """A configuration file for `vluna-bff serve` against an emulator process (tests.support.emulator)
+    and the environment that carries its secrets: they reach the process the production way,
+    from the environment, not the YAML."""
+    data = base_settings(
+        keys,
+        vluna={
+            "base_url": f"{emulator_url}/mgt/v1",
+            "realm_id": "realm_demo",
+            "service_key_id": "pk-emulator",
+        },
+        **sections,
+    )
+    del data["vluna"]["service_key_secret"]
+    del data["cache"]["encryption_keys"]
+    del data["cache"]["hmac_key"]
+    cfg = tmp_path / "bff.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    env = {
+        "VLUNA_BFF__VLUNA__SERVICE_KEY_SECRET": EMULATOR_SECRET,
+        "VLUNA_BFF__CACHE__HMAC_KEY": HMAC_KEY,
+        "VLUNA_BFF__CACHE__ENCRYPTION_KEYS": f'["{ENC_KEY_1}"]',
+    }
+    return cfg, env
+
+
 def make_settings(keys: Keys, **sections: Mapping[str, Any]) -> Settings:
     return validate_settings(base_settings(keys, **sections))
 
@@ -156,6 +188,29 @@ class FakeIssuer:
 
     async def aclose(self) -> None:
         pass
+
+
+def sdk_issuer(
+    emu: VlunaEmulator,
+    *,
+    secret: str | None = None,
+    ttl: int = 600,
+    timeout: float = 5.0,
+    retries: int = 0,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> SdkTokenIssuer:
+    """The production issuer (the SDK, signed calls) to an in-process emulator (its transport
+    unless `transport` is given)."""
+    return SdkTokenIssuer.create(
+        base_url=emu.service_base_url,
+        realm_id=emu.realm_id,
+        key_id=emu.service_key_id,
+        secret=secret or emu.service_key_secret,
+        session_ttl_sec=ttl,
+        timeout_sec=timeout,
+        max_retries=retries,
+        transport=transport if transport is not None else emu.transport(),
+    )
 
 
 class FakeClock:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ import redis.asyncio as aioredis
 
 from bff.tokens.broker import Principal, SignOutIncomplete, TokenRejected, TokenUnavailable
 from bff.tokens.issuer import IssuerRejected
-from tests.support.redis_servers import TcpProxy
+from tests.support.redis_servers import TcpProxy, dead_redis_url
 from tests.support.waiting import until
 
 from .support import (
@@ -33,12 +32,6 @@ BOTH = ("checkout", "portal")
 
 async def token_entries(redis: aioredis.Redis, prefix: str) -> list[bytes]:
     return [k for k in await redis_dump(redis, prefix) if k.startswith(f"{prefix}tok:".encode())]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_miss_then_hit(
@@ -261,7 +254,7 @@ async def test_vluna_rejecting_is_not_retried_as_unavailable(
 async def test_redis_down_keeps_answering_from_process_cache(
     keys: Keys, prefix: str, issuer: FakeIssuer
 ) -> None:
-    settings = redis_settings(keys, prefix, url=f"redis://127.0.0.1:{closed_port()}/0")
+    settings = redis_settings(keys, prefix, url=dead_redis_url())
     async with running_services(settings, issuer) as svc:
         first = await svc.broker.get_token(ALICE, BOTH)
         second = await svc.broker.get_token(ALICE, BOTH)

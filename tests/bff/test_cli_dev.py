@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,7 +17,8 @@ import yaml
 from bff.cli import main
 from bff.dev import DevRuntime, DevSignIn, create_dev_app
 from bff.settings import DevSettings, load_settings
-from tests.support.processes import REPO
+from tests.support.ports import free_port
+from tests.support.processes import REPO, stop
 
 from .support import ENC_KEY_1, HMAC_KEY, SERVICE_SECRET, Keys, base_settings, client_for, make_settings
 
@@ -103,12 +103,6 @@ async def test_dev_tokens_are_not_trusted_outside_dev_mode(keys: Keys) -> None:
         assert r.status_code == 401
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_dev(port: int) -> subprocess.Popen[Any]:
     return subprocess.Popen(
         [sys.executable, "-m", "bff.cli", "dev", "--port", str(port)],
@@ -139,9 +133,4 @@ async def test_vluna_bff_dev_command_end_to_end() -> None:
             r = await client.delete("/vluna/token", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 204
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)

@@ -11,9 +11,9 @@ from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator
 
 from bff.settings import Settings
-from bff.tokens.issuer import IssuerRejected, IssuerUnavailable, SdkTokenIssuer
+from bff.tokens.issuer import IssuerRejected, IssuerUnavailable
 
-from .support import Keys, client_for, make_settings
+from .support import Keys, client_for, make_settings, sdk_issuer
 
 OP = "issue_platform_token"
 
@@ -34,21 +34,6 @@ async def any_emulator(request: pytest.FixtureRequest) -> AsyncIterator[VlunaEmu
 def first_calls(emu: VlunaEmulator) -> int:
     """Issuance calls for a new principal: the open-source server fails the first one (500)."""
     return 2 if emu.settings.flavor == "oss" else 1
-
-
-def sdk_issuer(
-    emu: VlunaEmulator, *, secret: str | None = None, timeout: float = 5.0, retries: int = 0
-) -> SdkTokenIssuer:
-    return SdkTokenIssuer.create(
-        base_url=emu.service_base_url,
-        realm_id=emu.realm_id,
-        key_id=emu.service_key_id,
-        secret=secret or emu.service_key_secret,
-        session_ttl_sec=600,
-        timeout_sec=timeout,
-        max_retries=retries,
-        transport=emu.transport(),
-    )
 
 
 async def test_issue_through_the_sdk(any_emulator: VlunaEmulator) -> None:
@@ -113,16 +98,7 @@ async def test_first_call_failing_once_is_retried_with_the_same_key(retries: int
             return await inner(request)
 
         transport.handle_async_request = spy  # type: ignore[method-assign]
-        issuer = SdkTokenIssuer.create(
-            base_url=emu.service_base_url,
-            realm_id=emu.realm_id,
-            key_id=emu.service_key_id,
-            secret=emu.service_key_secret,
-            session_ttl_sec=600,
-            timeout_sec=5,
-            max_retries=retries,
-            transport=transport,
-        )
+        issuer = sdk_issuer(emu, retries=retries, transport=transport)
         assert (await issuer.issue("org:new", "alice", ["portal"], {})).access_token
         assert emu.calls(OP) == 2 and len(set(keys_seen)) == 1
         # An existing principal: one call, and a key of its own.

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import socket
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from bff.app import Services
 from bff.settings import Settings
 from bff.tokens.broker import Principal
 from bff.tokens.limits import IssuanceLimited
+from tests.support.redis_servers import dead_redis_url
 
 from .support import FakeIssuer, Keys, client_for, make_settings, running_services
 
@@ -25,12 +28,6 @@ def limited(keys: Keys, prefix: str, url: str = "redis://127.0.0.1:6379/0", **li
         cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": url, "down_backoff_sec": 0}},
         tokens={"issuance_limit": limit},
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_per_user_limit_counts_issuances_only(
@@ -51,10 +48,11 @@ async def test_per_user_limit_counts_issuances_only(
         assert svc.stats.get("issuances_limited_user") == 1
 
 
-async def test_the_per_user_limit_is_shared_by_replicas(
-    keys: Keys, prefix: str, redis_client: aioredis.Redis
-) -> None:
-    settings = limited(keys, prefix, per_user=2)
+@contextlib.asynccontextmanager
+async def two_replicas(
+    settings: Settings, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[Services, Services, FakeIssuer, FakeIssuer]]:
+    """Two replicas of the service (each with its own Redis connection) sharing one Redis."""
     a_issuer, b_issuer = FakeIssuer(), FakeIssuer()
     other = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
     try:
@@ -62,13 +60,21 @@ async def test_the_per_user_limit_is_shared_by_replicas(
             running_services(settings, a_issuer, redis_client) as a,
             running_services(settings, b_issuer, other) as b,
         ):
-            await a.broker.get_token(ALICE, SCOPE_SETS[0])
-            await b.broker.get_token(ALICE, SCOPE_SETS[1])
-            for svc in (a, b):
-                with pytest.raises(IssuanceLimited):
-                    await svc.broker.get_token(ALICE, SCOPE_SETS[2])
+            yield a, b, a_issuer, b_issuer
     finally:
         await other.aclose()
+
+
+async def test_the_per_user_limit_is_shared_by_replicas(
+    keys: Keys, prefix: str, redis_client: aioredis.Redis
+) -> None:
+    settings = limited(keys, prefix, per_user=2)
+    async with two_replicas(settings, redis_client) as (a, b, _, _):
+        await a.broker.get_token(ALICE, SCOPE_SETS[0])
+        await b.broker.get_token(ALICE, SCOPE_SETS[1])
+        for svc in (a, b):
+            with pytest.raises(IssuanceLimited):
+                await svc.broker.get_token(ALICE, SCOPE_SETS[2])
 
 
 async def test_shared_budgets_are_not_spent_by_a_refused_user(
@@ -77,36 +83,28 @@ async def test_shared_budgets_are_not_spent_by_a_refused_user(
     """per_replica (this process) and all_replicas (Redis): a user refused for their own limit
     does not use them up for everyone else."""
     settings = limited(keys, prefix, per_user=1, per_replica=3, all_replicas=4)
-    a_issuer, b_issuer = FakeIssuer(), FakeIssuer()
-    other = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
-    try:
-        async with (
-            running_services(settings, a_issuer, redis_client) as a,
-            running_services(settings, b_issuer, other) as b,
-        ):
-            await a.broker.get_token(ALICE, SCOPE_SETS[0])
-            for scopes in SCOPE_SETS[1:] * 5:
-                with pytest.raises(IssuanceLimited) as refused:
-                    await a.broker.get_token(ALICE, scopes)
-                assert not refused.value.budget
-            users = [Principal("org:x", f"u{i}") for i in range(5)]
-            await a.broker.get_token(users[0], SCOPE_SETS[0])
-            await a.broker.get_token(users[1], SCOPE_SETS[0])
-            with pytest.raises(IssuanceLimited) as refused:  # this replica's 4th issuance
-                await a.broker.get_token(users[2], SCOPE_SETS[0])
-            assert refused.value.budget
-            await b.broker.get_token(users[3], SCOPE_SETS[0])  # the 4th of all replicas
+    async with two_replicas(settings, redis_client) as (a, b, a_issuer, b_issuer):
+        await a.broker.get_token(ALICE, SCOPE_SETS[0])
+        for scopes in SCOPE_SETS[1:] * 5:
             with pytest.raises(IssuanceLimited) as refused:
-                await b.broker.get_token(users[4], SCOPE_SETS[0])
-            assert refused.value.budget
-            assert len(a_issuer.calls) == 3 and len(b_issuer.calls) == 1
-    finally:
-        await other.aclose()
+                await a.broker.get_token(ALICE, scopes)
+            assert not refused.value.budget
+        users = [Principal("org:x", f"u{i}") for i in range(5)]
+        await a.broker.get_token(users[0], SCOPE_SETS[0])
+        await a.broker.get_token(users[1], SCOPE_SETS[0])
+        with pytest.raises(IssuanceLimited) as refused:  # this replica's 4th issuance
+            await a.broker.get_token(users[2], SCOPE_SETS[0])
+        assert refused.value.budget
+        await b.broker.get_token(users[3], SCOPE_SETS[0])  # the 4th of all replicas
+        with pytest.raises(IssuanceLimited) as refused:
+            await b.broker.get_token(users[4], SCOPE_SETS[0])
+        assert refused.value.budget
+        assert len(a_issuer.calls) == 3 and len(b_issuer.calls) == 1
 
 
 async def test_without_redis_the_user_limit_is_kept_per_process(keys: Keys, prefix: str) -> None:
     issuer = FakeIssuer()
-    settings = limited(keys, prefix, url=f"redis://127.0.0.1:{closed_port()}/0", per_user=1, all_replicas=1)
+    settings = limited(keys, prefix, url=dead_redis_url(), per_user=1, all_replicas=1)
     async with running_services(settings, issuer) as svc:
         await svc.broker.get_token(ALICE, SCOPE_SETS[0])
         with pytest.raises(IssuanceLimited):

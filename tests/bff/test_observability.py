@@ -7,7 +7,6 @@ import asyncio
 import io
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from bff.observability.logging import JsonFormatter, redact, register_secret
 from bff.settings import SettingsError
 from bff.vluna_probe import PROBE_OPERATION
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+from tests.support.redis_servers import dead_redis_url
 
 from .observability_support import RecordingTransport, emulator_issuer, emulator_vluna, sample, series_labels
 from .support import ENC_KEY_1, HMAC_KEY, FakeIssuer, Keys, client_for, make_settings
@@ -31,13 +31,6 @@ PROBE_OP = PROBE_OPERATION
 async def emulator() -> AsyncIterator[VlunaEmulator]:
     async with VlunaEmulator() as emu:
         yield emu
-
-
-def dead_redis_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
 
 
 def auth(keys: Keys, user: str = "alice", org: str = "acme") -> dict[str, str]:

@@ -10,58 +10,29 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from bff.observability.metrics import MULTIPROC_ENV
 from bff.observability.serving import multiprocess_metrics
-from tests.support.emulator import CONTROL
+from tests.support.emulator import CONTROL, EMULATOR_SECRET
 from tests.support.ports import free_port
-from tests.support.processes import REPO, stop
+from tests.support.processes import REPO, await_url, stop
+from tests.support.service import spawn_serve
 
-from .observability_support import EMULATOR_SECRET, emulator_process, sample, start_serve
-from .support import ENC_KEY_1, HMAC_KEY, Keys, base_settings
-
-
-def write_config(
-    tmp_path: Path, keys: Keys, emulator_url: str, **sections: Any
-) -> tuple[Path, dict[str, str]]:
-    data = base_settings(
-        keys,
-        vluna={
-            "base_url": f"{emulator_url}/mgt/v1",
-            "realm_id": "realm_demo",
-            "service_key_id": "pk-emulator",
-        },
-        **sections,
-    )
-    del data["vluna"]["service_key_secret"]
-    del data["cache"]["encryption_keys"]
-    del data["cache"]["hmac_key"]
-    cfg = tmp_path / "bff.yaml"
-    cfg.write_text(yaml.safe_dump(data))
-    env = {
-        "VLUNA_BFF__VLUNA__SERVICE_KEY_SECRET": EMULATOR_SECRET,
-        "VLUNA_BFF__CACHE__HMAC_KEY": HMAC_KEY,
-        "VLUNA_BFF__CACHE__ENCRYPTION_KEYS": f'["{ENC_KEY_1}"]',
-    }
-    return cfg, env
+from .observability_support import emulator_process, sample
+from .support import ENC_KEY_1, HMAC_KEY, Keys, serve_config
 
 
-async def wait_healthy(url: str, proc: subprocess.Popen[Any]) -> None:
-    async with httpx.AsyncClient(timeout=5) as client:
-        for _ in range(600):
-            assert proc.poll() is None, "vluna-bff exited during start-up"
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} never answered")
+async def wait_in_flight(client: httpx.AsyncClient, base: str, at_least: int) -> None:
+    """Until the service's in-flight gauge (which counts the scrape itself too) reaches `at_least`."""
+    for _ in range(400):
+        text = (await client.get(f"{base}/metrics")).text
+        if sample(text, "vluna_bff_http_requests_in_flight") >= at_least:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("requests never got in flight")
 
 
 def refused(port: int) -> bool:
@@ -78,7 +49,7 @@ def refused(port: int) -> bool:
 async def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(keys: Keys, tmp_path: Path) -> None:
     n = 4
     with emulator_process() as emulator_url:
-        cfg, env = write_config(
+        cfg, env = serve_config(
             tmp_path,
             keys,
             emulator_url,
@@ -88,10 +59,10 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(keys: Keys
         port = free_port()
         log_path = tmp_path / "stderr.log"
         with log_path.open("wb") as log_file:
-            proc = start_serve(cfg, port, env, log_file)
+            proc = spawn_serve(cfg, port, env, log_file)
             try:
                 base = f"http://127.0.0.1:{port}"
-                await wait_healthy(f"{base}/healthz", proc)
+                await await_url(f"{base}/healthz", {200}, [proc])
                 async with httpx.AsyncClient(timeout=30) as control:
                     r = await control.post(
                         f"{emulator_url}/__emulator__/faults",
@@ -110,13 +81,7 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(keys: Keys
                 ]
                 # In flight = the service says so (its gauge counts the scrape itself too).
                 async with httpx.AsyncClient(timeout=5) as scraper:
-                    for _ in range(400):
-                        text = (await scraper.get(f"{base}/metrics")).text
-                        if sample(text, "vluna_bff_http_requests_in_flight") >= n + 1:
-                            break
-                        await asyncio.sleep(0.02)
-                    else:
-                        raise AssertionError("requests never got in flight")
+                    await wait_in_flight(scraper, base, n + 1)
                 proc.send_signal(signal.SIGTERM)
                 refused_while_in_flight = False
                 for _ in range(400):
@@ -145,12 +110,12 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(keys: Keys
 
 async def test_the_drain_is_bounded_by_the_grace_period(keys: Keys, tmp_path: Path) -> None:
     with emulator_process() as emulator_url:
-        cfg, env = write_config(tmp_path, keys, emulator_url, server={"log_level": "warning"})
+        cfg, env = serve_config(tmp_path, keys, emulator_url, server={"log_level": "warning"})
         port = free_port()
-        proc = start_serve(cfg, port, env, subprocess.DEVNULL, "--graceful-timeout", "1")
+        proc = spawn_serve(cfg, port, env, subprocess.DEVNULL, "--graceful-timeout", "1")
         try:
             base = f"http://127.0.0.1:{port}"
-            await wait_healthy(f"{base}/healthz", proc)
+            await await_url(f"{base}/healthz", {200}, [proc])
             async with httpx.AsyncClient(timeout=120) as client:
                 r = await client.post(
                     f"{emulator_url}/__emulator__/faults",
@@ -162,11 +127,7 @@ async def test_the_drain_is_bounded_by_the_grace_period(keys: Keys, tmp_path: Pa
                 stuck = asyncio.create_task(
                     client.get(f"{base}/vluna/token", headers={"Authorization": f"Bearer {token}"})
                 )
-                for _ in range(400):
-                    text = (await client.get(f"{base}/metrics")).text
-                    if sample(text, "vluna_bff_http_requests_in_flight") >= 2:
-                        break
-                    await asyncio.sleep(0.02)
+                await wait_in_flight(client, base, 2)
                 proc.send_signal(signal.SIGTERM)
                 # A request that would take 10 minutes does not hold the process: it is cut off
                 # after the grace period and the process still exits cleanly.
@@ -206,9 +167,9 @@ async def test_two_workers_metrics_aggregate_both_on_a_separate_port(keys: Keys,
     mp_dir = tmp_path / "prom"
     work = tmp_path / "per-pid"
     work.mkdir()
-    cfg, env = write_config(tmp_path, keys, "http://127.0.0.1:9", server={"log_level": "warning"})
+    cfg, env = serve_config(tmp_path, keys, "http://127.0.0.1:9", server={"log_level": "warning"})
     port, metrics_port = free_port(), free_port()
-    proc = start_serve(
+    proc = spawn_serve(
         cfg,
         port,
         {**env, MULTIPROC_ENV: str(mp_dir)},
@@ -221,7 +182,7 @@ async def test_two_workers_metrics_aggregate_both_on_a_separate_port(keys: Keys,
     sent = 0
     try:
         base = f"http://127.0.0.1:{port}"
-        await wait_healthy(f"{base}/healthz", proc)
+        await await_url(f"{base}/healthz", {200}, [proc])
         sent += 1
         limits = httpx.Limits(max_keepalive_connections=0)  # a new connection per request
         async with httpx.AsyncClient(timeout=10, limits=limits) as client:
@@ -254,12 +215,12 @@ async def test_two_workers_metrics_aggregate_both_on_a_separate_port(keys: Keys,
 async def test_one_worker_metrics_on_a_separate_port_are_the_workers(keys: Keys, tmp_path: Path) -> None:
     """With one worker the separate port is still served by the supervisor, another process: it
     reports what the worker recorded (multi-process mode is on for it too)."""
-    cfg, env = write_config(tmp_path, keys, "http://127.0.0.1:9", server={"log_level": "warning"})
+    cfg, env = serve_config(tmp_path, keys, "http://127.0.0.1:9", server={"log_level": "warning"})
     port, metrics_port = free_port(), free_port()
-    proc = start_serve(cfg, port, env, subprocess.DEVNULL, "--metrics-port", str(metrics_port))
+    proc = spawn_serve(cfg, port, env, subprocess.DEVNULL, "--metrics-port", str(metrics_port))
     try:
         base = f"http://127.0.0.1:{port}"
-        await wait_healthy(f"{base}/healthz", proc)
+        await await_url(f"{base}/healthz", {200}, [proc])
         async with httpx.AsyncClient(timeout=10) as client:
             for _ in range(5):
                 assert (await client.get(f"{base}/healthz")).status_code == 200

@@ -58,11 +58,8 @@ def own_redis() -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[Emulator]:
-    emu = start_emulator()
-    try:
+    with start_emulator() as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 def with_redis(keys: Keys, url: str) -> Settings:

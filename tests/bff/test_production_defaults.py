@@ -18,8 +18,8 @@ from bff.principals import PrincipalMapper
 from bff.settings import Settings, SettingsError, load_settings
 from tests.support.ports import free_port
 from tests.support.processes import stop
+from tests.support.service import spawn_serve
 
-from .observability_support import start_serve
 from .support import ENC_KEY_1, HMAC_KEY, SERVICE_SECRET, FakeIssuer, Keys, client_for, make_settings
 
 SECRETS = {
@@ -125,7 +125,7 @@ def test_serve_logs_the_memory_cache_warning_at_start(tmp_path: Path, keys: Keys
     cfg = write(tmp_path, memory)
     log = tmp_path / "serve.log"
     with log.open("w") as err:
-        proc = start_serve(
+        proc = spawn_serve(
             cfg, free_port(), {**SECRETS, "VLUNA_BFF__OBSERVABILITY__READINESS__CHECK_VLUNA": "false"}, err
         )
         try:

@@ -3,48 +3,19 @@ both replicas (Redis), and the proxy's upstream is derived from `vluna.base_url`
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
-import yaml
 
-from tests.support.emulator import CONTROL, start_emulator
+from tests.support.emulator import CONTROL
 from tests.support.ports import free_port
-from tests.support.processes import REPO, stop
+from tests.support.processes import stop, wait_url
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+from tests.support.service import spawn_serve
 
-from .support import ENC_KEY_1, HMAC_KEY, Keys, base_settings
-
-SECRET = "cHJveHktdGVzdC1zZWNyZXQtcHJveHktdGVzdCEhISE="
-
-
-@pytest.fixture
-def emulator_url() -> Iterator[str]:
-    emulator = start_emulator(secret=SECRET)
-    try:
-        yield emulator.url
-    finally:
-        emulator.stop()
-
-
-def wait_ready(url: str, procs: list[subprocess.Popen[Any]]) -> None:
-    for _ in range(600):
-        for p in procs:
-            assert p.poll() is None, "a bff process exited during start-up"
-        try:
-            if httpx.get(url, timeout=2).status_code == 401:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} never became ready")
+from .support import Keys, serve_config
 
 
 def raw_get(port: int, raw_path: str, headers: dict[str, str]) -> int:
@@ -70,37 +41,20 @@ def test_rate_limit_across_two_service_processes(
     left = window - time.time() % window
     if left < 20:
         time.sleep(left + 0.05)
-    data = base_settings(
+    cfg, env = serve_config(
+        tmp_path,
         keys,
-        vluna={
-            "base_url": f"{emulator_url}/mgt/v1",
-            "realm_id": "realm_demo",
-            "service_key_id": "pk-emulator",
-        },
+        emulator_url,
         cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": REDIS_URL}},
         server={"log_level": "warning"},
         rate_limit={"requests": 5, "window_sec": window},
         proxy={"public_cache_ttl_sec": 0},
     )
-    data["vluna"]["service_key_secret"] = SECRET
-    data["cache"]["encryption_keys"] = [ENC_KEY_1]
-    data["cache"]["hmac_key"] = HMAC_KEY
-    cfg = tmp_path / "bff.yaml"
-    cfg.write_text(yaml.safe_dump(data))
     ports = [free_port(), free_port()]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "bff.cli", "serve", "--config", str(cfg), "--port", str(port)],
-            env=dict(os.environ),
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
+    procs = [spawn_serve(cfg, port, env, subprocess.DEVNULL) for port in ports]
     try:
         for port in ports:
-            wait_ready(f"http://127.0.0.1:{port}/vluna/api/v1/catalog/products", procs)
+            wait_url(f"http://127.0.0.1:{port}/vluna/api/v1/catalog/products", {401}, procs, name="vluna-bff")
         httpx.post(
             f"{emulator_url}/__emulator__/reset", params={"what": "counters"}, headers=CONTROL
         ).raise_for_status()

@@ -17,17 +17,12 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from bff.tokens.broker import Principal
+from tests.support.ports import free_port
 from tests.support.waiting import until
 
 from .support import FakeIssuer, Keys, make_settings, redis_dump, running_services
 
 ALICE = Principal("org:acme", "alice")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_server() -> str:

@@ -3,13 +3,13 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from bff.settings import SettingsError, env_overrides, load_settings, validate_settings
 from tests.support.processes import REPO
+from tests.support.service import deep_update
 
 from .support import ENC_KEY_1, ENC_KEY_2, HMAC_KEY, HS_SECRET, SERVICE_SECRET, Keys, base_settings
 
@@ -31,7 +31,10 @@ def test_shipped_config_files_are_valid_and_complete() -> None:
         "VLUNA_BFF__CACHE__ENCRYPTION_KEYS": f'["{ENC_KEY_1}"]',
         "VLUNA_BFF__CACHE__HMAC_KEY": HMAC_KEY,
     }
-    settings = validate_settings(_deep_merge(yaml.safe_load(text), minimal, env_overrides(env)[0]))
+    data = yaml.safe_load(text)
+    for part in (minimal, env_overrides(env)[0]):
+        deep_update(data, part)
+    settings = validate_settings(data)
     assert settings.cache.backend == "redis" and settings.auth.methods == ["bearer", "cookie"]
     # bff.yaml alone names each required key that has no default.
     with pytest.raises(SettingsError) as err:
@@ -46,17 +49,6 @@ def test_shipped_config_files_are_valid_and_complete() -> None:
     }
     dev = load_settings(REPO / "config/bff.dev.yaml", environ={}, overrides={"dev": {"enabled": True}})
     assert dev.dev.enabled
-
-
-def _deep_merge(*parts: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = _deep_merge(out[key], value)
-            else:
-                out[key] = value
-    return out
 
 
 def test_yaml_then_env_then_file_secrets(tmp_path: Path, keys: Keys) -> None:

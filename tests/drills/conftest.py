@@ -30,21 +30,15 @@ def user_keys() -> UserKeys:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    emu = start_emulator()
-    try:
+    with start_emulator() as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture
 def own_redis() -> Iterator[Proc]:
     """A redis-server of this test's own: drills may stop it (the shared one is never touched)."""
-    proc = start_redis()
-    try:
+    with start_redis() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -9,10 +10,10 @@ import selectors
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -20,6 +21,7 @@ from tests.support.waiting import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
+P = TypeVar("P", bound="Proc")
 
 
 def stop(popen: subprocess.Popen[Any], timeout: float = 10.0) -> int | None:
@@ -51,6 +53,12 @@ class Proc:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         return stop(self.popen, timeout)
+
+    def __enter__(self: P) -> P:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.popen.send_signal(sig)
@@ -102,19 +110,43 @@ def read_listening(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[
     return first, match.group(1)
 
 
-def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = 30.0) -> None:
-    """Until `proc.url + path` answers one of `statuses` (fails at once if the process exits)."""
+def wait_url(
+    url: str,
+    statuses: set[int],
+    popens: Sequence[subprocess.Popen[Any]],
+    timeout: float = 30.0,
+    name: str = "a server",
+) -> None:
+    """Until `url` answers one of `statuses`; fails at once if one of `popens` (`name`, the
+    servers starting) exits."""
 
     def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited during start-up ({proc.popen.returncode})")
+        for popen in popens:
+            if popen.poll() is not None:
+                raise RuntimeError(f"{name} exited during start-up ({popen.returncode})")
         try:
             with httpx.Client(timeout=2) as c:
-                return c.get(proc.url + path).status_code in statuses
+                return c.get(url).status_code in statuses
         except httpx.TransportError:
             return False
 
-    poll_until(ready, timeout, what=f"{proc.name} ready")
+    poll_until(ready, timeout, what=f"{name} ready")
+
+
+async def await_url(
+    url: str,
+    statuses: set[int],
+    popens: Sequence[subprocess.Popen[Any]],
+    timeout: float = 30.0,
+    name: str = "vluna-bff",
+) -> None:
+    """`wait_url` from a coroutine (in a thread: the event loop keeps running)."""
+    await asyncio.to_thread(wait_url, url, statuses, popens, timeout, name)
+
+
+def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = 30.0) -> None:
+    """Until `proc.url + path` answers one of `statuses` (fails at once if the process exits)."""
+    wait_url(proc.url + path, statuses, [proc.popen], timeout, proc.name)
 
 
 def start_server(

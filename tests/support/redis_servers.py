@@ -16,6 +16,11 @@ from tests.support.waiting import poll_until
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+def dead_redis_url() -> str:
+    """A Redis URL on a loopback port nothing listens on (connections are refused)."""
+    return f"redis://{LOOPBACK}:{free_port()}/0"
+
+
 def start_redis(port: int | None = None) -> Proc:
     """A private redis-server (no persistence) that a drill may stop and start again."""
     port = port or free_port()

@@ -85,6 +85,20 @@ def write_config(data: Mapping[str, Any], directory: Path | None = None) -> Path
     return Path(name)
 
 
+def spawn_serve(
+    config: Path, port: int, env: Mapping[str, str], stderr: Any, *extra: str
+) -> subprocess.Popen[Any]:
+    """`vluna-bff serve --config <config> --port <port> <extra>` (environment: ours and `env`),
+    not waited for: the caller watches it start."""
+    return subprocess.Popen(
+        [PY, "-m", "bff.cli", "serve", "--config", str(config), "--port", str(port), *extra],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
 def start_bff(
     config: Path,
     *,
@@ -98,26 +112,7 @@ def start_bff(
     Its stderr goes to a temporary file (or `stderr`), quoted if it fails to start."""
     port = port or free_port()
     log = stderr if stderr is not None else tempfile.TemporaryFile("w+")  # noqa: SIM115 (the child's)
-    popen = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "bff.cli",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        env={**os.environ, **(env or {})},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
+    popen = spawn_serve(config, port, env or {}, log, "--host", LOOPBACK, "--workers", str(workers))
     proc = Proc(f"vluna-bff x{workers}", popen, url=f"http://{LOOPBACK}:{port}", port=port)
     try:
         wait_http(proc, "/vluna/token", {401}, timeout=ready_timeout)
