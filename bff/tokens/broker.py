@@ -27,7 +27,7 @@ from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys, canonical_scopes
 from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
-from bff.tokens.lock import Notifier, RedisLock
+from bff.tokens.lock import RedisLock, Waiters
 
 log = logging.getLogger("bff.broker")
 
@@ -126,7 +126,7 @@ class TokenBroker:
         guard: RedisGuard,
         stats: Stats,
         lock: RedisLock | None = None,
-        notifier: Notifier | None = None,
+        notifier: Waiters | None = None,
         limiter: IssuanceLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -307,7 +307,7 @@ class TokenBroker:
     async def _release(self, lock_key: str, owner: str, key: str) -> None:
         assert self._lock is not None
         try:
-            await self._lock.release(lock_key, owner, self._keys.channel(key))
+            await self._lock.release(lock_key, owner, key)
         except REDIS_ERRORS as exc:
             # Its expiry frees it anyway; waiters find the token on their next check.
             self._guard.failed(exc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +16,9 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from bff.tokens.broker import Principal
+from bff.tokens.lock import ShardedNotifier
 from tests.support.ports import free_port
+from tests.support.redis_topologies import cluster_port
 from tests.support.waiting import until
 
 from .support import FakeIssuer, Keys, make_settings, redis_dump, running_services
@@ -81,21 +82,6 @@ async def test_sentinel(keys: Keys, prefix: str, redis_client: aioredis.Redis, s
     assert len(tokens) == 1  # it went through to the master
 
 
-def cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(100):
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no port pair free for a cluster node")
-
-
 @pytest.fixture
 def cluster_url(tmp_path: Path) -> Iterator[str]:
     """A one-node Redis Cluster (all slots on one node): enough to run the cluster client paths."""
@@ -152,7 +138,10 @@ async def test_cluster(keys: Keys, prefix: str, cluster_url: str) -> None:
     for i in issuers:
         i.gate = gate
     async with running_services(settings, issuers[0]) as a, running_services(settings, issuers[1]) as b:
-        assert a.notifier is None  # no pub/sub on the cluster client: waiters re-check briefly
+        # Waiters are woken by sharded pub/sub (SSUBSCRIBE), one subscription set per process.
+        assert isinstance(a.notifier, ShardedNotifier)
+        await until(lambda: a.notifier is not None and a.notifier.connected)
+        await until(lambda: b.notifier is not None and b.notifier.connected)
         tasks = [
             asyncio.create_task(svc.broker.get_token(ALICE, ["portal"])) for svc in (a, b) for _ in range(20)
         ]
@@ -161,6 +150,8 @@ async def test_cluster(keys: Keys, prefix: str, cluster_url: str) -> None:
         results = await asyncio.gather(*tasks)
         assert len({r.access_token for r in results}) == 1
         assert sum(len(i.calls) for i in issuers) == 1
+        # The replica that did not issue learnt of the release from its sharded subscription.
+        assert a.stats.get("lock_wakeups") + b.stats.get("lock_wakeups") > 0
         await a.broker.forget(ALICE)
         assert (await b.broker.get_token(ALICE, ["portal"])).access_token != results[0].access_token
         assert a.stats.get("redis_errors") == b.stats.get("redis_errors") == 0

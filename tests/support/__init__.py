@@ -1,6 +1,7 @@
 """What the tests and the benchmarks share (one definition each): free ports and bounded waits
 (`ports`, `waiting`), real processes and their start/stop (`processes`), Redis servers, key
-clean-up and a cuttable relay (`redis_servers`), the emulator as a process (`emulator`),
+clean-up and a cuttable relay (`redis_servers`), a Redis Cluster and Sentinel deployment
+(`redis_topologies`), the emulator as a process (`emulator`),
 `vluna-bff serve` / `dev` with a production-shaped configuration (`service`) and JWT signing keys
 (`keys`).
 
