@@ -114,11 +114,12 @@ def wait_url(
     url: str,
     statuses: set[int],
     popens: Sequence[subprocess.Popen[Any]],
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     name: str = "a server",
 ) -> None:
     """Until `url` answers one of `statuses`; fails at once if one of `popens` (`name`, the
-    servers starting) exits."""
+    servers starting) exits. The bound is generous: a start-up takes tens of seconds on a
+    loaded machine."""
 
     def ready() -> bool:
         for popen in popens:
@@ -137,7 +138,7 @@ async def await_url(
     url: str,
     statuses: set[int],
     popens: Sequence[subprocess.Popen[Any]],
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     name: str = "vluna-bff",
 ) -> None:
     """`wait_url` from a coroutine (in a thread: the event loop keeps running)."""
