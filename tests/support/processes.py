@@ -114,12 +114,12 @@ def wait_url(
     url: str,
     statuses: set[int],
     popens: Sequence[subprocess.Popen[Any]],
-    timeout: float = 60.0,
+    timeout: float = 120.0,
     name: str = "a server",
 ) -> None:
     """Until `url` answers one of `statuses`; fails at once if one of `popens` (`name`, the
-    servers starting) exits. The bound is generous: a start-up takes tens of seconds on a
-    loaded machine."""
+    servers starting) exits. The bound is generous: a start-up was seen to take 44 s (one
+    process) and over 60 s (three at once) on a loaded machine."""
 
     def ready() -> bool:
         for popen in popens:
@@ -138,7 +138,7 @@ async def await_url(
     url: str,
     statuses: set[int],
     popens: Sequence[subprocess.Popen[Any]],
-    timeout: float = 60.0,
+    timeout: float = 120.0,
     name: str = "vluna-bff",
 ) -> None:
     """`wait_url` from a coroutine (in a thread: the event loop keeps running)."""
