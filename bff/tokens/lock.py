@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.asyncio import ConnectionPool
 from redis.asyncio.client import PubSub
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisClusterException
 
 from bff.tokens.cache import REDIS_ERRORS
@@ -122,7 +123,57 @@ class Waiters:
 
 
 class Notifier(Waiters):
-    """One Redis (or the master Sentinel names): one pattern subscription per process."""
+    """One Redis (or the master Sentinel names): one pattern subscription per process.
+
+    With Sentinel it also follows the master (``_follow_master``): redis-py asks the sentinels
+    only when it opens a connection, so pooled connections (and this subscription) would stay
+    with a demoted master. After ``SENTINEL FAILOVER`` the old master goes on accepting writes
+    until the sentinels reconfigure it, about 10 s later: replicas talking to it and replicas
+    talking to the new master would each hold their own locks. Every ``SENTINEL_CHECK_SEC`` the
+    sentinels are asked for the master; when it changed, pooled connections to any other server
+    are closed (also on the next checks, for those that were in use) and the subscription is
+    opened again."""
+
+    def __init__(self, redis: Any, keys: CacheKeys) -> None:
+        super().__init__(redis, keys)
+        pool = getattr(redis, "connection_pool", None)
+        self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
+        self._master: tuple[str, int] | None = None
+        self._resubscribe = False
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        if self._sentinel_pool is not None:
+            self._watch = asyncio.create_task(self._follow_master(), name="bff-sentinel-watch")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await super().stop()
+
+    async def _follow_master(self) -> None:
+        pool = self._sentinel_pool
+        assert pool is not None
+        sweeps = 0
+        while True:
+            try:
+                address = await pool.sentinel_manager.discover_master(pool.service_name)
+            except REDIS_ERRORS:
+                address = None  # no sentinel answered, or none names a master: nothing to follow
+            if address is not None:
+                master = (str(address[0]), int(address[1]))
+                if self._master is not None and master != self._master:
+                    log.warning("Sentinel names another master; moving this replica's connections to it")
+                    sweeps = 3
+                    self._resubscribe = True
+                self._master = master
+            if sweeps and self._master is not None:
+                sweeps -= 1
+                await _close_idle_elsewhere(pool, self._master)
+            await asyncio.sleep(SENTINEL_CHECK_SEC)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -134,6 +185,9 @@ class Notifier(Waiters):
                 backoff = 0.1
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if self._resubscribe:
+                        self._resubscribe = False
+                        break  # on a connection to the master Sentinel names now
                     if msg is None or msg.get("type") != "pmessage":
                         continue
                     channel = msg["channel"]
@@ -152,6 +206,18 @@ class Notifier(Waiters):
             finally:
                 with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
                     await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_SEC)
+
+
+SENTINEL_CHECK_SEC = 0.5
+
+
+async def _close_idle_elsewhere(pool: SentinelConnectionPool, master: tuple[str, int]) -> None:
+    """Disconnects the pool's idle connections to any server but ``master`` (they reconnect,
+    through the sentinels, when next used)."""
+    for conn in list(getattr(pool, "_available_connections", ())):
+        if (conn.host, int(conn.port)) != master:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await conn.disconnect()
 
 
 class _Resubscribe(Exception):

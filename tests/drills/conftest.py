@@ -4,6 +4,7 @@ redis-server), loopback only, each bounded in time. Helpers come from tests/supp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +48,40 @@ def start_service(emulator: Emulator, user_keys: UserKeys, tmp_path: Path) -> It
     procs: list[Proc] = []
     prefixes: list[tuple[str, str]] = []
 
-    def start(*, redis_url: str = "", workers: int = 1, like: Proc | None = None, **sections: Any) -> Proc:
+    def start(
+        *,
+        redis_url: str = "",
+        workers: int = 1,
+        like: Proc | None = None,
+        ready_timeout: float = 60,
+        **sections: Any,
+    ) -> Proc:
         """A new service; `like=other` starts a replica with other's exact configuration."""
         if like is not None:
             data = like.extra["config"]
         else:
             data = bff_config(emulator.url, user_keys.pem(), redis_url=redis_url, **sections)
             prefixes.append((data["cache"]["key_prefix"], redis_url))
-        proc = start_bff(write_config(data, tmp_path), workers=workers)
+        proc = start_bff(write_config(data, tmp_path), workers=workers, ready_timeout=ready_timeout)
         proc.extra["config"] = data
         procs.append(proc)
         return proc
 
+    def start_many(count: int, **kwargs: Any) -> list[Proc]:
+        """`count` replicas of one configuration, started side by side (each start-up is
+        mostly imports and checks, which take long on a busy machine)."""
+        # Generous: on a machine busy with other test runs, a start-up has taken over 60 s.
+        first = start(ready_timeout=180, **kwargs)
+        with ThreadPoolExecutor(count - 1) as pool:
+            others = list(pool.map(lambda _: start(like=first, ready_timeout=180), range(count - 1)))
+        return [first, *others]
+
+    start.many = start_many  # type: ignore[attr-defined]
     try:
         yield start
     finally:
         for p in procs:
             p.stop()
         for prefix, url in prefixes:
-            cleanup_prefix(prefix, url)
+            if url:  # none: a Sentinel or Cluster of the test's own, stopped with it
+                cleanup_prefix(prefix, url)

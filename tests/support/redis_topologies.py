@@ -299,15 +299,17 @@ class RedisSentinel:
         finally:
             c.close()
 
-    def settled(self, master: int) -> bool:
-        """`master` is a master, every sentinel names it, and every other live server replicates
-        it with its link up."""
+    def settled(self, master: int, *, replicas: bool = True) -> bool:
+        """`master` is a master and every sentinel names it; with `replicas`, every other live
+        server also replicates it with its link up."""
         try:
             if _info(master, "replication").get("role") != "master":
                 return False
             for s in self.sentinels:
                 if self.master_port(via=s.port) != master:
                     return False
+            if not replicas:
+                return True
             for port, proc in self.servers.items():
                 if port == master or not proc.alive():
                     continue
@@ -321,16 +323,22 @@ class RedisSentinel:
         return True
 
     def wait_new_master(self, old: int, timeout: float = 60.0) -> int:
-        """Waits until the sentinels promoted another server and everything settled; its port."""
+        """Waits until another server is master and every sentinel names it (clients asking any
+        sentinel are sent there); its port. The old master may still be catching up as a
+        replica (see `wait_settled`)."""
 
         def moved() -> int | None:
             try:
                 port = self.master_port()
             except RuntimeError:
                 return None
-            return port if port != old and self.settled(port) else None
+            return port if port != old and self.settled(port, replicas=False) else None
 
-        return int(poll_until(moved, timeout, interval=0.05, what="sentinel failover settled"))
+        return int(poll_until(moved, timeout, interval=0.05, what="sentinel failover"))
+
+    def wait_settled(self, timeout: float = 60.0) -> None:
+        """Every live server replicates the master, links up (another failover can follow)."""
+        poll_until(lambda: self.settled(self.master_port()), timeout, interval=0.1, what="sentinel settled")
 
     def kill(self, port: int) -> None:
         self.servers[port].signal(signal.SIGKILL)
