@@ -4,27 +4,25 @@ sign-out answered 204 on one replica is never followed by the signed-out token o
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 import redis.asyncio as aioredis
 import yaml
-from bff_support import REDIS_URL, Keys, base_settings
 
-from bench._harness import CONTROL, free_port, start_emulator, start_redis
 from bff.stats import Stats
 from bff.tokens.broker import TokenEntry
 from bff.tokens.l1 import L1Cache
+from tests.support.emulator import CONTROL, EMULATOR_SECRET
+from tests.support.ports import free_port
+from tests.support.processes import await_url, stop
+from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+from tests.support.redis_servers import start_redis
+from tests.support.service import spawn_serve
 
-REPO = Path(__file__).resolve().parents[2]
-EMULATOR_SECRET = "bDEtdGVzdC1zZWNyZXQtbDEtdGVzdC1zZWNyZXQtbDEh"
+from .support import Keys, base_settings
 
 
 def entry(token: str = "tok-1", now: float = 1_000.0) -> TokenEntry:
@@ -150,35 +148,6 @@ async def test_a_lost_subscription_empties_it() -> None:
 # -- two `vluna-bff serve` processes sharing a real Redis --------------------------------------------
 
 
-@pytest.fixture
-def emulator_url() -> Iterator[str]:
-    emulator = start_emulator(secret=EMULATOR_SECRET)
-    try:
-        yield emulator.url
-    finally:
-        emulator.stop()
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def serve(cfg: Path, port: int) -> subprocess.Popen[Any]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bff.cli", "serve", "--config", str(cfg), "--port", str(port)],
-        env={**os.environ},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def event_count(metrics: str, event: str) -> float:
     m = re.search(rf'^vluna_bff_events_total\{{event="{re.escape(event)}"\}} (\S+)$', metrics, re.M)
     return float(m.group(1)) if m else 0.0
@@ -201,23 +170,13 @@ async def test_sign_out_on_one_replica_is_never_followed_by_the_token_on_another
     cfg = tmp_path / "bff.yaml"
     cfg.write_text(yaml.safe_dump(data))
     ports = [free_port(), free_port()]
-    procs = [serve(cfg, port) for port in ports]
+    procs = [spawn_serve(cfg, port, {}, subprocess.DEVNULL) for port in ports]
     a, b = (f"http://127.0.0.1:{port}" for port in ports)
     headers = {"Authorization": f"Bearer {keys.token('alice', org_id='acme')}"}
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             for base in (a, b):
-                # A generous bound: on a loaded machine a worker can take tens of seconds to start.
-                for _ in range(2400):
-                    assert all(p.poll() is None for p in procs), "a bff process exited"
-                    try:
-                        if (await client.get(f"{base}/vluna/token")).status_code == 401:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.05)
-                else:
-                    raise AssertionError(f"{base} never became ready")
+                await await_url(f"{base}/vluna/token", {401}, procs)
             for round_ in range(3):
                 first = (await client.get(f"{a}/vluna/token", headers=headers)).json()["access_token"]
                 # b reads it from Redis once, then serves it from its first level (asked until it
