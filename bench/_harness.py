@@ -39,6 +39,10 @@ ISSUER = "https://id.bench.test/"
 AUDIENCE = "vluna-bff-bench"
 
 
+# A worker process can take tens of seconds to import and start on a loaded shared machine.
+READY_TIMEOUT_SEC = 120.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -118,7 +122,7 @@ def vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def _read_listening(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
+def _read_listening(proc: subprocess.Popen[str], timeout: float = READY_TIMEOUT_SEC) -> tuple[str, str]:
     """The first stdout line (it names the URL); bounded by `timeout`."""
     assert proc.stdout is not None
     import selectors
@@ -317,7 +321,7 @@ def start_bff(
     port: int | None = None,
     workers: int = 1,
     env: Mapping[str, str] | None = None,
-    ready_timeout: float = 60.0,
+    ready_timeout: float = READY_TIMEOUT_SEC,
     stderr: Any = None,
 ) -> Proc:
     """`vluna-bff serve` on a loopback port; returns once it answers (401 without credentials).
@@ -357,7 +361,7 @@ def start_bff(
     return proc
 
 
-def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = 30.0) -> None:
+def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = READY_TIMEOUT_SEC) -> None:
     def ready() -> bool:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited during start-up ({proc.popen.returncode})")
