@@ -198,7 +198,9 @@ def build_services(
             invalidation_window_sec=c.l1.invalidation_window_sec,
             heartbeat_sec=c.l1.heartbeat_sec,
         )
-        if c.l1.enabled and redis is not None and hasattr(redis, "pubsub")
+        # Not on a Redis Cluster: its pub/sub crosses nodes, and the heartbeat's proof needs one
+        # server ordering the invalidations and the heartbeats (redis-py has no cluster pub/sub).
+        if c.l1.enabled and redis is not None and not c.redis.cluster and hasattr(redis, "pubsub")
         else None
     )
     if issuer is None:

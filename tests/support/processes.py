@@ -21,6 +21,8 @@ from tests.support.waiting import poll_until
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
+# A worker process can take tens of seconds to import and start on a loaded shared machine.
+READY_TIMEOUT_SEC = 120.0
 P = TypeVar("P", bound="Proc")
 
 
@@ -93,7 +95,7 @@ def vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def read_listening(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
+def read_listening(proc: subprocess.Popen[str], timeout: float = READY_TIMEOUT_SEC) -> tuple[str, str]:
     """The first stdout line (it names the URL: `listening on http://127.0.0.1:<port>`) and the
     URL; bounded by `timeout`."""
     assert proc.stdout is not None
@@ -145,7 +147,7 @@ async def await_url(
     await asyncio.to_thread(wait_url, url, statuses, popens, timeout, name)
 
 
-def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = 30.0) -> None:
+def wait_http(proc: Proc, path: str, statuses: set[int], timeout: float = READY_TIMEOUT_SEC) -> None:
     """Until `proc.url + path` answers one of `statuses` (fails at once if the process exits)."""
     wait_url(proc.url + path, statuses, [proc.popen], timeout, proc.name)
 

@@ -15,7 +15,7 @@ from typing import Any
 from tests.support.emulator import EMULATOR_SECRET
 from tests.support.keys import AUDIENCE, ISSUER
 from tests.support.ports import LOOPBACK, free_port
-from tests.support.processes import PY, REPO, Proc, read_listening, wait_http
+from tests.support.processes import PY, READY_TIMEOUT_SEC, REPO, Proc, read_listening, wait_http
 from tests.support.redis_servers import SHARED_REDIS_URL
 
 
@@ -105,7 +105,7 @@ def start_bff(
     port: int | None = None,
     workers: int = 1,
     env: Mapping[str, str] | None = None,
-    ready_timeout: float = 60.0,
+    ready_timeout: float = READY_TIMEOUT_SEC,
     stderr: Any = None,
 ) -> Proc:
     """`vluna-bff serve` on a loopback port; returns once it answers (401 without credentials).
