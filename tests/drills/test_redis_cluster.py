@@ -16,10 +16,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from failover_load import FailoverLoad, check_promises, events, process_figures
-from redis_topologies import RedisCluster, start_cluster
 
-from bench._harness import Emulator, Proc, UserKeys
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_topologies import RedisCluster, start_cluster
+
+from .failover_load import FailoverLoad, check_promises, events, process_figures
 
 CATALOG = "/vluna/api/v1/catalog/products"
 # The service's own default (cache.redis.down_backoff_sec): how long a process keeps to its
