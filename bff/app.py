@@ -20,6 +20,7 @@ from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.types import ControllerRouterHandler
+from redis.asyncio.cluster import RedisCluster
 
 from bff.auth.bearer import BearerAuthenticator, CookieAuthenticator
 from bff.auth.chain import AuthChain
@@ -43,7 +44,7 @@ from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
 from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
-from bff.tokens.lock import Notifier, RedisLock
+from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
 from bff.tokens.redis_client import make_redis, redis_target
 
 log = logging.getLogger("bff")
@@ -59,7 +60,7 @@ class Services:
     issuer: TokenIssuer
     http: httpx.AsyncClient
     redis: Any | None
-    notifier: Notifier | None
+    notifier: Waiters | None
     owns_http: bool
     owns_redis: bool
     realm_id: str = ""
@@ -177,8 +178,13 @@ def build_services(
         owns_redis = True
     if c.backend != "redis":
         redis = None
-    lock = RedisLock(redis) if redis is not None else None
-    notifier = Notifier(redis, keys) if redis is not None and hasattr(redis, "pubsub") else None
+    cluster = isinstance(redis, RedisCluster)
+    lock = RedisLock(redis, keys, sharded=cluster) if redis is not None else None
+    notifier: Waiters | None = None
+    if cluster:
+        notifier = ShardedNotifier(redis, keys)
+    elif redis is not None:
+        notifier = Notifier(redis, keys)
     cache = ResilientCache(
         RedisCache(redis) if redis is not None else None, MemoryCache(c.memory_max_entries), guard
     )

@@ -28,7 +28,7 @@ from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, To
 from bff.tokens.keys import CacheKeys, canonical_scopes
 from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
-from bff.tokens.lock import Notifier, RedisLock
+from bff.tokens.lock import RedisLock, Waiters
 
 log = logging.getLogger("bff.broker")
 
@@ -127,7 +127,7 @@ class TokenBroker:
         guard: RedisGuard,
         stats: Stats,
         lock: RedisLock | None = None,
-        notifier: Notifier | None = None,
+        notifier: Waiters | None = None,
         limiter: IssuanceLimiter | None = None,
         l1: L1Cache | None = None,
         clock: Callable[[], float] = time.time,
@@ -351,7 +351,7 @@ class TokenBroker:
     async def _release(self, lock_key: str, owner: str, key: str) -> None:
         assert self._lock is not None
         try:
-            await self._lock.release(lock_key, owner, self._keys.channel(key))
+            await self._lock.release(lock_key, owner, key)
         except REDIS_ERRORS as exc:
             # Its expiry frees it anyway; waiters find the token on their next check.
             self._guard.failed(exc)

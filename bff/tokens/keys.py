@@ -8,6 +8,9 @@ import json
 from collections.abc import Iterable
 from itertools import combinations
 
+# Redis Cluster: release announcements are spread over this many sharded channels, so their
+# traffic is spread over the masters (each one is served by the master owning its slot).
+SHARD_CHANNELS = 16
 _MEMO_MAX = 4096
 
 
@@ -65,6 +68,20 @@ class CacheKeys:
 
     def token_key_of_channel(self, channel: str) -> str:
         return f"{self._prefix}{channel[len(self._prefix) + len('done:') :]}"
+
+    def shard_channels(self) -> list[str]:
+        """Redis Cluster: the sharded channels every process subscribes to (see lock.py)."""
+        return [f"{self._prefix}done:shard{i:02d}" for i in range(SHARD_CHANNELS)]
+
+    def shard_channel(self, token_key: str) -> tuple[str, str]:
+        """The sharded channel announcing ``token_key``'s release, and the message (the key
+        without the prefix: an HMAC, no identity)."""
+        rest = token_key[len(self._prefix) :]
+        bucket = int(hashlib.sha256(rest.encode()).hexdigest()[:8], 16) % SHARD_CHANNELS
+        return f"{self._prefix}done:shard{bucket:02d}", rest
+
+    def token_key_of_shard_message(self, message: str) -> str | None:
+        return f"{self._prefix}{message}" if message.startswith("tok:") else None
 
     def all_tokens(self, principal_id: str, user_id: str, allowed_scopes: Iterable[str]) -> list[str]:
         """Every key this identity can have: one per non-empty subset of the allowed scopes."""
