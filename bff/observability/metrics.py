@@ -159,45 +159,49 @@ class MeteredStats(Stats):
     def __init__(self) -> None:
         super().__init__()
         self._names: set[str] = set()
-        # The event counter's child per name (labels() validates and locks on every call).
-        self._events: dict[str, Any] = {}
+        # The Prometheus children each name increments, resolved once per name (labels()
+        # validates and locks on every call): a cache hit increments two counters per request.
+        self._children: dict[str, tuple[Any, ...]] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
         super().inc(name, n)
-        event_child = self._events.get(name)
-        if event_child is not None:
-            # Seen before and not one of the names mirrored below: the common case.
-            event_child.inc(n)
-            return
-        mirrored = True
+        children = self._children.get(name)
+        if children is None:
+            children = self._resolve(name)
+        for child in children:
+            child.inc(n)
+
+    def _resolve(self, name: str) -> tuple[Any, ...]:
+        children: list[Any] = []
+        cacheable = True
         event = _TOKEN_EVENTS.get(name)
         if event is not None:
-            TOKEN_CACHE.labels(event=event).inc(n)
+            children.append(TOKEN_CACHE.labels(event=event))
         elif name == "redis_errors":
-            REDIS_ERRORS.inc(n)
+            children.append(REDIS_ERRORS)
         elif name == "redis_fallbacks":
-            REDIS_FALLBACKS.inc(n)
+            children.append(REDIS_FALLBACKS)
         elif name == "refreshes":
-            TOKEN_REFRESHES.labels(outcome="ok").inc(n)
+            children.append(TOKEN_REFRESHES.labels(outcome="ok"))
         elif name == "refresh_failures":
-            TOKEN_REFRESHES.labels(outcome="failed").inc(n)
-        elif name == "proxy.breaker.open":
-            set_breaker_state(PROXY_BREAKER, "open")
-        elif name == "proxy.breaker.closed":
-            set_breaker_state(PROXY_BREAKER, "closed")
-        else:
-            mirrored = False
+            children.append(TOKEN_REFRESHES.labels(outcome="failed"))
+        elif name in ("proxy.breaker.open", "proxy.breaker.closed"):
+            # A state change, not only a count: applied on every increment.
+            set_breaker_state(PROXY_BREAKER, name.rsplit(".", 1)[1])
+            cacheable = False
         # The catch-all: bounded, so a name built from data can never blow up the series count.
         label = name
         if name not in self._names:
             if len(self._names) >= _MAX_EVENT_NAMES or not _EVENT_NAME.match(name):
                 label = "other"
+                cacheable = False
             else:
                 self._names.add(name)
-        child = EVENTS.labels(event=label)
-        child.inc(n)
-        if not mirrored and label == name:
-            self._events[name] = child
+        children.append(EVENTS.labels(event=label))
+        resolved = tuple(children)
+        if cacheable:
+            self._children[name] = resolved
+        return resolved
 
 
 def method_label(method: str) -> str:

@@ -41,7 +41,6 @@ def test_demo_whole_flow(page: Page, service: Service) -> None:
     expect(page.get_by_test_id("who")).to_have_text("signed out")
     token_gets.clear()
 
-    started = time.monotonic()
     sign_in(page, user)
     first = page.evaluate("window.vluna.token.access_token")
     assert jwt_claims(first)["exp"] - jwt_claims(first)["iat"] == TOKEN_TTL_SEC
@@ -63,7 +62,6 @@ def test_demo_whole_flow(page: Page, service: Service) -> None:
     renewed = page.evaluate("window.vluna.token.access_token")
     assert renewed != first
     assert jwt_claims(renewed)["iat"] < jwt_claims(first)["exp"]  # before the old one ran out
-    assert time.monotonic() - started < TOKEN_TTL_SEC - 5
     assert remaining(page) > 45
     expect(page.get_by_test_id("log")).to_contain_text("renewed ahead of expiry")
     # A handful of token requests, not a storm: the first, the renewal and at most one retry
