@@ -13,13 +13,15 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import redis
 from failover_load import FailoverLoad, check_promises, events, process_figures
 from redis_topologies import RedisCluster, start_cluster
 
-from bench._harness import Emulator, Proc, UserKeys
+from bench._harness import LOOPBACK, Emulator, Proc, UserKeys, bff_config
 
 CATALOG = "/vluna/api/v1/catalog/products"
 # The service's own default (cache.redis.down_backoff_sec): how long a process keeps to its
@@ -151,3 +153,35 @@ async def test_cluster_master_killed_under_load(
     await asyncio.to_thread(cluster.start_node, victim)
     await asyncio.to_thread(cluster.wait_healthy, 60.0)
     assert victim not in cluster.masters()
+
+
+async def test_cluster_probe_checks_sharded_pub_sub(
+    cluster: RedisCluster, emulator: Emulator, user_keys: UserKeys
+) -> None:
+    """`check-config --probe` on a Cluster: the commands it uses there are checked, sharded
+    pub/sub included, for a user with every permission and one without SSUBSCRIBE."""
+    from bff.probes import probe_redis
+    from bff.settings import validate_settings
+
+    def settings(url: str) -> Any:
+        data = bff_config(
+            emulator.url, user_keys.pem(), redis_url=url, prefix="vbff:", cache={"redis": {"cluster": True}}
+        )
+        return validate_settings(data)
+
+    line = (await probe_redis(settings(cluster.url), 5.0))[0]
+    assert line.ok, line.text
+    assert "Redis Cluster" in line.text
+    port = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
+    for node in cluster.nodes:
+        c = redis.Redis(host=LOOPBACK, port=node)
+        try:
+            c.execute_command(
+                "ACL", "SETUSER", "noshard", "on", ">pw", "~vbff:*", "&vbff:done:*", "+@all", "-ssubscribe"
+            )
+        finally:
+            c.close()
+    line = (await probe_redis(settings(f"redis://noshard:pw@{LOOPBACK}:{port}/0"), 5.0))[0]
+    assert not line.ok
+    assert "ssubscribe vbff:done:shard00 (release notifications (cluster)" in line.text, line.text
+    assert "psubscribe" not in line.text
