@@ -17,8 +17,12 @@ from typing import Any
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ConnectionError, RedisClusterException, RedisError
 
-# What a command can leak while its connection is closed under it (see above).
-_LEAKED: tuple[type[BaseException], ...] = (RedisClusterException, AttributeError, TypeError)
+# What a command can leak while its connection is closed under it (see above). RuntimeError:
+# the same under uvloop (the server's event loop), whose transports raise "unable to perform
+# operation on <TCPTransport closed=True>; the handler is closed" where asyncio's leak
+# AttributeError; seen in the failover drill as unhandled errors of GET /vluna/token (its
+# traceback was not captured, so this origin is the likely one, not a confirmed one).
+_LEAKED: tuple[type[BaseException], ...] = (RedisClusterException, AttributeError, TypeError, RuntimeError)
 
 
 def _as_redis_error(exc: BaseException, what: object) -> RedisError:

@@ -231,6 +231,7 @@ _RESUBSCRIBE_ON: tuple[type[BaseException], ...] = (
     RedisClusterException,
     AttributeError,
     TypeError,
+    RuntimeError,
     _Resubscribe,
 )
 
