@@ -42,6 +42,7 @@ from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
+from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
 from bff.tokens.redis_client import make_redis, redis_target
@@ -65,6 +66,7 @@ class Services:
     realm_id: str = ""
     api_base_url: str = ""  # Vluna's /api/v1 as apps reach it (GET /vluna/token tells them)
     proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
+    l1: L1Cache | None = None  # the token cache's in-process first level (cache.l1)
 
     def __repr__(self) -> str:
         return f"Services(methods={self.auth.methods})"
@@ -186,6 +188,21 @@ def build_services(
     cache = ResilientCache(
         RedisCache(redis) if redis is not None else None, MemoryCache(c.memory_max_entries), guard
     )
+    l1 = (
+        L1Cache(
+            redis,
+            c.key_prefix,
+            stats,
+            max_entries=c.l1.max_entries,
+            max_ttl_sec=c.l1.max_ttl_sec,
+            invalidation_window_sec=c.l1.invalidation_window_sec,
+            heartbeat_sec=c.l1.heartbeat_sec,
+        )
+        # Not on a Redis Cluster: its pub/sub crosses nodes, and the heartbeat's proof needs one
+        # server ordering the invalidations and the heartbeats (redis-py has no cluster pub/sub).
+        if c.l1.enabled and redis is not None and not c.redis.cluster and hasattr(redis, "pubsub")
+        else None
+    )
     if issuer is None:
         v = settings.vluna
         assert v.realm_id and v.service_key_id and v.service_key_secret
@@ -221,6 +238,7 @@ def build_services(
         limiter=IssuanceLimiter(
             t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
         ),
+        l1=l1,
         clock=clock,
     )
     mapper = ObservedPrincipalMapper(
@@ -240,6 +258,7 @@ def build_services(
         owns_redis=owns_redis,
         realm_id=realm,
         api_base_url=api_base_url(settings),
+        l1=l1,
     )
 
 
@@ -310,6 +329,8 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services.notifier is not None:
             await services.notifier.start()
+        if services.l1 is not None:
+            await services.l1.start()
         if services.proxy is not None:
             await services.proxy.start()
         try:
@@ -321,6 +342,8 @@ def create_app(
                     await services.proxy.aclose()
             if services.notifier is not None:
                 await services.notifier.stop()
+            if services.l1 is not None:
+                await services.l1.stop()
             with contextlib.suppress(Exception):
                 await services.issuer.aclose()
             if services.owns_redis and services.redis is not None:

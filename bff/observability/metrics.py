@@ -214,10 +214,23 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else OTHER
 
 
+_UPSTREAM_CHILDREN: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_upstream(operation: str, outcome: str, seconds: float, error_kind: str | None = None) -> None:
     """One call to Vluna (the proxy records its calls through this too)."""
-    UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome).inc()
-    UPSTREAM_LATENCY.labels(operation=operation).observe(seconds)
+    # Children by (operation, outcome), resolved once: labels() validates and locks on every call.
+    # Both are names chosen by the code (bounded); the bound below is a net all the same.
+    children = _UPSTREAM_CHILDREN.get((operation, outcome))
+    if children is None:
+        if len(_UPSTREAM_CHILDREN) >= _MAX_EVENT_NAMES:
+            _UPSTREAM_CHILDREN.clear()
+        children = _UPSTREAM_CHILDREN[(operation, outcome)] = (
+            UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome),
+            UPSTREAM_LATENCY.labels(operation=operation),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
     if outcome != "ok":
         UPSTREAM_ERRORS.labels(operation=operation, kind=error_kind or outcome).inc()
 

@@ -1,9 +1,8 @@
 """Drills: real processes (the emulator with its controls, `vluna-bff serve`, a private
-redis-server), loopback only, each bounded in time. Helpers come from bench/_harness.py."""
+redis-server), loopback only, each bounded in time. Helpers come from tests/support."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,21 +11,11 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._harness import (  # noqa: E402 (after the sys.path entry)
-    Emulator,
-    Proc,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    start_bff,
-    start_emulator,
-    start_redis,
-    write_config,
-)
+from tests.support.emulator import Emulator, start_emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_servers import cleanup_prefix, start_redis
+from tests.support.service import bff_config, start_bff, write_config
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,21 +32,15 @@ def user_keys() -> UserKeys:
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
-    emu = start_emulator()
-    try:
+    with start_emulator() as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture
 def own_redis() -> Iterator[Proc]:
     """A redis-server of this test's own: drills may stop it (the shared one is never touched)."""
-    proc = start_redis()
-    try:
+    with start_redis() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from bench._harness import Proc, UserKeys
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
 
 
 @dataclass

@@ -18,10 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from failover_load import FailoverLoad, check_promises, events, process_figures
-from redis_topologies import RedisCluster, start_cluster
 
-from bench._harness import LOOPBACK, Emulator, Proc, UserKeys, bff_config
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+from tests.support.processes import Proc
+from tests.support.redis_topologies import RedisCluster, start_cluster
+from tests.support.service import bff_config
+
+from .failover_load import FailoverLoad, check_promises, events, process_figures
 
 CATALOG = "/vluna/api/v1/catalog/products"
 # The service's own default (cache.redis.down_backoff_sec): how long a process keeps to its

@@ -15,10 +15,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from failover_load import FailoverLoad, check_promises, process_figures
-from redis_topologies import RedisSentinel, start_sentinel
 
-from bench._harness import Emulator, Proc, UserKeys
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_topologies import RedisSentinel, start_sentinel
+
+from .failover_load import FailoverLoad, check_promises, process_figures
 
 DOWN_BACKOFF_SEC = 5.0  # the service's default cache.redis.down_backoff_sec
 SETTLE_SEC = DOWN_BACKOFF_SEC + 7.0

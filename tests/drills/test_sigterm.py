@@ -9,7 +9,11 @@ import time
 
 import httpx
 
-from bench._harness import LOOPBACK, SHARED_REDIS_URL, Emulator, UserKeys, poll_until
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+from tests.support.redis_servers import SHARED_REDIS_URL
+from tests.support.waiting import poll_until
 
 
 def _refused(port: int) -> bool:

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
-from bench._harness import LOOPBACK, Emulator, Proc, UserKeys
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+from tests.support.processes import Proc
 
 USERS = 20
 PER_USER = 500

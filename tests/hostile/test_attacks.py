@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import jwt
 import pytest
-from conftest import Target
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bench._harness import AUDIENCE, ISSUER, LOOPBACK, UserKeys
+from tests.support.keys import AUDIENCE, ISSUER, UserKeys
+from tests.support.ports import LOOPBACK
+
+from .support import Target, exchange
 
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -460,21 +462,6 @@ def build(case: Case, keys: UserKeys) -> bytes:
         lines.append(f"Content-Length: {len(case.body)}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + case.body
-
-
-def exchange(port: int, data: bytes, timeout: float = 15.0) -> tuple[int, bytes]:
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
-        with contextlib.suppress(OSError):  # the server may answer and close before reading it all
-            s.sendall(data)
-        chunks = []
-        try:
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        except ConnectionResetError:
-            pass
-    raw = b"".join(chunks)
-    assert raw.startswith(b"HTTP/1.1 "), raw[:200]
-    return int(raw[9:12]), raw
 
 
 @pytest.mark.parametrize(
