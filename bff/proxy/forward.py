@@ -62,12 +62,15 @@ class TokenMemo:
         if memo is not None and memo[1] > now:
             return memo[0]
         entry = await self._broker.get_token(principal, wanted)  # its failures are BffErrors
-        if self._ttl > 0:
+        # With the broker's first level (cache.l1) the read is as cheap and, unlike this memo,
+        # drops a token signed out on another replica: no memo then.
+        ttl = 0.0 if self._broker.has_l1 else self._ttl
+        if ttl > 0:
             left = entry.expires_at - self._broker.now() - 30  # never near the token's expiry
             if left > 0:
                 if len(self._memo) >= _MEMO_MAX_ENTRIES:
                     self._memo.clear()
-                self._memo[key] = (entry, now + min(self._ttl, left))
+                self._memo[key] = (entry, now + min(ttl, left))
         return entry
 
     def forget(self, principal: Principal) -> None:

@@ -159,6 +159,12 @@ class TokenBroker:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def has_l1(self) -> bool:
+        """A first-level cache answers repeated reads in-process and honours sign-outs on every
+        replica (bff/tokens/l1.py): callers need no memo of their own."""
+        return self._l1 is not None
+
     async def drain(self) -> None:
         """Wait for background refreshes started so far (tests, graceful shutdown)."""
         while self._background:

@@ -716,12 +716,21 @@ async def test_rate_limit_keys_hold_no_identity(
     assert 0 < await redis_client.ttl(names[0]) <= 61
 
 
-@pytest.mark.parametrize(("memo_sec", "reads"), [(5, 1), (0, 3)])
+@pytest.mark.parametrize(("memo_sec", "l1", "reads"), [(5, False, 1), (0, False, 3), (5, True, 3)])
 async def test_token_memo_saves_cache_reads(
-    keys: Keys, server: EmulatorServer, prefix: str, memo_sec: float, reads: int
+    keys: Keys, server: EmulatorServer, prefix: str, memo_sec: float, l1: bool, reads: int
 ) -> None:
-    settings = proxy_settings(keys, server, prefix, proxy={"token_memo_sec": memo_sec})
-    async with proxy_client(settings, server) as c:
+    # With the broker's first level (cache.l1) the proxy keeps no memo: every call asks the
+    # broker, which answers in-process and honours a sign-out made on another replica.
+    settings = proxy_settings(
+        keys, server, prefix, proxy={"token_memo_sec": memo_sec}, cache={"l1": {"enabled": l1}}
+    )
+    import redis.asyncio as aioredis
+
+    # A client with pub/sub when the first level is wanted (proxy_client's own has none).
+    redis = aioredis.Redis.from_url("redis://127.0.0.1:6379/0") if l1 else None
+    async with proxy_client(settings, server, **({"redis": redis} if l1 else {})) as c:
+        assert (c.app.state.services.l1 is not None) == l1
         await warm(c, keys, server)
         stats = c.app.state.services.stats
         before = stats.get("cache_hits")
@@ -729,6 +738,8 @@ async def test_token_memo_saves_cache_reads(
             assert (await c.get(f"{P}/wallet/balance", headers=auth(keys))).status_code == 200
         assert stats.get("cache_hits") - before == reads
         assert server.emulator.calls("issue_platform_token") == 0
+    if redis is not None:
+        await redis.aclose()
 
 
 async def test_a_sign_out_stops_the_proxy_using_the_token_at_once(
