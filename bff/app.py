@@ -34,16 +34,16 @@ from bff.observability.metrics import MeteredStats
 from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
 from bff.openapi import openapi_config
 from bff.principals import PrincipalMapper
+from bff.redis_client import RedisBreaker, make_redis, redis_target
 from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.tokens.broker import BrokerConfig, TokenBroker
-from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
+from bff.tokens.cache import MemoryCache, RedisCache, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock
-from bff.tokens.redis_client import make_redis, redis_target
 
 log = logging.getLogger("bff")
 
@@ -59,6 +59,8 @@ class Services:
     http: httpx.AsyncClient
     redis: Any | None
     notifier: Notifier | None
+    # One breaker for every use of Redis in this process (cache, lock, limits, rate limits).
+    breaker: RedisBreaker
     owns_http: bool
     owns_redis: bool
     realm_id: str = ""
@@ -168,17 +170,27 @@ def build_services(
     c = settings.cache
     hmac_key = c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32)
     keys = CacheKeys(hmac_key, c.key_prefix, realm)
-    guard = RedisGuard(stats, c.redis.down_backoff_sec, redis_target(c.redis))
     owns_redis = False
     if c.backend == "redis" and redis is None:
         redis = make_redis(c.redis)
         owns_redis = True
     if c.backend != "redis":
         redis = None
+    breaker = RedisBreaker(
+        stats,
+        redis,
+        failures=c.redis.breaker_failures,
+        ping_timeout_sec=c.redis.ping_timeout_sec,
+        probe_interval_sec=c.redis.probe_interval_sec,
+        target=redis_target(c.redis),
+    )
     lock = RedisLock(redis) if redis is not None else None
     notifier = Notifier(redis, keys) if redis is not None and hasattr(redis, "pubsub") else None
     cache = ResilientCache(
-        RedisCache(redis) if redis is not None else None, MemoryCache(c.memory_max_entries), guard
+        RedisCache(redis) if redis is not None else None,
+        MemoryCache(c.memory_max_entries),
+        breaker,
+        retry_for_sec=settings.tokens.wait_timeout_sec,
     )
     if issuer is None:
         v = settings.vluna
@@ -208,12 +220,12 @@ def build_services(
         cache=cache,
         cipher=_cipher(settings),
         keys=keys,
-        guard=guard,
+        breaker=breaker,
         stats=stats,
         lock=lock,
         notifier=notifier,
         limiter=IssuanceLimiter(
-            t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
+            t.issuance_limit, redis=redis, keys=keys, breaker=breaker, stats=stats, clock=clock
         ),
         clock=clock,
     )
@@ -230,6 +242,7 @@ def build_services(
         http=http,
         redis=redis,
         notifier=notifier,
+        breaker=breaker,
         owns_http=owns_http,
         owns_redis=owns_redis,
         realm_id=realm,
@@ -315,6 +328,7 @@ def create_app(
                     await services.proxy.aclose()
             if services.notifier is not None:
                 await services.notifier.stop()
+            await services.breaker.aclose()
             with contextlib.suppress(Exception):
                 await services.issuer.aclose()
             if services.owns_redis and services.redis is not None:

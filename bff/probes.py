@@ -33,8 +33,8 @@ from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
 from bff.observability.context import quiet_http
+from bff.redis_client import make_redis, redis_target
 from bff.settings import Settings
-from bff.tokens.redis_client import make_redis, redis_target
 from bff.vluna_probe import PROBE_OPERATION, build_probe_client, probe_call
 
 # Everything is imported above, before any probe runs: an import inside a coroutine blocks the

@@ -33,7 +33,7 @@ def instrument(app: Litestar, settings: Settings, services: Any) -> None:
     for outcome in oidc.FETCH_OUTCOMES:
         metrics.JWKS_FETCHES.labels(outcome=outcome)
     probe = VlunaProbe(settings, services.issuer) if o.readiness.check_vluna else None
-    app.state.readiness = Readiness(settings, services.redis, probe, services.auth)
+    app.state.readiness = Readiness(settings, services.redis, probe, services.auth, services.breaker)
     for route in health_routes(settings):
         app.register(route)
     middleware.install(

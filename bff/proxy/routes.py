@@ -39,7 +39,7 @@ def build_proxy(
         prefix=c.key_prefix,
         realm_id=realm_id,
         stats=services.stats,
-        down_backoff_sec=c.redis.down_backoff_sec,
+        breaker=services.breaker,
     )
     return ProxyService(
         p,

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-from bff.tokens.cache import REDIS_ERRORS
+from bff.redis_client import REDIS_ERRORS
 from bff.tokens.keys import CacheKeys
 
 log = logging.getLogger("bff.lock")

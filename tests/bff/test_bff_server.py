@@ -14,9 +14,9 @@ from bff_support import Keys, base_settings
 from pydantic import SecretStr
 
 from bff.http_guard import RequestGuard, RequestTimeout
+from bff.redis_client import make_redis
 from bff.server import ServerOptions, bind_address
 from bff.settings import RedisSettings, Settings, SettingsError, validate_settings
-from bff.tokens.redis_client import make_redis
 
 Message = dict[str, Any]
 
