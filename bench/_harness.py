@@ -118,7 +118,10 @@ def vm_hwm_kb(pid: int) -> int:
     return 0
 
 
-def _read_listening(proc: subprocess.Popen[str], timeout: float = 30.0) -> tuple[str, str]:
+# Start-up bounds: generous, because on a shared 2-core machine under other test runs a Python
+# process can take over a minute to import and bind (measured: the emulator missed 30 s and
+# `serve` missed 60 s at load 12-16). They bound a hung start, not a slow one.
+def _read_listening(proc: subprocess.Popen[str], timeout: float = 120.0) -> tuple[str, str]:
     """The first stdout line (it names the URL); bounded by `timeout`."""
     assert proc.stdout is not None
     import selectors
@@ -317,7 +320,7 @@ def start_bff(
     port: int | None = None,
     workers: int = 1,
     env: Mapping[str, str] | None = None,
-    ready_timeout: float = 60.0,
+    ready_timeout: float = 180.0,
     stderr: Any = None,
 ) -> Proc:
     """`vluna-bff serve` on a loopback port; returns once it answers (401 without credentials).
