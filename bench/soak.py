@@ -187,7 +187,7 @@ def run_soak(
     procs: list[Proc] = []
     try:
         for _ in range(replicas):
-            procs.append(start_bff(cfg, ready_timeout=120))
+            procs.append(start_bff(cfg, ready_timeout=300))
     finally:
         cfg.unlink()
     try:
