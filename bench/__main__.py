@@ -53,31 +53,19 @@ from typing import Any
 
 import httpx
 
-from bench._harness import (
-    EMULATOR_SECRET,
-    PY,
-    REPO,
-    SHARED_REDIS_URL,
-    LoadResult,
-    Proc,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    ensure_wrk,
-    run_load,
-    start_bff,
-    start_emulator,
-    start_on_stack,
-    stopping,
-    write_config,
-)
+from bench._harness import LoadResult, ensure_wrk, run_load, start_on_stack
 from bench._stacks import STACKS, missing
+from tests.support.emulator import EMULATOR_SECRET, start_emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import PY, REPO, Proc, stopping
+from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
+from tests.support.service import bff_config, start_bff, write_config
 
 SCENARIOS = ("token", "workers", "cold", "proxy", "sdk", "proxy-script", "stacks", "soak")
 DEFAULT_SCENARIOS = SCENARIOS[:-2]
 SERVICE_STACK = "service"
 READY = ("/healthz", {200})
-PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"
+PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"  # run as `python -m bench.bff_proxy`
 
 
 @dataclass
@@ -487,7 +475,7 @@ class Runner:
             cleanup_prefix(prefix)
 
     def proxy_script(self) -> None:
-        cmd = [PY, str(PROXY_SCRIPT)]
+        cmd = [PY, "-m", "bench.bff_proxy"]
         if self.args.quick:
             cmd += ["--seconds", "2"]
         try:
@@ -509,7 +497,7 @@ NOTES = """\
 - `workers`: two workers on two CPUs that the load generator also uses cannot double throughput;
   a ratio far *below* 1 would be a stall, not CPU (before `serve` set TCP_NODELAY on the shared
   listening socket, every answer waited ~40 ms for a delayed ACK: p50 ~44 ms, ratio 0.26;
-  tests/bff/test_bff_cli_workers.py pins the fix).
+  tests/bff/test_cli_workers.py pins the fix).
 - `cold`: every issuance is a signed call to the emulator (a separate process on the same CPUs);
   the reference is an app on the same server stack issuing each user's token with the SDK
   directly, with as many issuances in flight, so the ratio is the cost of the service's auth,

@@ -20,7 +20,7 @@ import importlib.util
 import socket
 import sys
 
-from bench._harness import free_port
+from tests.support.ports import free_port
 
 STACKS = ("service", "uvicorn", "uvicorn-h11", "hypercorn")
 NEEDS = {

@@ -1,6 +1,6 @@
 """Throughput of the BFF proxy (GET catalog through /vluna/api/v1) against a minimal pass-through.
 
-    uv run python bench/bff_proxy.py [--seconds 5] [--connections 32] [--rounds 3]
+    uv run python -m bench.bff_proxy [--seconds 5] [--connections 32] [--rounds 3]
 
 Processes (all on 127.0.0.1, each its own process):
 - the emulator (`python -m vlunaai.testing`), the upstream of everything below;
@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,8 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.support.ports import free_port
+from tests.support.processes import REPO, read_listening
+from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+
 SECRET = base64.b64encode(b"bench-proxy-service-secret-32by!").decode()
 HS = "bench-proxy-hs-secret-0123456789abcdef"
 
@@ -118,21 +119,26 @@ def measure(port: int, path: str, headers: dict[str, str], seconds: float, conns
     # A separate process, so that the load generator does not share an event loop or a GIL with
     # anything measured.
     out = subprocess.run(
-        [sys.executable, __file__, "--load", str(port), path, json.dumps(headers), str(seconds), str(conns)],
+        [
+            sys.executable,
+            "-m",
+            "bench.bff_proxy",
+            "--load",
+            str(port),
+            path,
+            json.dumps(headers),
+            str(seconds),
+            str(conns),
+        ],
         capture_output=True,
         text=True,
         check=True,
+        cwd=REPO,
     ).stdout
     return dict(json.loads(out))
 
 
 # -- orchestration -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, headers: dict[str, str] | None = None, want: int = 200) -> None:
@@ -217,10 +223,7 @@ def main() -> int:
             cwd=REPO,
         )
         procs.append(emu)
-        assert emu.stdout is not None
-        m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", emu.stdout.readline())
-        assert m, "emulator did not start"
-        emulator = m.group(1)
+        _, emulator = read_listening(emu)
         user_jwt = jwt.encode(
             {"sub": "bench-user", "iss": "bench", "aud": "bench", "exp": int(time.time()) + 3600},
             HS,

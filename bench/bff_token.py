@@ -1,6 +1,6 @@
 """Cache-hit throughput of GET /vluna/token against two reference endpoints, in one run.
 
-    uv run python bench/bff_token.py [--seconds 5] [--connections 32]
+    uv run python -m bench.bff_token [--seconds 5] [--connections 32]
 
 One uvicorn process (one worker; the app with an in-process emulator, which `vluna-bff serve`'s
 worker processes cannot host: `python -m bench` measures the real stack) serves three routes
@@ -26,12 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._harness import SHARED_REDIS_URL as REDIS_URL
-from bench._harness import cleanup_prefix, free_port, run_load
+from bench._harness import run_load
+from tests.support.ports import free_port
+from tests.support.processes import REPO
+from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+from tests.support.redis_servers import cleanup_prefix
 
 # -- server side ---------------------------------------------------------------------------------
 
@@ -144,8 +145,8 @@ def main() -> int:
         yaml.safe_dump(config, f)
         cfg_path = f.name
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve", str(port), cfg_path],
-        cwd=Path(__file__).resolve().parents[1],
+        [sys.executable, "-m", "bench.bff_token", "--serve", str(port), cfg_path],
+        cwd=REPO,
     )
     try:
         return asyncio.run(_run(port, user_jwt, args.seconds, args.connections, proc))

@@ -5,7 +5,7 @@ in subprocesses; a bounded asyncio load generator with keep-alive connections (r
 the generator is cheaper than the servers) loads each for a few seconds, or `wrk` when it is
 installed. Printed: requests/s of each and the ratio emulator / bare.
 
-    uv run python bench/emulator_throughput.py [--seconds 5] [--connections 32]
+    uv run python -m bench.emulator_throughput [--seconds 5] [--connections 32]
 
 Loads: the bare endpoint returns the same catalog JSON the emulator answers; the emulator is
 called as a browser-facing client would (`GET /api/v1/catalog/products` with a bearer token,
@@ -32,7 +32,8 @@ from pathlib import Path
 import httpx
 from vlunaai.signing import ServiceKeyAuth, ServiceKeyCredentials
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.processes import REPO, read_listening, stop
+
 SECRET = base64.b64encode(b"bench-secret-bench-secret-bench!").decode()
 
 BARE_SERVER = r"""
@@ -74,25 +75,12 @@ def start(cmd: list[str]) -> tuple[subprocess.Popen[str], str, list[str]]:
         cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO, env=os.environ.copy()
     )
     assert proc.stdout is not None
-    first = proc.stdout.readline()
-    match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"server did not start: {first!r}")
+    first, url = read_listening(proc)
     extra = []
     if "Vluna emulator" in first:
         for _ in range(4):
             extra.append(proc.stdout.readline().strip())
-    return proc, match[1], extra
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return proc, url, extra
 
 
 async def wait_ready(host: str, port: int, path: str) -> None:

@@ -32,17 +32,11 @@ from typing import Any
 
 import aiohttp
 
-from bench._harness import (
-    SHARED_REDIS_URL,
-    Emulator,
-    Proc,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    process_tree,
-    start_bff,
-    write_config,
-)
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc, process_tree
+from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
+from tests.support.service import bff_config, start_bff, write_config
 
 TOKEN_LIFE_SEC = 60  # tokens.session_ttl_sec: the emulator issues tokens living this long
 SAFETY_MARGIN_SEC = 10  # tokens.safety_margin_sec: an entry leaves the cache 50 s after issuance
@@ -76,6 +70,7 @@ class SoakResult:
     rss_end_mb: list[float]
     wall_seconds: float
     notes: list[str] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)
 
     @property
     def server_errors(self) -> int:
@@ -103,6 +98,41 @@ def expected_issuances(times: list[float]) -> tuple[int, int]:
             renewals += 1
             issued = t
     return misses, renewals
+
+
+# The services' own counters worth reading beside the figures (vluna_bff_events_total).
+EVENTS = (
+    "issuances",
+    "refresh_ahead",
+    "refreshes",
+    "refresh_failures",
+    "issue_failures",
+    "wait_timeouts",
+    "redis_errors",
+    "redis_fallbacks",
+    "redis_breaker.open",
+    "redis_unsure",
+    "lock_retries",
+)
+
+
+def service_events(procs: list[Proc]) -> dict[str, int]:
+    """Sum over the replicas of their event counters (GET /metrics), the ones in EVENTS."""
+    import urllib.request
+
+    out = dict.fromkeys(EVENTS, 0)
+    for p in procs:
+        try:
+            with urllib.request.urlopen(f"{p.url}/metrics", timeout=30) as r:
+                text = r.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith('vluna_bff_events_total{event="'):
+                name = line.split('"')[1]
+                if name in out:
+                    out[name] += int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def rss_mb(proc: Proc) -> float:
@@ -223,6 +253,7 @@ def run_soak(
         wall = time.monotonic() - t0
         rss_end = [rss_mb(p) for p in procs]
         measured = emulator.issuances()
+        events = service_events(procs)
         misses = renewals = 0
         for user_times in times.values():
             m, r = expected_issuances(user_times)
@@ -243,6 +274,7 @@ def run_soak(
             rss_end_mb=rss_end,
             wall_seconds=round(wall, 1),
             notes=notes,
+            events=events,
         )
     finally:
         for p in procs:
@@ -290,6 +322,8 @@ def render(result: SoakResult, when: str) -> str:
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in rows],
         *[f"Note: {n}." for n in r.notes],
+        "",
+        "The replicas' own counters (sum): " + ", ".join(f"`{k}` {v:,}" for k, v in r.events.items()) + ".",
         "",
         SECTION_END,
     ]

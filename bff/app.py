@@ -20,6 +20,7 @@ from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.types import ControllerRouterHandler
+from redis.asyncio.cluster import RedisCluster
 
 from bff.auth.bearer import BearerAuthenticator, CookieAuthenticator
 from bff.auth.chain import AuthChain
@@ -42,8 +43,9 @@ from bff.tokens.cache import MemoryCache, RedisCache, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
 from bff.tokens.keys import CacheKeys
+from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
-from bff.tokens.lock import Notifier, RedisLock
+from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
 
 log = logging.getLogger("bff")
 
@@ -58,7 +60,7 @@ class Services:
     issuer: TokenIssuer
     http: httpx.AsyncClient
     redis: Any | None
-    notifier: Notifier | None
+    notifier: Waiters | None
     # One breaker for every use of Redis in this process (cache, lock, limits, rate limits).
     breaker: RedisBreaker
     owns_http: bool
@@ -66,6 +68,7 @@ class Services:
     realm_id: str = ""
     api_base_url: str = ""  # Vluna's /api/v1 as apps reach it (GET /vluna/token tells them)
     proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
+    l1: L1Cache | None = None  # the token cache's in-process first level (cache.l1)
 
     def __repr__(self) -> str:
         return f"Services(methods={self.auth.methods})"
@@ -184,13 +187,33 @@ def build_services(
         probe_interval_sec=c.redis.probe_interval_sec,
         target=redis_target(c.redis),
     )
-    lock = RedisLock(redis) if redis is not None else None
-    notifier = Notifier(redis, keys) if redis is not None and hasattr(redis, "pubsub") else None
+    cluster = isinstance(redis, RedisCluster)
+    lock = RedisLock(redis, keys, sharded=cluster) if redis is not None else None
+    notifier: Waiters | None = None
+    if cluster:
+        notifier = ShardedNotifier(redis, keys)
+    elif redis is not None:
+        notifier = Notifier(redis, keys)
     cache = ResilientCache(
         RedisCache(redis) if redis is not None else None,
         MemoryCache(c.memory_max_entries),
         breaker,
         retry_for_sec=settings.tokens.wait_timeout_sec,
+    )
+    l1 = (
+        L1Cache(
+            redis,
+            c.key_prefix,
+            stats,
+            max_entries=c.l1.max_entries,
+            max_ttl_sec=c.l1.max_ttl_sec,
+            invalidation_window_sec=c.l1.invalidation_window_sec,
+            heartbeat_sec=c.l1.heartbeat_sec,
+        )
+        # Not on a Redis Cluster: its pub/sub crosses nodes, and the heartbeat's proof needs one
+        # server ordering the invalidations and the heartbeats (redis-py has no cluster pub/sub).
+        if c.l1.enabled and redis is not None and not c.redis.cluster and hasattr(redis, "pubsub")
+        else None
     )
     if issuer is None:
         v = settings.vluna
@@ -227,6 +250,7 @@ def build_services(
         limiter=IssuanceLimiter(
             t.issuance_limit, redis=redis, keys=keys, breaker=breaker, stats=stats, clock=clock
         ),
+        l1=l1,
         clock=clock,
     )
     mapper = ObservedPrincipalMapper(
@@ -247,6 +271,7 @@ def build_services(
         owns_redis=owns_redis,
         realm_id=realm,
         api_base_url=api_base_url(settings),
+        l1=l1,
     )
 
 
@@ -317,6 +342,8 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if services.notifier is not None:
             await services.notifier.start()
+        if services.l1 is not None:
+            await services.l1.start()
         if services.proxy is not None:
             await services.proxy.start()
         try:
@@ -328,6 +355,8 @@ def create_app(
                     await services.proxy.aclose()
             if services.notifier is not None:
                 await services.notifier.stop()
+            if services.l1 is not None:
+                await services.l1.stop()
             await services.breaker.aclose()
             with contextlib.suppress(Exception):
                 await services.issuer.aclose()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
@@ -84,6 +85,14 @@ def _commands(prefix: str, cluster: bool) -> list[tuple[tuple[str, ...], str]]:
     return out
 
 
+async def _on_one_node(client: Any, *args: str) -> Any:
+    """A command about the server rather than a key. A cluster client would look for keys in its
+    arguments (ACL DRYRUN's) to pick a node, and fail; it is sent to any one node instead."""
+    if isinstance(client, RedisCluster):
+        return await client.execute_command(*args, target_nodes=RedisCluster.RANDOM)
+    return await client.execute_command(*args)
+
+
 def _is_noperm(exc: BaseException) -> bool:
     return "NOPERM" in str(exc) or "no permissions" in str(exc)
 
@@ -91,11 +100,11 @@ def _is_noperm(exc: BaseException) -> bool:
 async def _dryrun(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]) -> list[str] | None:
     """Denied commands by ACL DRYRUN; None when this user may not run ACL WHOAMI / DRYRUN."""
     try:
-        user = await client.execute_command("ACL", "WHOAMI")
+        user = await _on_one_node(client, "ACL", "WHOAMI")
         user = user.decode() if isinstance(user, bytes) else str(user)
         denied: list[str] = []
         for args, why in commands:
-            answer = await client.execute_command("ACL", "DRYRUN", user, *args)
+            answer = await _on_one_node(client, "ACL", "DRYRUN", user, *args)
             text = answer.decode() if isinstance(answer, bytes) else str(answer)
             if text != "OK":
                 denied.append(f"{args[0]} {' '.join(args[1:2])} ({why}: {text})".replace("  ", " "))
@@ -132,7 +141,7 @@ async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]
 async def _unknown_commands(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]) -> list[str]:
     names = sorted({args[0] for args, _ in commands})
     try:
-        info = await client.execute_command("COMMAND", "INFO", *names)
+        info = await _on_one_node(client, "COMMAND", "INFO", *names)
     except ResponseError:
         return []  # COMMAND not allowed: the permission checks above still ran
     if not isinstance(info, (list, tuple)):

@@ -184,6 +184,26 @@ class RedisSettings(_Model):
     probe_interval_sec: float = Field(1.0, gt=0)
 
 
+class L1Settings(_Model):
+    """The in-process first level of the token cache (bff/tokens/l1.py); Redis backend only."""
+
+    enabled: bool = True
+    max_entries: int = Field(10_000, ge=1)
+    # An entry is read from Redis again at least this often (a bound for deletions this service
+    # does not make itself, such as an eviction).
+    max_ttl_sec: float = Field(30, gt=0, le=3600)
+    # A sign-out answers 204 this long after telling every replica; a replica serves from L1 only
+    # while its last heartbeat through Redis is younger than this. Same on every replica.
+    invalidation_window_sec: float = Field(0.5, ge=0.05, le=5)
+    heartbeat_sec: float = Field(0.1, ge=0.01, le=1)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_window(self) -> L1Settings:
+        if self.heartbeat_sec * 2 > self.invalidation_window_sec:
+            raise ValueError("cache.l1.heartbeat_sec must be at most half of invalidation_window_sec")
+        return self
+
+
 class CacheSettings(_Model):
     # redis: shared by every replica (one issuance per user across replicas, sign-out seen by all).
     # memory: this process only; a warning outside dev mode.
@@ -193,6 +213,7 @@ class CacheSettings(_Model):
     encryption_keys: list[SecretStr] = []
     hmac_key: SecretStr | None = None
     memory_max_entries: int = Field(10_000, ge=1)
+    l1: L1Settings = L1Settings()
 
 
 class ServerSettings(_Model):

@@ -38,10 +38,12 @@ class BearerAuthenticator:
         self._verifier = verifier
 
     async def authenticate(self, request: Request[Any, Any, Any]) -> Identity | None:
-        if len(_header_values(request, b"authorization")) > 1:
+        # Read straight from the ASGI headers (not request.headers, which builds a mapping of all).
+        values = _header_values(request, b"authorization")
+        if len(values) > 1:
             # Which credential is the caller's? Not ours to guess.
             raise BadRequest("several Authorization headers were sent", code="ambiguous_credentials")
-        header = request.headers.get("authorization")
+        header = values[0] if values else None
         if not header:
             return None
         scheme, _, token = header.partition(" ")

@@ -14,6 +14,7 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+_MEMO_MAX = 4096
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
@@ -49,6 +50,8 @@ class IdHasher:
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key or secrets.token_bytes(32)
+        # Identities seen recently -> their hashes (an HMAC per request otherwise); bounded.
+        self._memo: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return "IdHasher()"
@@ -62,7 +65,13 @@ class IdHasher:
         return cls(hmac.new(secret, b"vluna-bff/log-identity-hash/v1", hashlib.sha256).digest())
 
     def hash(self, value: str) -> str:
-        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:20]
+        digest = self._memo.get(value)
+        if digest is None:
+            digest = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:20]
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[value] = digest
+        return digest
 
 
 _hasher = IdHasher()

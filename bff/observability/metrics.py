@@ -164,49 +164,52 @@ class MeteredStats(Stats):
     def __init__(self) -> None:
         super().__init__()
         self._names: set[str] = set()
-        # The event counter's child per name (labels() validates and locks on every call).
-        self._events: dict[str, Any] = {}
+        # The Prometheus children each name increments, resolved once per name (labels()
+        # validates and locks on every call): a cache hit increments two counters per request.
+        self._children: dict[str, tuple[Any, ...]] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
         super().inc(name, n)
-        event_child = self._events.get(name)
-        if event_child is not None:
-            # Seen before and not one of the names mirrored below: the common case.
-            event_child.inc(n)
-            return
-        mirrored = True
+        children = self._children.get(name)
+        if children is None:
+            children = self._resolve(name)
+        for child in children:
+            child.inc(n)
+
+    def _resolve(self, name: str) -> tuple[Any, ...]:
+        children: list[Any] = []
+        cacheable = True
         event = _TOKEN_EVENTS.get(name)
         if event is not None:
-            TOKEN_CACHE.labels(event=event).inc(n)
+            children.append(TOKEN_CACHE.labels(event=event))
         elif name == "redis_errors":
-            REDIS_ERRORS.inc(n)
+            children.append(REDIS_ERRORS)
         elif name == "redis_fallbacks":
-            REDIS_FALLBACKS.inc(n)
+            children.append(REDIS_FALLBACKS)
         elif name == "refreshes":
-            TOKEN_REFRESHES.labels(outcome="ok").inc(n)
+            children.append(TOKEN_REFRESHES.labels(outcome="ok"))
         elif name == "refresh_failures":
-            TOKEN_REFRESHES.labels(outcome="failed").inc(n)
-        elif name == "proxy.breaker.open":
-            set_breaker_state(PROXY_BREAKER, "open")
-        elif name == "proxy.breaker.closed":
-            set_breaker_state(PROXY_BREAKER, "closed")
-        elif name == "redis_breaker.open":
-            set_breaker_state(REDIS_BREAKER, "open")
-        elif name == "redis_breaker.closed":
-            set_breaker_state(REDIS_BREAKER, "closed")
-        else:
-            mirrored = False
+            children.append(TOKEN_REFRESHES.labels(outcome="failed"))
+        elif name in ("proxy.breaker.open", "proxy.breaker.closed"):
+            # A state change, not only a count: applied on every increment.
+            set_breaker_state(PROXY_BREAKER, name.rsplit(".", 1)[1])
+            cacheable = False
+        elif name in ("redis_breaker.open", "redis_breaker.closed"):
+            set_breaker_state(REDIS_BREAKER, name.rsplit(".", 1)[1])
+            cacheable = False
         # The catch-all: bounded, so a name built from data can never blow up the series count.
         label = name
         if name not in self._names:
             if len(self._names) >= _MAX_EVENT_NAMES or not _EVENT_NAME.match(name):
                 label = "other"
+                cacheable = False
             else:
                 self._names.add(name)
-        child = EVENTS.labels(event=label)
-        child.inc(n)
-        if not mirrored and label == name:
-            self._events[name] = child
+        children.append(EVENTS.labels(event=label))
+        resolved = tuple(children)
+        if cacheable:
+            self._children[name] = resolved
+        return resolved
 
 
 def method_label(method: str) -> str:
@@ -219,10 +222,23 @@ def status_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else OTHER
 
 
+_UPSTREAM_CHILDREN: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_upstream(operation: str, outcome: str, seconds: float, error_kind: str | None = None) -> None:
     """One call to Vluna (the proxy records its calls through this too)."""
-    UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome).inc()
-    UPSTREAM_LATENCY.labels(operation=operation).observe(seconds)
+    # Children by (operation, outcome), resolved once: labels() validates and locks on every call.
+    # Both are names chosen by the code (bounded); the bound below is a net all the same.
+    children = _UPSTREAM_CHILDREN.get((operation, outcome))
+    if children is None:
+        if len(_UPSTREAM_CHILDREN) >= _MAX_EVENT_NAMES:
+            _UPSTREAM_CHILDREN.clear()
+        children = _UPSTREAM_CHILDREN[(operation, outcome)] = (
+            UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome),
+            UPSTREAM_LATENCY.labels(operation=operation),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
     if outcome != "ok":
         UPSTREAM_ERRORS.labels(operation=operation, kind=error_kind or outcome).inc()
 

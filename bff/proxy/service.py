@@ -322,7 +322,9 @@ class ProxyService:
         if memo is not None and memo[1] > now:
             return memo[0]
         entry = await token_or_http_error(self._broker, principal, wanted)
-        ttl = self.settings.token_memo_sec
+        # With the broker's first level (cache.l1) the read is as cheap and, unlike this memo,
+        # drops a token signed out on another replica: no memo then.
+        ttl = 0.0 if self._broker.has_l1 else self.settings.token_memo_sec
         if ttl > 0:
             left = entry.expires_at - self._broker.now() - 30  # never near the token's expiry
             if left > 0:

@@ -151,8 +151,19 @@ async def get_token(
     return Response(body, headers=NO_STORE)
 
 
+_ISO_MEMO: dict[int, str] = {}
+
+
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(int(epoch), tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    # Every hit of a token formats the same two instants: remembered (bounded).
+    second = int(epoch)
+    text = _ISO_MEMO.get(second)
+    if text is None:
+        text = datetime.fromtimestamp(second, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        if len(_ISO_MEMO) >= 4096:
+            _ISO_MEMO.clear()
+        _ISO_MEMO[second] = text
+    return text
 
 
 @delete(

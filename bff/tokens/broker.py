@@ -30,8 +30,9 @@ from bff.tokens.cache import ResilientCache, SharedCacheUnavailable
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys, canonical_scopes
+from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
-from bff.tokens.lock import Notifier, RedisLock
+from bff.tokens.lock import RedisLock, Waiters
 
 log = logging.getLogger("bff.broker")
 
@@ -130,11 +131,13 @@ class TokenBroker:
         breaker: RedisBreaker,
         stats: Stats,
         lock: RedisLock | None = None,
-        notifier: Notifier | None = None,
+        notifier: Waiters | None = None,
         limiter: IssuanceLimiter | None = None,
+        l1: L1Cache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._l1 = l1
         self._limiter = limiter
         self._cfg = config
         self._issuer = issuer
@@ -156,6 +159,12 @@ class TokenBroker:
     def now(self) -> float:
         return self._clock()
 
+    @property
+    def has_l1(self) -> bool:
+        """A first-level cache answers repeated reads in-process and honours sign-outs on every
+        replica (bff/tokens/l1.py): callers need no memo of their own."""
+        return self._l1 is not None
+
     async def drain(self) -> None:
         """Wait for background refreshes started so far (tests, graceful shutdown)."""
         while self._background:
@@ -166,6 +175,14 @@ class TokenBroker:
         key = self._keys.token(principal.principal_id, principal.user_id, scopes_c)
         now = self._clock()
         with span("bff.token_cache.get") as sp:
+            # The first level (bff/tokens/l1.py): served only before the entry's refresh point.
+            entry = self._l1.get(key, now) if self._l1 is not None else None
+            if entry is not None:
+                sp.set_attribute("bff.cache.hit", True)
+                sp.set_attribute("bff.cache.l1", True)
+                self.stats.inc("cache_hits")
+                self.stats.inc("l1_hits")
+                return entry
             entry = await self._read(key, now)
             sp.set_attribute("bff.cache.hit", entry is not None)
         if entry is not None:
@@ -200,6 +217,21 @@ class TokenBroker:
         except SharedCacheUnavailable:
             self.stats.inc("sign_outs_incomplete")
             raise SignOutIncomplete(self._cfg.retry_after_sec) from None
+        l1 = self._l1
+        if l1 is not None:
+            # Every replica's first-level cache drops these keys. A replica serves from it only
+            # while it holds a heartbeat sent less than the window ago, received on the same
+            # connection after this message: once the window has passed, none serves them.
+            try:
+                await l1.invalidate(keys)
+            except REDIS_ERRORS as exc:
+                self._breaker.failed(exc)
+                if strict:
+                    self.stats.inc("sign_outs_incomplete")
+                    raise SignOutIncomplete(self._cfg.retry_after_sec) from None
+                return
+            if strict:
+                await asyncio.sleep(l1.window_sec)
 
     async def aclose(self) -> None:
         for task in list(self._background):
@@ -211,6 +243,8 @@ class TokenBroker:
     # -- cache ----------------------------------------------------------------------------------
 
     async def _read(self, key: str, now: float) -> TokenEntry | None:
+        l1 = self._l1
+        epoch = l1.epoch if l1 is not None else 0
         blob = await self._shared_get(key)
         if blob is None:
             return None
@@ -225,6 +259,16 @@ class TokenBroker:
             return None
         if now >= entry.expires_at - self._cfg.safety_margin_sec:
             return None
+        if l1 is not None and self._cache.uses_redis:
+            # Until the earliest of: its refresh point (then Redis is read and the renewal starts),
+            # when Redis drops it (expiry minus the margin), the L1 bound after this read.
+            until = min(
+                entry.issued_at + (entry.expires_at - entry.issued_at) * self._cfg.refresh_ahead_ratio,
+                entry.expires_at - self._cfg.safety_margin_sec,
+                now + l1.max_ttl_sec,
+            )
+            if until > now:
+                l1.put(key, entry, until, epoch)
         return entry
 
     async def _store(self, key: str, entry: TokenEntry) -> None:
@@ -324,7 +368,7 @@ class TokenBroker:
     async def _release(self, lock_key: str, owner: str, key: str) -> None:
         assert self._lock is not None
         try:
-            await self._lock.release(lock_key, owner, self._keys.channel(key))
+            await self._lock.release(lock_key, owner, key)
         except REDIS_ERRORS as exc:
             # Its expiry frees it anyway; waiters find the token on their next check.
             self._breaker.failed(exc)

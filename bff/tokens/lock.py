@@ -1,9 +1,18 @@
 """A Redis lock with expiry, plus wake-ups for those waiting on it.
 
 The holder sets ``lock`` with NX and an expiry, so a crashed holder blocks others only until the
-expiry. Releasing deletes the lock only if it is still ours and publishes on the key's channel.
-One pattern subscription per process (``Notifier``) turns those messages into ``asyncio.Event``s,
-so waiters wake as soon as the token is in the cache instead of polling.
+expiry. Releasing deletes the lock only if it is still ours and announces it:
+
+- one Redis (or Sentinel): the release script publishes on the key's channel, and one pattern
+  subscription per process (``Notifier``) turns those messages into ``asyncio.Event``s;
+- Redis Cluster (no pattern subscriptions across a cluster): the holder sends ``SPUBLISH`` on
+  one of ``SHARD_CHANNELS`` sharded channels (chosen by the key; the message names the key),
+  and every process holds ``SSUBSCRIBE``s to all of them, one connection per master serving them
+  (``ShardedNotifier``). A sharded message only travels within its shard, not over the whole
+  cluster bus as ``PUBLISH`` does.
+
+Either way waiters wake as soon as the token is in the cache instead of polling; while the
+subscriptions are down (``connected`` False) they re-check every 50 ms.
 """
 
 from __future__ import annotations
@@ -14,6 +23,11 @@ import logging
 import secrets
 from collections.abc import Iterator
 from typing import Any
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.client import PubSub
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import RedisClusterException
 
 from bff.redis_client import REDIS_ERRORS
 from bff.tokens.keys import CacheKeys
@@ -26,19 +40,33 @@ redis.call('publish', ARGV[2], '1')
 return 1
 """
 
+# Cluster: the announcement is an SPUBLISH of its own (its channel lives in another slot).
+_RELEASE_QUIET = """
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+return 1
+"""
+
 
 class RedisLock:
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, keys: CacheKeys, *, sharded: bool = False) -> None:
         self._redis = redis
-        self._release = redis.register_script(_RELEASE)
+        self._keys = keys
+        self._sharded = sharded
+        self._release = redis.register_script(_RELEASE_QUIET if sharded else _RELEASE)
 
     async def acquire(self, lock_key: str, ttl_sec: float) -> str | None:
         owner = secrets.token_hex(16)
         ok = await self._redis.set(lock_key, owner, nx=True, px=max(1, int(ttl_sec * 1000)))
         return owner if ok else None
 
-    async def release(self, lock_key: str, owner: str, channel: str) -> None:
-        await self._release(keys=[lock_key], args=[owner, channel])
+    async def release(self, lock_key: str, owner: str, token_key: str) -> None:
+        """Frees the lock (if still ours) and tells the waiters of ``token_key``."""
+        if not self._sharded:
+            await self._release(keys=[lock_key], args=[owner, self._keys.channel(token_key)])
+            return
+        await self._release(keys=[lock_key], args=[owner])
+        channel, message = self._keys.shard_channel(token_key)
+        await self._redis.execute_command("SPUBLISH", channel, message)
 
     async def remaining_sec(self, lock_key: str) -> float:
         """Seconds until the lock expires; 0 when it is gone."""
@@ -49,7 +77,9 @@ class RedisLock:
 STOP_TIMEOUT_SEC = 2.0
 
 
-class Notifier:
+class Waiters:
+    """Waiters of this process by token key, woken by whatever subscription a subclass runs."""
+
     def __init__(self, redis: Any, keys: CacheKeys) -> None:
         self._redis = redis
         self._keys = keys
@@ -89,6 +119,63 @@ class Notifier:
             event.set()
 
     async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Notifier(Waiters):
+    """One Redis (or the master Sentinel names): one pattern subscription per process.
+
+    With Sentinel it also follows the master (``_follow_master``): redis-py asks the sentinels
+    only when it opens a connection, so pooled connections (and this subscription) would stay
+    with a demoted master. After ``SENTINEL FAILOVER`` the old master goes on accepting writes
+    until the sentinels reconfigure it, about 10 s later: replicas talking to it and replicas
+    talking to the new master would each hold their own locks. Every ``SENTINEL_CHECK_SEC`` the
+    sentinels are asked for the master; when it changed, pooled connections to any other server
+    are closed (also on the next checks, for those that were in use) and the subscription is
+    opened again."""
+
+    def __init__(self, redis: Any, keys: CacheKeys) -> None:
+        super().__init__(redis, keys)
+        pool = getattr(redis, "connection_pool", None)
+        self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
+        self._master: tuple[str, int] | None = None
+        self._resubscribe = False
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        if self._sentinel_pool is not None:
+            self._watch = asyncio.create_task(self._follow_master(), name="bff-sentinel-watch")
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await super().stop()
+
+    async def _follow_master(self) -> None:
+        pool = self._sentinel_pool
+        assert pool is not None
+        sweeps = 0
+        while True:
+            try:
+                address = await pool.sentinel_manager.discover_master(pool.service_name)
+            except REDIS_ERRORS:
+                address = None  # no sentinel answered, or none names a master: nothing to follow
+            if address is not None:
+                master = (str(address[0]), int(address[1]))
+                if self._master is not None and master != self._master:
+                    log.warning("Sentinel names another master; moving this replica's connections to it")
+                    sweeps = 3
+                    self._resubscribe = True
+                self._master = master
+            if sweeps and self._master is not None:
+                sweeps -= 1
+                await _close_idle_elsewhere(pool, self._master)
+            await asyncio.sleep(SENTINEL_CHECK_SEC)
+
+    async def _run(self) -> None:
         backoff = 0.1
         while True:
             pubsub = self._redis.pubsub()
@@ -98,6 +185,9 @@ class Notifier:
                 backoff = 0.1
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if self._resubscribe:
+                        self._resubscribe = False
+                        break  # on a connection to the master Sentinel names now
                     if msg is None or msg.get("type") != "pmessage":
                         continue
                     channel = msg["channel"]
@@ -116,3 +206,128 @@ class Notifier:
             finally:
                 with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
                     await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_SEC)
+
+
+SENTINEL_CHECK_SEC = 0.5
+
+
+async def _close_idle_elsewhere(pool: SentinelConnectionPool, master: tuple[str, int]) -> None:
+    """Disconnects the pool's idle connections to any server but ``master`` (they reconnect,
+    through the sentinels, when next used)."""
+    for conn in list(getattr(pool, "_available_connections", ())):
+        if (conn.host, int(conn.port)) != master:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await conn.disconnect()
+
+
+class _Resubscribe(Exception):
+    """A master gave up a slot of ours (failover, resharding): subscribe again where it went."""
+
+
+_RESUBSCRIBE_ON: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisClusterException, _Resubscribe)
+
+
+class ShardedNotifier(Waiters):
+    """Redis Cluster: ``SSUBSCRIBE`` to every shard channel, on the master serving its slot.
+
+    One pub/sub connection per such master (built like the cluster client's own connections:
+    same credentials, TLS and timeouts). When one of them fails or Redis says a slot moved
+    (``sunsubscribe``, sent on a failover or resharding), all are closed and the slot owners
+    are read again (``CLUSTER SLOTS``), with a growing pause while that fails."""
+
+    def __init__(self, redis: Any, keys: CacheKeys) -> None:
+        super().__init__(redis, keys)
+        self._subscribed_nodes: set[int] = set()
+        self._node_count = 0
+        self._failed_before = False
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsubs: list[Any] = []
+            try:
+                owners = await self._owners(refresh=self._failed_before)
+                readers = []
+                for node, channels in owners:
+                    pubsub = self._pubsub(node)
+                    pubsubs.append(pubsub)
+                    readers.append(self._subscribe_and_read(pubsub, channels))
+                await self._until_first_fails(readers)
+            except asyncio.CancelledError:
+                raise
+            except _RESUBSCRIBE_ON as exc:
+                # Waiters re-check on a short timer meanwhile: a lost subscription delays, never blocks.
+                if self.connected:
+                    log.warning("lock notifications interrupted (%s)", type(exc).__name__)
+                    backoff = 0.1
+                self.connected = False
+                self._failed_before = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.connected = False
+                for pubsub in pubsubs:
+                    with contextlib.suppress(*REDIS_ERRORS, asyncio.TimeoutError):
+                        await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_SEC)
+
+    async def _owners(self, refresh: bool) -> list[tuple[Any, list[str]]]:
+        """Shard channels by the master serving each one's slot, from the cluster client's own
+        view of the cluster (read again after a failure: the failover may have moved them)."""
+        if refresh:
+            await self._redis.nodes_manager.initialize()
+        else:
+            await self._redis.initialize()
+        owners: dict[str, tuple[Any, list[str]]] = {}
+        for channel in self._keys.shard_channels():
+            node = self._redis.get_node_from_key(channel)
+            owners.setdefault(node.name, (node, []))[1].append(channel)
+        return list(owners.values())
+
+    @staticmethod
+    def _pubsub(node: Any) -> PubSub:
+        # Built like the client's connections to that node: credentials, TLS, timeouts.
+        pool = ConnectionPool(
+            connection_class=node.connection_class, max_connections=1, **node.connection_kwargs
+        )
+        return PubSub(pool)
+
+    async def _subscribe_and_read(self, pubsub: PubSub, channels: list[str]) -> None:
+        pending = set(channels)
+        for channel in channels:
+            # One command per channel: SSUBSCRIBE takes channels of a single slot only.
+            await pubsub.execute_command("SSUBSCRIBE", channel)
+        while True:
+            msg = await pubsub.get_message(timeout=1.0)
+            if msg is None:
+                continue
+            kind = msg.get("type")
+            channel = msg.get("channel")
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if kind == "smessage":
+                data = msg.get("data")
+                if isinstance(data, bytes):
+                    data = data.decode()
+                token_key = self._keys.token_key_of_shard_message(str(data))
+                if token_key is not None:
+                    self._wake(token_key)
+            elif kind == "ssubscribe":
+                pending.discard(str(channel))
+                if not pending:
+                    self._subscribed_nodes.add(id(pubsub))
+                    self.connected = len(self._subscribed_nodes) == self._node_count
+            elif kind == "sunsubscribe":
+                raise _Resubscribe(f"{channel} moved")
+
+    async def _until_first_fails(self, readers: list[Any]) -> None:
+        self._subscribed_nodes = set()
+        self._node_count = len(readers)
+        tasks = [asyncio.ensure_future(r) for r in readers]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # raises the reader's error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

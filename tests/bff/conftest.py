@@ -6,12 +6,23 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
-from bff_support import REDIS_URL, FakeIssuer, Keys
+
+from tests.support.emulator import start_emulator
+from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
+
+from .support import FakeIssuer, Keys
 
 
 @pytest.fixture(scope="session")
 def keys() -> Keys:
     return Keys()
+
+
+@pytest.fixture
+def emulator_url() -> Iterator[str]:
+    """The emulator as a process (tests.support.emulator: controls on, EMULATOR_SECRET)."""
+    with start_emulator() as emulator:
+        yield emulator.url
 
 
 @pytest.fixture

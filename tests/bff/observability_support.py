@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -11,6 +12,9 @@ from vlunaai.testing import VlunaEmulator
 
 from bff.observability.upstream import PropagatingTransport
 from bff.tokens.issuer import SdkTokenIssuer
+from tests.support.emulator import start_emulator
+
+from .support import sdk_issuer
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
@@ -33,16 +37,7 @@ def emulator_issuer(
 ) -> SdkTokenIssuer:
     """The production issuer (SDK, signed calls) wired as build_services wires it, to the emulator."""
     inner: httpx.AsyncBaseTransport = record if record is not None else emu.transport()
-    return SdkTokenIssuer.create(
-        base_url=emu.service_base_url,
-        realm_id=emu.realm_id,
-        key_id=emu.service_key_id,
-        secret=secret or emu.service_key_secret,
-        session_ttl_sec=600,
-        timeout_sec=5,
-        max_retries=0,
-        transport=PropagatingTransport(inner),
-    )
+    return sdk_issuer(emu, secret=secret, transport=PropagatingTransport(inner))
 
 
 def emulator_vluna(emu: VlunaEmulator) -> dict[str, Any]:
@@ -71,71 +66,14 @@ def series_labels(text: str) -> list[dict[str, str]]:
 
 # -- processes ------------------------------------------------------------------------------------
 
-import contextlib  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-EMULATOR_SECRET = "b2JzZXJ2YWJpbGl0eS10ZXN0LXNlY3JldC1ieXRlcyE="
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
 
 @contextlib.contextmanager
 def emulator_process() -> Iterator[str]:
     """``vlunaai-emulator`` on 127.0.0.1 (random port, controls on); yields its base URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vlunaai.testing",
-            "--port",
-            "0",
-            "--enable-controls",
-            "--service-key-secret",
-            EMULATOR_SECRET,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
+    emulator = start_emulator()
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
-        assert match, f"emulator did not start: {first!r}"
-        yield match.group(1)
+        yield emulator.url
     finally:
         # Killed, not stopped: a call held by an injected latency would hold its graceful stop.
-        proc.kill()
-        proc.wait()
-
-
-def start_serve(cfg: Path, port: int, env: dict[str, str], stderr: Any, *extra: str) -> subprocess.Popen[Any]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bff.cli", "serve", "--config", str(cfg), "--port", str(port), *extra],
-        env={**os.environ, **env},
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-    )
+        emulator.popen.kill()
+        emulator.popen.wait()

@@ -12,12 +12,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import uvicorn
-from bff_support import AppClient, Keys, client_for, make_settings
 from vlunaai.testing import VlunaEmulator
 
 from bff.proxy.upstream import asgi_call
 from bff.settings import Settings
 from bff.tokens.issuer import SdkTokenIssuer
+
+from .support import AppClient, Keys, client_for, make_settings, sdk_issuer
 
 
 @dataclass
@@ -144,16 +145,7 @@ def proxy_settings(
 
 def emulator_issuer(emulator: VlunaEmulator) -> SdkTokenIssuer:
     # Issuance goes through the SDK in-process (not what is under test here).
-    return SdkTokenIssuer.create(
-        base_url=emulator.service_base_url,
-        realm_id=emulator.realm_id,
-        key_id=emulator.service_key_id,
-        secret=emulator.service_key_secret,
-        session_ttl_sec=900,
-        timeout_sec=5,
-        max_retries=0,
-        transport=emulator.transport(),
-    )
+    return sdk_issuer(emulator, ttl=900)
 
 
 @contextlib.asynccontextmanager
@@ -190,15 +182,6 @@ async def raw_request(
         app, method, unquote(path), path, query, headers or {}, body, "bff.test"
     )
     return RawAnswer(status, out_headers, data)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -11,13 +11,11 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "artifacts"
+from tests.support.ports import free_port
+from tests.support.processes import REPO, stop
+
+from .support import TOKEN_TTL_SEC, Origin, Service
+
 CHROMIUM = os.environ.get("VLUNA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -40,36 +41,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-TOKEN_TTL_SEC = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Origin:
-    """A static web server on 127.0.0.1 standing in for another site's pages."""
-
-    port: int
-    root: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def page(self, name: str, html: str) -> str:
-        (self.root / name).write_text(html, encoding="utf-8")
-        return f"{self.url}/{name}"
-
-
-@dataclass
-class Service:
-    url: str
-    allowed: Origin  # listed in server.cors_allow_origins
-    other: Origin  # not listed
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -82,16 +53,6 @@ def _serve_static(root: Path) -> tuple[http.server.ThreadingHTTPServer, threadin
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return server, thread, Origin(int(server.server_address[1]), root)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +99,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             time.sleep(0.1)
         yield Service(url=url, allowed=allowed, other=other)
     finally:
-        _stop(proc)
+        stop(proc)
         for server, thread in servers:
             server.shutdown()
             server.server_close()
@@ -178,19 +139,3 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 @pytest.fixture
 def page(context: BrowserContext) -> Page:
     return context.new_page()
-
-
-def dev_login(context: BrowserContext, service: Service, user: str, org: str = "acme") -> str:
-    """Sign in the way a browser does (the cookie lands in this context); returns the JWT."""
-    r = context.request.get(f"{service.url}/dev/login", params={"user": user, "org": org})
-    assert r.status == 200, r.text()
-    token: str = r.json()["token"]
-    return token
-
-
-def jwt_claims(token: str) -> dict[str, Any]:
-    import base64
-
-    payload = token.split(".")[1]
-    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return claims

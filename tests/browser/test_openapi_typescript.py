@@ -10,11 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from scripts import npm_packages  # noqa: E402 (after the sys.path entry)
+from scripts import npm_packages
+from tests.support.processes import REPO
 
 TOOLS = {"openapi-typescript": "7.13.0", "typescript": "5.9.3"}
 

@@ -10,7 +10,8 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.processes import REPO
+
 CHART = REPO / "helm" / "vluna-bff"
 EXAMPLES = CHART / "examples"
 

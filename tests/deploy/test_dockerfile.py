@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dockerfile_support import (
+
+from tests.support.ports import free_port
+
+from .dockerfile_support import (
     DOCKERFILE,
     IMAGE_BASE_PATH,
     Replay,
@@ -169,12 +171,6 @@ def test_dockerignore_matching() -> None:
 # --- replay: install and start ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -287,7 +283,7 @@ def test_builder_produces_a_compiled_non_editable_install(image: Replay) -> None
 
 def test_image_starts_answers_health_and_stops_on_sigterm(image: Replay, tmp_path: Path) -> None:
     _, final = _stages()
-    port = _free_port()
+    port = free_port()
     base_env = {"PATH": IMAGE_BASE_PATH, "HOME": "/nonexistent", "LANG": "C.UTF-8"}
     env = image.stage_env(final, base_env)
     env["VLUNA_BFF__SERVER__HOST"] = "127.0.0.1"  # the image says 0.0.0.0; a test binds loopback only

@@ -16,13 +16,16 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from helm_support import (
+from kubernetes_validate.utils import SchemaNotFoundError
+
+from tests.support.processes import REPO
+
+from .helm_support import (
     CHART,
     EXAMPLES,
     K8S_VERSIONS,
     NAMESPACE,
     RELEASE,
-    REPO,
     SENTINELS,
     VALUE_SETS,
     app_pod,
@@ -32,7 +35,6 @@ from helm_support import (
     settings_config_map,
     template,
 )
-from kubernetes_validate.utils import SchemaNotFoundError
 
 
 @pytest.fixture(scope="module", params=list(VALUE_SETS))

@@ -15,7 +15,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,23 +23,15 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from helm_support import CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, one, render, template
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.emulator import Emulator, start_emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_servers import cleanup_prefix
+from tests.support.service import bff_config, start_bff, write_config
 
-from bench._harness import (  # noqa: E402 (after the sys.path entry)
-    Emulator,
-    Proc,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    start_bff,
-    start_emulator,
-    write_config,
-)
+from .helm_support import CHART, EXAMPLES, NAMESPACE, RELEASE, by_kind, one, render, template
 
 ALERT_TESTS = Path(__file__).resolve().parent / "prometheus" / "alerts_test.yaml"
 DASHBOARD = CHART / "dashboards" / "vluna-bff.json"
@@ -108,15 +99,16 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
 # --- the PrometheusRule ---------------------------------------------------------------------------
 
 
+def promtool_check(promtool: str, rules: Path) -> subprocess.CompletedProcess[str]:
+    """`promtool check rules` of one rules file."""
+    return subprocess.run(
+        [promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_rules_pass_promtool_check(helm: str, promtool: str, tmp_path: Path) -> None:
     groups = rule_groups(helm)
-    proc = subprocess.run(
-        [promtool, "check", "rules", str(write_rules(groups, tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = promtool_check(promtool, write_rules(groups, tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(alerts(groups))} rules found" in proc.stdout
 
@@ -124,28 +116,27 @@ def test_rules_pass_promtool_check(helm: str, promtool: str, tmp_path: Path) -> 
 def test_promtool_would_catch_a_broken_rule(helm: str, promtool: str, tmp_path: Path) -> None:
     groups = rule_groups(helm)
     groups[0]["rules"][0]["expr"] = "sum by (pod (up)"
-    proc = subprocess.run(
-        [promtool, "check", "rules", str(write_rules(groups, tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = promtool_check(promtool, write_rules(groups, tmp_path))
     assert proc.returncode != 0
 
 
-def test_every_alert_passes_its_promtool_unit_tests(helm: str, promtool: str, tmp_path: Path) -> None:
-    groups = rule_groups(helm)
-    write_rules(groups, tmp_path)
-    shutil.copy(ALERT_TESTS, tmp_path / "alerts_test.yaml")
-    proc = subprocess.run(
+def promtool_test(promtool: str, rules_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`promtool test rules` of the chart's alert tests against the rules written in `rules_dir`."""
+    shutil.copy(ALERT_TESTS, rules_dir / "alerts_test.yaml")
+    return subprocess.run(
         [promtool, "test", "rules", "alerts_test.yaml"],
-        cwd=tmp_path,
+        cwd=rules_dir,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_every_alert_passes_its_promtool_unit_tests(helm: str, promtool: str, tmp_path: Path) -> None:
+    groups = rule_groups(helm)
+    write_rules(groups, tmp_path)
+    proc = promtool_test(promtool, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
     # Each alert has a case where it fires and one where it stays quiet.
@@ -165,15 +156,7 @@ def test_promtool_unit_tests_would_catch_a_wrong_threshold(helm: str, promtool: 
     stricter.write_text(yaml.safe_dump({"prometheusRule": {"thresholds": {"errorRatio": 0.2}}}))
     docs = render(helm, [*PRODUCTION, stricter])
     write_rules(one(docs, "PrometheusRule")["spec"]["groups"], tmp_path)
-    shutil.copy(ALERT_TESTS, tmp_path / "alerts_test.yaml")
-    proc = subprocess.run(
-        [promtool, "test", "rules", "alerts_test.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = promtool_test(promtool, tmp_path)
     assert proc.returncode != 0
     assert "VlunaBffHighErrorRate" in proc.stdout + proc.stderr
 

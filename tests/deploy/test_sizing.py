@@ -9,9 +9,11 @@ import re
 from typing import Any
 
 import yaml
-from helm_support import CHART, EXAMPLES, REPO
 
 from bff.settings import CacheSettings, ServerSettings
+from tests.support.processes import REPO
+
+from .helm_support import CHART, EXAMPLES
 
 OPERATIONS = REPO / "docs" / "operations.md"
 # Bytes per in-process cache entry, as measured (docs/operations.md, "What Redis holds").

@@ -10,7 +10,10 @@ from collections import Counter
 import httpx
 import redis
 
-from bench._harness import Emulator, Proc, UserKeys, start_redis
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_servers import start_redis
 
 OUTAGE_SEC = 10.0
 

@@ -9,7 +9,11 @@ import time
 
 import httpx
 
-from bench._harness import LOOPBACK, SHARED_REDIS_URL, Emulator, UserKeys, poll_until
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+from tests.support.redis_servers import SHARED_REDIS_URL
+from tests.support.waiting import poll_until
 
 
 def _refused(port: int) -> bool:
@@ -29,7 +33,7 @@ async def test_sigterm_lets_requests_in_flight_finish(
         redis_url=SHARED_REDIS_URL,
         rate_limit={"enabled": False},
         proxy={"public_cache_ttl_sec": 0},
-        observability={"shutdown_grace_sec": 15},
+        observability={"shutdown_grace_sec": 300},
     )
     warm = {"Authorization": f"Bearer {user_keys.token('warm', org='warm')}"}
     fresh = [{"Authorization": f"Bearer {user_keys.token(f't{i}', org=f't{i}')}"} for i in range(20)]
@@ -47,11 +51,10 @@ async def test_sigterm_lets_requests_in_flight_finish(
             assert time.monotonic() < deadline, emulator.counters()
             await asyncio.sleep(0.05)
         bff.signal(signal.SIGTERM)
-        t0 = time.monotonic()
         responses = await asyncio.wait_for(asyncio.gather(*tokens, *proxied), 20)
     assert [r.status_code for r in responses] == [200] * 30
     assert len({r.json()["access_token"] for r in responses[:20]}) == 20
-    # Once they are done the process stops accepting and exits cleanly, well before the grace.
-    poll_until(lambda: _refused(bff.port), 15, what="listener closed")
-    assert bff.popen.wait(timeout=15) == 0
-    assert time.monotonic() - t0 < 15
+    # Once they are done the process stops accepting and exits cleanly: it does not sit out its
+    # 300 s grace (the waits below give up long before it would end).
+    poll_until(lambda: _refused(bff.port), 60, what="listener closed")
+    assert bff.popen.wait(timeout=60) == 0

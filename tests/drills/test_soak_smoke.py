@@ -5,7 +5,9 @@ token lifetimes imply, and its report section renders."""
 from __future__ import annotations
 
 from bench import soak
-from bench._harness import Emulator, Proc, UserKeys
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
 
 
 def test_soak_for_a_few_seconds(emulator: Emulator, own_redis: Proc, user_keys: UserKeys) -> None:

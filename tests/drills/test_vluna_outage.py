@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench._harness import SHARED_REDIS_URL, Emulator, UserKeys
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.redis_servers import SHARED_REDIS_URL
 
 PHASE_SEC = 15.0  # x 2 phases = the 30 s outage
 VLUNA_TIMEOUT = 1.0

@@ -14,7 +14,9 @@ import time
 
 import httpx
 
-from bench._harness import SHARED_REDIS_URL, Emulator, UserKeys
+from tests.support.emulator import Emulator
+from tests.support.keys import UserKeys
+from tests.support.redis_servers import SHARED_REDIS_URL
 
 VLUNA_TIMEOUT = 1.0  # vluna.timeout_sec, max_retries 0: an issuance gives up after 1 s
 WAIT_TIMEOUT = 1.5  # tokens.wait_timeout_sec: a request waiting on another's issuance

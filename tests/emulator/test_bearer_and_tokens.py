@@ -11,7 +11,7 @@ import pytest
 from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator
 
-from .conftest import Raw, assert_error
+from .support import Raw, assert_error
 
 PRODUCTS = "/api/v1/catalog/products"
 KEY = b"k" * 32

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,85 +14,28 @@ from vlunaai import (
     VlunaAIConfig,
     create_service_client,
 )
-from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE, load_seed
+from vlunaai.testing import load_seed
 from vlunaai.testing.__main__ import build_parser
 from vlunaai.testing.seed import SeedError, default_seed_text, parse_seed
 
-CONTROL = {CONTROL_HEADER: CONTROL_HEADER_VALUE}  # the emulator's controls require it
+from tests.support.emulator import CONTROL
+from tests.support.processes import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen[str], exports: dict[str, str], banner: str) -> None:
-        self.proc = proc
-        self.exports = exports
-        self.banner = banner
-        self.base = banner.split(" listening on ")[1].split(" ")[0]
-
-
-def _start(*args: str, env: dict[str, str] | None = None) -> Server:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("VLUNA_")} | (env or {})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vlunaai.testing", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-    )
-    assert proc.stdout is not None
-    banner = proc.stdout.readline()
-    if not banner:
-        proc.kill()
-        raise AssertionError(proc.stderr.read() if proc.stderr else "no output")
-    exports: dict[str, str] = {}
-    while True:
-        line = proc.stdout.readline()
-        match = re.match(r"export (\w+)=(.*)", line.strip())
-        if match:
-            exports[match[1]] = match[2]
-        if not line or (line.startswith("export VLUNA_SERVICE_KEY_ID") and "--service-key-secret" in args):
-            break
-        if line.startswith("export VLUNA_SERVICE_KEY_SECRET"):
-            break
-    return Server(proc, exports, banner)
-
-
-def _stop(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
+from .support import Server, start_cli, stop_cli, wait_ready
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
-    started = _start("--enable-controls")
+    started = start_cli("--enable-controls")
     try:
         yield started
     finally:
-        _stop(started)
-
-
-async def _wait_ready(base: str) -> None:
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            try:
-                if (await client.get(base + "/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            import anyio
-
-            await anyio.sleep(0.05)
-    raise AssertionError("the emulator did not become ready")
+        stop_cli(started)
 
 
 async def test_cli_serves_both_surfaces_on_loopback(server: Server) -> None:
     assert server.base.startswith("http://127.0.0.1:")
-    await _wait_ready(server.base)
+    await wait_ready(server.base)
     secret = server.exports["VLUNA_SERVICE_KEY_SECRET"]
     assert server.exports["VLUNA_SERVICE_KEY_ID"] == "pk-emulator"
     svc = create_service_client(
@@ -141,21 +80,21 @@ async def test_cli_serves_both_surfaces_on_loopback(server: Server) -> None:
 
 async def test_cli_uses_the_given_secret_and_does_not_print_it() -> None:
     secret = "c3VwcGxpZWQtc2VjcmV0LXN1cHBsaWVkLXNlY3JldA=="
-    started = _start(
+    started = start_cli(
         "--service-key-secret", secret, "--realm-id", "realm_cli", env={"VLUNA_SERVICE_KEY_ID": "pk-cli"}
     )
     try:
         assert "VLUNA_SERVICE_KEY_SECRET" not in started.exports
         assert started.exports["VLUNA_SERVICE_KEY_ID"] == "pk-cli"
         assert started.exports["VLUNA_REALM_ID"] == "realm_cli"
-        await _wait_ready(started.base)
+        await wait_ready(started.base)
         async with httpx.AsyncClient() as client:
             # Controls are off unless enabled.
             assert (
                 await client.get(started.base + "/__emulator__/counters", headers=CONTROL)
             ).status_code == 404
     finally:
-        _stop(started)
+        stop_cli(started)
     assert started.proc.stderr is not None
     assert secret not in started.proc.stderr.read()
 

@@ -7,7 +7,7 @@ import pytest
 from vlunaai import RequestContext, VlunaAIError
 from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE, VlunaEmulator
 
-from .conftest import Raw, assert_error
+from .support import Raw, assert_error
 
 CTX = RequestContext(principal_id="org:faults", user_id="user:faults")
 

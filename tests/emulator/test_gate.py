@@ -11,7 +11,7 @@ from vlunaai import GatePreflightError, GatePreflightSuccess, RequestContext
 from vlunaai.testing import VlunaEmulator, load_seed
 from vlunaai.testing.seed import Feature, Quota, RateLimit
 
-from .conftest import Raw, assert_error
+from .support import Raw, assert_error
 
 CTX = RequestContext(principal_id="org:gate", user_id="user:gate")
 

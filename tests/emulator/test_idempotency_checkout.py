@@ -6,7 +6,7 @@ import httpx
 from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator, load_seed
 
-from .conftest import Raw, assert_error
+from .support import Raw, assert_error
 
 CHECKOUT = {
     "items": [{"catalog_price_id": "price_credits_10", "quantity": 2}],

@@ -11,8 +11,7 @@ from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator
 from vlunaai.testing.app import CONTROL_HEADER, CONTROL_HEADER_VALUE
 
-from .conftest import BASE
-from .test_cli import _start, _stop, _wait_ready
+from .support import BASE, start_cli, stop_cli, wait_ready
 
 WHO = RequestContext(principal_id="org:oss", user_id="user:oss")
 
@@ -131,10 +130,10 @@ async def test_faults_counters_and_envelopes_in_the_servers_style() -> None:
 
 
 async def test_the_command_serves_the_oss_flavour() -> None:
-    server = _start("--flavor", "oss")
+    server = start_cli("--flavor", "oss")
     try:
         assert "oss flavour" in server.banner
-        await _wait_ready(server.base)
+        await wait_ready(server.base)
         async with httpx.AsyncClient(base_url=server.base, timeout=10) as http:
             health = await http.get("/health")
             assert health.json()["data"] == {"service": "vluna", "status": "healthy"}
@@ -144,7 +143,7 @@ async def test_the_command_serves_the_oss_flavour() -> None:
             assert empty.status_code == 400
             assert "Body cannot be empty" in json.loads(empty.text)["message"]
     finally:
-        _stop(server)
+        stop_cli(server)
 
 
 @pytest.mark.parametrize("flavor", ["bogus", "0.1.2"])

@@ -18,7 +18,7 @@ from vlunaai.signing import (
 from vlunaai.testing import VlunaEmulator, load_seed
 from vlunaai.testing.seed import Realm
 
-from .conftest import Raw, assert_error
+from .support import Raw, assert_error
 
 PATH = "/mgt/v1/catalog/products?limit=10"
 

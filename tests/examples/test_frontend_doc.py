@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from bench._harness import start_dev
+from tests.support.service import start_dev
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "frontend.md"
 

@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import Target, serving
 
-from bench._harness import UserKeys
+from tests.support.keys import UserKeys
+
+from .support import Target, serving
 
 PER_USER = 3
 PER_REPLICA = 30

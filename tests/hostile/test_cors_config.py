@@ -10,9 +10,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import Target, serving
 
-from bench._harness import PY, REPO, UserKeys, bff_config, free_port, write_config
+from tests.support.keys import UserKeys
+from tests.support.ports import free_port
+from tests.support.processes import PY, REPO
+from tests.support.service import bff_config, write_config
+
+from .support import Target, serving
 
 ALLOWED = "https://app.example.test"
 BAD = [

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from test_attacks import exchange
 
-from bench._harness import LOOPBACK, Proc, start_dev
+from tests.support.ports import LOOPBACK
+from tests.support.processes import Proc
+from tests.support.service import start_dev
+
+from .support import exchange
 
 
 @dataclass

@@ -11,9 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Target, serving
 
-from bench._harness import Proc, UserKeys, start_server
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc, start_server
+
+from .support import Target, serving
 
 P = "/vluna/api/v1"
 

@@ -11,15 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Target, serving
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bench._harness import UserKeys
 from bff.auth.identity import Identity
 from bff.errors import Forbidden
 from bff.principals import PrincipalMapper
 from bff.settings import SettingsError, validate_settings
+from tests.support.keys import UserKeys
+
+from .support import Target, serving
 
 NAMES = ["value", "dept", "region", "team"]
 # What the settings accept between placeholders: no letters, digits or "%".

@@ -16,10 +16,12 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from conftest import Target, serving
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench._harness import AUDIENCE, ISSUER, LOOPBACK, UserKeys
+from tests.support.keys import AUDIENCE, ISSUER, UserKeys
+from tests.support.ports import LOOPBACK
+
+from .support import Target, serving
 
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 EC_KID = "idp-ec-1"

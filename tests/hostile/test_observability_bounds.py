@@ -15,12 +15,13 @@ from typing import IO, Any
 
 import httpx
 import pytest
-from conftest import Target, serving
 from prometheus_client.parser import text_string_to_metric_families
-from test_attacks import exchange
 
-from bench._harness import LOOPBACK, UserKeys
 from bff.observability.metrics import HTTP_METHODS
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+
+from .support import Target, exchange, serving
 
 P = "/vluna/api/v1"
 KNOWN = HTTP_METHODS | {"other"}

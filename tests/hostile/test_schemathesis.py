@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from conftest import Target
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -18,6 +17,8 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from .support import Target
 
 MAX_EXAMPLES = 50
 DOCUMENT = "/vluna/openapi/openapi.json"

@@ -15,16 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from bench._harness import (
-    Emulator,
-    Proc,
-    UserKeys,
-    bff_config,
-    start_bff,
-    start_emulator,
-    start_redis,
-    write_config,
-)
+from tests.support.emulator import Emulator, start_emulator
+from tests.support.keys import UserKeys
+from tests.support.processes import Proc
+from tests.support.redis_servers import start_redis
+from tests.support.service import bff_config, start_bff, write_config
 
 
 class Replicas:

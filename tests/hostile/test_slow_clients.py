@@ -20,18 +20,11 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from conftest import CountingRelay, Target
 
-from bench._harness import (
-    LOOPBACK,
-    SHARED_REDIS_URL,
-    UserKeys,
-    bff_config,
-    cleanup_prefix,
-    start_bff,
-    start_emulator,
-    write_config,
-)
+from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
+
+from .support import Target, serving
 
 TIMEOUT = 5.0  # both read timeouts of the service under test
 STALLED = 500
@@ -43,31 +36,13 @@ P = "/vluna/api/v1"
 
 @pytest.fixture(scope="module")
 def slow_target(user_keys: UserKeys) -> Iterator[Target]:
-    emulator = start_emulator()
-    relay = CountingRelay(emulator.port)
-    data = bff_config(
-        relay.url,
-        user_keys.pem(),
-        redis_url=SHARED_REDIS_URL,
+    with serving(
+        user_keys,
+        auth={},  # the production-shaped defaults as they are (no extra leeway)
         server={"header_read_timeout_sec": TIMEOUT, "body_read_timeout_sec": TIMEOUT},
         rate_limit={"enabled": False},  # 500 writes from one user must reach the body read
-    )
-    cfg = write_config(data)
-    try:
-        bff = start_bff(cfg)
-    except Exception:
-        relay.close()
-        emulator.stop()
-        raise
-    finally:
-        cfg.unlink()
-    try:
-        yield Target(bff, emulator, relay, user_keys)
-    finally:
-        bff.stop()
-        relay.close()
-        emulator.stop()
-        cleanup_prefix(data["cache"]["key_prefix"])
+    ) as target:
+        yield target
 
 
 @dataclass

@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import subprocess
 
-from bench._harness import PY, REPO, UserKeys, bff_config, free_port, write_config
+from tests.support.keys import UserKeys
+from tests.support.ports import free_port
+from tests.support.processes import PY, REPO
+from tests.support.service import bff_config, write_config
 
 WEAK_HMAC = "h" * 32
 WEAK_HS = "0123456789abcdefghijklmnopqrstuvwxyz"

@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.processes import REPO
+
 from .support import KEY_ID, REALM, SECRET_B64, assert_signed
 
-REPO = Path(__file__).resolve().parents[2]
 SERVICE_ONLY = ("litestar", "redis", "aiohttp", "uvicorn", "prometheus_client", "yaml", "jwt", "bff")
 
 # Runs inside the clean environment: the imports of the published 0.1.2 and 0.3.2 quickstarts,

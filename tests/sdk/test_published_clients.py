@@ -20,11 +20,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from bench._harness import EMULATOR_SECRET, start_emulator  # noqa: E402 (after the sys.path entry)
+from tests.support.emulator import EMULATOR_SECRET, start_emulator
+from tests.support.processes import REPO
 
 CACHE = REPO / ".cache" / "published-vlunaai"
 SWEEP = Path(__file__).with_name("published_sweep.py")

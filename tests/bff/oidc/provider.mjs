@@ -1,5 +1,5 @@
 // A real OpenID Connect provider (the npm package oidc-provider) on 127.0.0.1 for the tests of
-// tests/bff/test_bff_oidc.py. Client credentials grant, JWT access tokens (RS256) for the
+// tests/bff/test_oidc.py. Client credentials grant, JWT access tokens (RS256) for the
 // audience "vluna-bff-oidc" with an org_id claim.
 //
 // usage: OIDC_PROVIDER_MODULES=<node_modules> node provider.mjs <private JWKS file> [port]
