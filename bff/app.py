@@ -44,18 +44,18 @@ from bff.openapi import openapi_config
 from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
+from bff.redis_client import RedisBreaker, make_redis, redis_target
 from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.telemetry.metrics import MeteredStats
 from bff.tokens.broker import BrokerConfig, TokenBroker
-from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
+from bff.tokens.cache import MemoryCache, RedisCache, ResilientCache
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import MeteredIssuer, SdkTokenIssuer, TokenIssuer, first_call_retries
 from bff.tokens.keys import CacheKeys
 from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
-from bff.tokens.redis_client import make_redis, redis_target
 from bff.vluna import PropagatingTransport, create_vluna_client
 
 log = logging.getLogger("bff")
@@ -73,6 +73,8 @@ class Services:
     http: httpx.AsyncClient
     redis: Any | None
     notifier: Waiters | None
+    # One breaker for every use of Redis in this process (cache, lock, limits, rate limits).
+    breaker: RedisBreaker
     owns_http: bool
     owns_redis: bool
     derived: Derived  # realm, HMAC key, default scopes, API base URLs: worked out once
@@ -185,13 +187,20 @@ def build_services(
     c = settings.cache
     keys = CacheKeys(derived.hmac_key, c.key_prefix, realm)
     target = redis_target(c.redis)
-    guard = RedisGuard(stats, c.redis.down_backoff_sec, target)
     owns_redis = False
     if c.backend == "redis" and redis is None:
         redis = make_redis(c.redis)
         owns_redis = True
     if c.backend != "redis":
         redis = None
+    breaker = RedisBreaker(
+        stats,
+        redis,
+        failures=c.redis.breaker_failures,
+        ping_timeout_sec=c.redis.ping_timeout_sec,
+        probe_interval_sec=c.redis.probe_interval_sec,
+        target=target,
+    )
     cluster = isinstance(redis, RedisCluster)
     lock = RedisLock(redis, keys, sharded=cluster) if redis is not None else None
     notifier: Waiters | None = None
@@ -200,7 +209,10 @@ def build_services(
     elif redis is not None:
         notifier = Notifier(redis, keys)
     cache = ResilientCache(
-        RedisCache(redis) if redis is not None else None, MemoryCache(c.memory_max_entries), guard
+        RedisCache(redis) if redis is not None else None,
+        MemoryCache(c.memory_max_entries),
+        breaker,
+        retry_for_sec=settings.tokens.wait_timeout_sec,
     )
     l1 = (
         L1Cache(
@@ -242,12 +254,12 @@ def build_services(
         cache=cache,
         cipher=_cipher(settings),
         keys=keys,
-        guard=guard,
+        breaker=breaker,
         stats=stats,
         lock=lock,
         notifier=notifier,
         limiter=IssuanceLimiter(
-            t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
+            t.issuance_limit, redis=redis, keys=keys, breaker=breaker, stats=stats, clock=clock
         ),
         l1=l1,
         clock=clock,
@@ -266,6 +278,7 @@ def build_services(
         http=http,
         redis=redis,
         notifier=notifier,
+        breaker=breaker,
         owns_http=owns_http,
         owns_redis=owns_redis,
         derived=derived,
@@ -408,6 +421,7 @@ def create_app(
             redis=services.redis,
             stats=services.stats,
             derived=services.derived,
+            breaker=services.breaker,
             upstream=proxy_upstream,
         )
     telemetry = instrument(
@@ -417,6 +431,7 @@ def create_app(
         vluna=services.vluna,
         auth=services.auth,
         redis_target=services.redis_target,
+        breaker=services.breaker,
     )
 
     @contextlib.asynccontextmanager
@@ -438,6 +453,7 @@ def create_app(
                 await services.notifier.stop()
             if services.l1 is not None:
                 await services.l1.stop()
+            await services.breaker.aclose()
             with contextlib.suppress(Exception):
                 await services.issuer.aclose()
             if services.vluna is not None:

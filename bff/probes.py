@@ -33,10 +33,10 @@ from vlunaai import APIConnectionError, NotFoundError, VlunaAIError
 from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
+from bff.redis_client import make_redis, redis_target
 from bff.settings import Settings
 from bff.telemetry.context import quiet_http
 from bff.tokens.lock import ShardedNotifier
-from bff.tokens.redis_client import make_redis, redis_target
 from bff.vluna import PropagatingTransport, create_vluna_client
 from bff.vluna_probe import PROBE_OPERATION, probe_call
 

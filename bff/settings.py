@@ -529,12 +529,17 @@ class RedisSettings(_Model):
     sentinel_password: SecretStr | None = None
     cluster: bool = False
     max_connections: int = Field(64, ge=1)
-    # Not lower: under a burst a busy event loop reads replies late, and one reply read late
-    # marks Redis down for this process for `down_backoff_sec`, bypassing cross-replica single
-    # flight (the three-replica drill saw 2 issuances per user at 0.5 s and at 2 s).
+    # Not lower: under a burst a busy event loop reads replies late (a late reply is a failed
+    # command, counted by the breaker below).
     socket_timeout_sec: float = Field(5.0, gt=0)
     connect_timeout_sec: float = Field(1.0, gt=0)
-    down_backoff_sec: float = Field(5, ge=0)
+    # The Redis breaker (bff/redis_client.py): after this many failed commands in a row, one PING
+    # that gets no answer within ping_timeout_sec opens it (this process then uses its in-process
+    # cache, single flight and limits); while open, a PING every probe_interval_sec, and any
+    # command that succeeds, closes it.
+    breaker_failures: int = Field(3, ge=1)
+    ping_timeout_sec: float = Field(2.0, gt=0)
+    probe_interval_sec: float = Field(1.0, gt=0)
 
     def problems(self, root: Settings) -> list[Problem]:
         """Checked for the redis backend."""

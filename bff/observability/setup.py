@@ -14,6 +14,7 @@ from bff.auth.chain import AuthChain
 from bff.observability import middleware
 from bff.observability.health import Readiness, health_routes
 from bff.observability.logging import configure_logging, register_settings_secrets
+from bff.redis_client import RedisBreaker
 from bff.settings import Settings
 from bff.telemetry import metrics, tracing
 from bff.telemetry.context import IdHasher, set_id_hasher
@@ -49,6 +50,7 @@ def instrument(
     vluna: ServiceClient | None,
     auth: AuthChain,
     redis_target: str,
+    breaker: RedisBreaker | None = None,
 ) -> Instrumentation:
     """Process-wide telemetry state (the id hasher, series initialised) and the parts above."""
     o = settings.observability
@@ -70,6 +72,6 @@ def instrument(
 
     return Instrumentation(
         routes=health_routes(settings),
-        readiness=Readiness(settings, redis, probe, auth, redis_target=redis_target),
+        readiness=Readiness(settings, redis, probe, auth, redis_target=redis_target, breaker=breaker),
         middleware=observability_middleware,
     )

@@ -13,6 +13,7 @@ from bff.principals import Principal
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
 from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
+from bff.redis_client import RedisBreaker
 from bff.settings import Derived, Settings
 from bff.stats import Stats
 from bff.tokens.broker import TokenBroker
@@ -31,6 +32,7 @@ def build_proxy(
     redis: Any,
     stats: Stats,
     derived: Derived,
+    breaker: RedisBreaker,
     upstream: Upstream | None = None,
 ) -> ProxyService:
     """The proxy over ``upstream`` (default: aiohttp to the derived upstream base URL), with its
@@ -51,7 +53,7 @@ def build_proxy(
         prefix=c.key_prefix,
         realm_id=derived.realm_id,
         stats=stats,
-        down_backoff_sec=c.redis.down_backoff_sec,
+        breaker=breaker,
     )
     return ProxyService(
         p,

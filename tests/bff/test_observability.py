@@ -58,7 +58,13 @@ async def test_healthz_needs_no_auth_and_readyz_checks_vluna_with_a_signed_call(
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["status"] == "ready" and body["cached"] is False
-        assert body["checks"] == {"config": "ok", "redis": "not_used", "vluna": "ok", "auth": "ok"}
+        assert body["checks"] == {
+            "config": "ok",
+            "redis": "not_used",
+            "redis_breaker": "not_used",
+            "vluna": "ok",
+            "auth": "ok",
+        }
         assert "reasons" not in body
         assert emulator.calls(PROBE_OP) == 1
         # Cached briefly: a second probe does not reach Vluna.
@@ -120,6 +126,8 @@ async def test_readyz_when_redis_is_down_follows_the_policy(
         assert r.json()["checks"] == {
             "config": "ok",
             "redis": "degraded" if policy == "degraded" else "down",
+            # No command has failed yet: the breaker has not been asked.
+            "redis_breaker": "closed",
             "vluna": "skipped",
             "auth": "ok",
         }
@@ -129,6 +137,12 @@ async def test_readyz_when_redis_is_down_follows_the_policy(
         # Degraded or not, tokens are still served from the in-process cache.
         r = await client.get("/vluna/token", headers=auth(keys))
         assert r.status_code == 200
+        # The token request found Redis down: the breaker is open, reported at once (not after
+        # the readiness cache's TTL), with the same policy as the redis check.
+        r = await client.get("/readyz")
+        assert r.status_code == expected, r.text
+        assert r.json()["checks"]["redis_breaker"] == "open" and r.json()["cached"] is False
+        assert r.json()["reasons"]["redis_breaker"].startswith("Redis 127.0.0.1:")
 
 
 async def test_readyz_with_redis_up(keys: Keys, prefix: str) -> None:
@@ -216,7 +230,7 @@ async def test_upstream_error_and_redis_fallback_metrics(keys: Keys, prefix: str
         cache={
             "backend": "redis",
             "key_prefix": prefix,
-            "redis": {"url": dead_redis_url(), "down_backoff_sec": 60},
+            "redis": {"url": dead_redis_url(), "probe_interval_sec": 60},
         },
     )
     async with client_for(settings, issuer) as client:
@@ -234,6 +248,7 @@ async def test_upstream_error_and_redis_fallback_metrics(keys: Keys, prefix: str
     assert delta("vluna_bff_upstream_requests_total", {"operation": TOKEN_OP, "outcome": "unavailable"}) == 1
     assert delta("vluna_bff_upstream_errors_total", {"operation": TOKEN_OP, "kind": "unavailable"}) == 1
     assert delta("vluna_bff_events_total", {"event": "redis_errors"}) >= 1
+    assert sample(after, "vluna_bff_breaker_state", {"breaker": "redis"}) == 2
 
 
 async def test_breaker_state_gauge() -> None:

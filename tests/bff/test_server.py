@@ -14,9 +14,9 @@ from pydantic import SecretStr
 
 from bff.errors import RequestTimeout
 from bff.http_guard import RequestGuard
+from bff.redis_client import make_redis
 from bff.server import ServerOptions, bind_address
 from bff.settings import RedisSettings, Settings, SettingsError, validate_settings
-from bff.tokens.redis_client import make_redis
 
 from .support import Keys, base_settings
 
