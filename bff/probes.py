@@ -35,6 +35,7 @@ from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
 from bff.observability.context import quiet_http
 from bff.settings import Settings
+from bff.tokens.lock import ShardedNotifier
 from bff.tokens.redis_client import make_redis, redis_target
 from bff.vluna_probe import PROBE_OPERATION, build_probe_client, probe_call
 
@@ -56,6 +57,9 @@ REDIS_COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("publish", "{p}done:probe", "1"), "release notification"),
     (("psubscribe", "{p}done:*"), "release notifications (not with cluster)"),
     (("punsubscribe", "{p}done:*"), "release notifications (not with cluster)"),
+    (("spublish", "{p}done:shard00", "1"), "release notification (cluster)"),
+    (("ssubscribe", "{p}done:shard00"), "release notifications (cluster)"),
+    (("sunsubscribe", "{p}done:shard00"), "release notifications (cluster)"),
     (("incr", "{p}iss:probe:1"), "issuance limits"),
     (("expire", "{p}iss:probe:1", "10"), "issuance limits"),
     (("incrby", "{p}rl:probe", "1"), "proxy rate limits"),
@@ -76,11 +80,14 @@ class ProbeLine:
 # -- Redis -----------------------------------------------------------------------------------------
 
 
+_SHARDED = ("spublish", "ssubscribe", "sunsubscribe")
+
+
 def _commands(prefix: str, cluster: bool) -> list[tuple[tuple[str, ...], str]]:
     out = []
     for args, why in REDIS_COMMANDS:
-        if cluster and args[0] in ("psubscribe", "punsubscribe", "publish"):
-            continue  # cluster mode polls instead of pub/sub
+        if args[0] in (_SHARDED if not cluster else ("psubscribe", "punsubscribe", "publish")):
+            continue  # a cluster uses sharded pub/sub, anything else pattern subscriptions
         out.append((tuple(a.replace("{p}", prefix) for a in args), why))
     return out
 
@@ -129,6 +136,19 @@ async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]
                     finally:
                         with contextlib.suppress(Exception):
                             await pubsub.aclose()
+                continue
+            if name in ("ssubscribe", "sunsubscribe"):
+                if name == "ssubscribe":
+                    # On the master serving the channel's slot, as the service subscribes.
+                    spubsub: Any = ShardedNotifier.pubsub_on(client.get_node_from_key(args[1]))
+                    try:
+                        await spubsub.execute_command("SSUBSCRIBE", args[1])
+                        await spubsub.get_message(timeout=1.0)
+                        await spubsub.execute_command("SUNSUBSCRIBE", args[1])
+                        await spubsub.get_message(timeout=1.0)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await spubsub.aclose()
                 continue
             await client.execute_command(*args)
         except ResponseError as exc:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from bff import netdiag
 from bff.settings import RedisSettings
+from bff.tokens.cluster_client import SafeRedisCluster
 
 
 def redis_target(s: RedisSettings) -> str:
@@ -54,7 +54,7 @@ def make_redis(s: RedisSettings, **extra: Any) -> Any:
     assert s.url is not None
     url = s.url.get_secret_value()
     if s.cluster:
-        return RedisCluster.from_url(
+        return SafeRedisCluster.from_url(
             url, socket_timeout=s.socket_timeout_sec, socket_connect_timeout=s.connect_timeout_sec, **extra
         )
     return Redis.from_url(url, **common)
