@@ -28,15 +28,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
-from vlunaai import APIConnectionError, VlunaAIError
+from vlunaai import APIConnectionError, NotFoundError, VlunaAIError
 
 from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
-from bff.observability.context import quiet_http
+from bff.redis_client import make_redis, redis_target
 from bff.settings import Settings
-from bff.tokens.redis_client import make_redis, redis_target
-from bff.vluna_probe import PROBE_OPERATION, build_probe_client, probe_call
+from bff.telemetry.context import quiet_http
+from bff.tokens.lock import ShardedNotifier
+from bff.vluna import PropagatingTransport, create_vluna_client
+from bff.vluna_probe import PROBE_OPERATION, probe_call
 
 # Everything is imported above, before any probe runs: an import inside a coroutine blocks the
 # event loop, and a slow one (the SDK's models) would make a concurrent probe time out.
@@ -56,6 +58,9 @@ REDIS_COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("publish", "{p}done:probe", "1"), "release notification"),
     (("psubscribe", "{p}done:*"), "release notifications (not with cluster)"),
     (("punsubscribe", "{p}done:*"), "release notifications (not with cluster)"),
+    (("spublish", "{p}done:shard00", "1"), "release notification (cluster)"),
+    (("ssubscribe", "{p}done:shard00"), "release notifications (cluster)"),
+    (("sunsubscribe", "{p}done:shard00"), "release notifications (cluster)"),
     (("incr", "{p}iss:probe:1"), "issuance limits"),
     (("expire", "{p}iss:probe:1", "10"), "issuance limits"),
     (("incrby", "{p}rl:probe", "1"), "proxy rate limits"),
@@ -76,11 +81,14 @@ class ProbeLine:
 # -- Redis -----------------------------------------------------------------------------------------
 
 
+_SHARDED = ("spublish", "ssubscribe", "sunsubscribe")
+
+
 def _commands(prefix: str, cluster: bool) -> list[tuple[tuple[str, ...], str]]:
     out = []
     for args, why in REDIS_COMMANDS:
-        if cluster and args[0] in ("psubscribe", "punsubscribe", "publish"):
-            continue  # cluster mode polls instead of pub/sub
+        if args[0] in (_SHARDED if not cluster else ("psubscribe", "punsubscribe", "publish")):
+            continue  # a cluster uses sharded pub/sub, anything else pattern subscriptions
         out.append((tuple(a.replace("{p}", prefix) for a in args), why))
     return out
 
@@ -129,6 +137,19 @@ async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]
                     finally:
                         with contextlib.suppress(Exception):
                             await pubsub.aclose()
+                continue
+            if name in ("ssubscribe", "sunsubscribe"):
+                if name == "ssubscribe":
+                    # On the master serving the channel's slot, as the service subscribes.
+                    spubsub: Any = ShardedNotifier.pubsub_on(client.get_node_from_key(args[1]))
+                    try:
+                        await spubsub.execute_command("SSUBSCRIBE", args[1])
+                        await spubsub.get_message(timeout=1.0)
+                        await spubsub.execute_command("SUNSUBSCRIBE", args[1])
+                        await spubsub.get_message(timeout=1.0)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await spubsub.aclose()
                 continue
             await client.execute_command(*args)
         except ResponseError as exc:
@@ -317,7 +338,8 @@ _VLUNA_HINTS = {
 
 async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
     v = settings.vluna
-    client = build_probe_client(settings)
+    # Its own client, without retries: one call says what is wrong.
+    client = create_vluna_client(v, transport=PropagatingTransport(httpx.AsyncHTTPTransport()), max_retries=0)
     if client is None:
         return []
     what = (
@@ -333,7 +355,7 @@ async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
         status = exc.status
         code = exc.code or "no error code"
         hint = _VLUNA_HINTS.get(exc.code or "")
-        if hint is None and status == 404:
+        if hint is None and isinstance(exc, NotFoundError):
             hint = "no Vluna API at this URL: vluna.base_url must end in /mgt/v1"
         text = f"{what}: HTTP {status} {code} ({exc.message[:160]})"
         return [ProbeLine("vluna", False, text + (f": {hint}" if hint else ""))]

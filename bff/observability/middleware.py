@@ -16,8 +16,8 @@ from typing import Any, cast
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from bff.observability import metrics, tracing
-from bff.observability.context import RequestInfo, current_request, valid_request_id
+from bff.telemetry import metrics, tracing
+from bff.telemetry.context import RequestInfo, current_request, valid_request_id
 
 access_log = logging.getLogger("bff.access")
 
@@ -176,8 +176,3 @@ def _tracing_headers(scope: Scope) -> dict[str, str]:
         if name in (b"traceparent", b"tracestate"):
             out[name.decode()] = value.decode("latin-1")
     return out
-
-
-def install(app: Any, **options: Any) -> None:
-    """Wrap a Litestar app's ASGI handler (after routing is built)."""
-    app.asgi_handler = ObservabilityMiddleware(app.asgi_handler, **options)

@@ -29,7 +29,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisClusterException
 
-from bff.tokens.cache import REDIS_ERRORS
+from bff.redis_client import REDIS_ERRORS
 from bff.tokens.keys import CacheKeys
 
 log = logging.getLogger("bff.lock")
@@ -224,7 +224,16 @@ class _Resubscribe(Exception):
     """A master gave up a slot of ours (failover, resharding): subscribe again where it went."""
 
 
-_RESUBSCRIBE_ON: tuple[type[BaseException], ...] = (*REDIS_ERRORS, RedisClusterException, _Resubscribe)
+# Besides Redis errors: what redis-py leaks when a connection is closed under a read (see
+# bff/redis_cluster.py); the subscription is then opened again like after any other failure.
+_RESUBSCRIBE_ON: tuple[type[BaseException], ...] = (
+    *REDIS_ERRORS,
+    RedisClusterException,
+    AttributeError,
+    TypeError,
+    RuntimeError,
+    _Resubscribe,
+)
 
 
 class ShardedNotifier(Waiters):
@@ -249,7 +258,7 @@ class ShardedNotifier(Waiters):
                 owners = await self._owners(refresh=self._failed_before)
                 readers = []
                 for node, channels in owners:
-                    pubsub = self._pubsub(node)
+                    pubsub = self.pubsub_on(node)
                     pubsubs.append(pubsub)
                     readers.append(self._subscribe_and_read(pubsub, channels))
                 await self._until_first_fails(readers)
@@ -284,7 +293,8 @@ class ShardedNotifier(Waiters):
         return list(owners.values())
 
     @staticmethod
-    def _pubsub(node: Any) -> PubSub:
+    def pubsub_on(node: Any) -> PubSub:
+        """A pub/sub connection to one cluster node (``ClusterNode``)."""
         # Built like the client's connections to that node: credentials, TLS, timeouts.
         pool = ConnectionPool(
             connection_class=node.connection_class, max_connections=1, **node.connection_kwargs

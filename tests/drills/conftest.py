@@ -3,6 +3,7 @@ redis-server), loopback only, each bounded in time. Helpers come from tests/supp
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,8 +63,13 @@ def start_service(emulator: Emulator, user_keys: UserKeys, tmp_path: Path) -> It
         else:
             data = bff_config(emulator.url, user_keys.pem(), redis_url=redis_url, **sections)
             prefixes.append((data["cache"]["key_prefix"], redis_url))
-        proc = start_bff(write_config(data, tmp_path), workers=workers, ready_timeout=ready_timeout)
+        # Its stderr in a file of the test's own: what a drill quotes when a promise fails.
+        log = tempfile.NamedTemporaryFile("w+", dir=tmp_path, prefix="bff-", suffix=".log", delete=False)  # noqa: SIM115
+        proc = start_bff(
+            write_config(data, tmp_path), workers=workers, ready_timeout=ready_timeout, stderr=log
+        )
         proc.extra["config"] = data
+        proc.extra["log"] = Path(log.name)
         procs.append(proc)
         return proc
 

@@ -13,20 +13,24 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
+from tests.support.ports import LOOPBACK
 from tests.support.processes import Proc
 from tests.support.redis_topologies import RedisCluster, start_cluster
+from tests.support.service import bff_config
 
 from .failover_load import FailoverLoad, check_promises, events, process_figures
 
 CATALOG = "/vluna/api/v1/catalog/products"
-# The service's own default (cache.redis.down_backoff_sec): how long a process keeps to its
-# in-process cache after a Redis command failed.
+# How long after Redis is whole again a process may still use its in-process cache: its Redis
+# breaker's probe_interval_sec (1 s) plus one PING (ping_timeout_sec 2 s), with a margin.
 DOWN_BACKOFF_SEC = 5.0
 
 
@@ -145,12 +149,47 @@ async def test_cluster_master_killed_under_load(
         finally:
             stop.set()
             await asyncio.wait_for(runner, 60)
+            # The killed master comes back as a replica of the one promoted in its place.
+            if not cluster.nodes[victim].alive():
+                await asyncio.to_thread(cluster.start_node, victim)
         figures = load.summary(t_event, t_healthy)
         figures["issuances"] = emulator.issuances()
         figures.update(process_figures(procs))
         print(f"\ncluster master {victim} killed under load: {figures}")
         await check_promises(load, t_event, t_healthy, backoff=DOWN_BACKOFF_SEC, tail=TAIL_USERS)
-    # The killed master comes back as a replica of the one promoted in its place.
-    await asyncio.to_thread(cluster.start_node, victim)
     await asyncio.to_thread(cluster.wait_healthy, 60.0)
     assert victim not in cluster.masters()
+
+
+async def test_cluster_probe_checks_sharded_pub_sub(
+    cluster: RedisCluster, emulator: Emulator, user_keys: UserKeys
+) -> None:
+    """`check-config --probe` on a Cluster: the commands it uses there are checked, sharded
+    pub/sub included, for a user with every permission and one without SSUBSCRIBE."""
+    from bff.probes import probe_redis
+    from bff.settings import validate_settings
+
+    def settings(url: str) -> Any:
+        data = bff_config(
+            emulator.url, user_keys.pem(), redis_url=url, prefix="vbff:", cache={"redis": {"cluster": True}}
+        )
+        return validate_settings(data)
+
+    line = (await probe_redis(settings(cluster.url), 5.0))[0]
+    assert line.ok, line.text
+    assert "Redis Cluster" in line.text
+    port = int(cluster.url.rsplit(":", 1)[1].split("/")[0])
+    for node, proc in cluster.nodes.items():
+        if not proc.alive():
+            continue
+        c = redis.Redis(host=LOOPBACK, port=node)
+        try:
+            c.execute_command(
+                "ACL", "SETUSER", "noshard", "on", ">pw", "~vbff:*", "&vbff:done:*", "+@all", "-ssubscribe"
+            )
+        finally:
+            c.close()
+    line = (await probe_redis(settings(f"redis://noshard:pw@{LOOPBACK}:{port}/0"), 5.0))[0]
+    assert not line.ok
+    assert "ssubscribe vbff:done:shard00 (release notifications (cluster)" in line.text, line.text
+    assert "psubscribe" not in line.text
