@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,13 @@ BOB = Principal("org:acme", "bob")
 SCOPE_SETS = [("checkout",), ("portal",), ("checkout", "portal")]
 
 
+def frozen_clock() -> Callable[[], float]:
+    """The limits count in fixed windows of the clock: a test that crossed a window boundary
+    would start counting afresh half-way. One instant for the whole test."""
+    now = time.time()
+    return lambda: now
+
+
 def limited(keys: Keys, prefix: str, url: str = "redis://127.0.0.1:6379/0", **limit: Any) -> Settings:
     return make_settings(
         keys,
@@ -34,7 +42,7 @@ async def test_per_user_limit_counts_issuances_only(
     keys: Keys, prefix: str, redis_client: aioredis.Redis, issuer: FakeIssuer
 ) -> None:
     settings = limited(keys, prefix, per_user=2, window_sec=60)
-    async with running_services(settings, issuer, redis_client) as svc:
+    async with running_services(settings, issuer, redis_client, clock=frozen_clock()) as svc:
         first = await svc.broker.get_token(ALICE, SCOPE_SETS[0])
         await svc.broker.get_token(ALICE, SCOPE_SETS[1])
         with pytest.raises(IssuanceLimited) as refused:
@@ -55,10 +63,11 @@ async def two_replicas(
     """Two replicas of the service (each with its own Redis connection) sharing one Redis."""
     a_issuer, b_issuer = FakeIssuer(), FakeIssuer()
     other = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    clock = frozen_clock()
     try:
         async with (
-            running_services(settings, a_issuer, redis_client) as a,
-            running_services(settings, b_issuer, other) as b,
+            running_services(settings, a_issuer, redis_client, clock=clock) as a,
+            running_services(settings, b_issuer, other, clock=clock) as b,
         ):
             yield a, b, a_issuer, b_issuer
     finally:

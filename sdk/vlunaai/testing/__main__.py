@@ -188,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock.close()
         return 2
     app = create_app(settings, seed)
+    # Listening before the line below is printed: whoever reads it may connect at once, and the
+    # kernel queues those connections until the server accepts them (instead of refusing them).
+    sock.listen(2048)
     operations = app.state.emulator.operation_count
     controls = (
         f", controls at {base}/__emulator__ with the header {CONTROL_HEADER}: {CONTROL_HEADER_VALUE}"
