@@ -1,7 +1,10 @@
-"""The application factory: settings in, a Litestar app with every part wired out.
+"""The application factory: settings in, one ``Litestar`` declaration out.
 
-Later features (the API proxy, metrics, health) plug in as more route handlers on the same
-``Services``.
+``build_services`` wires the parts (auth chain, principal mapper, token broker, the one Vluna
+client, proxy); ``create_app`` declares the app in one call: route handlers, the dependencies
+they receive by name (``principal`` per request; ``broker``, ``proxy``, ``settings``,
+``derived``, ``readiness``), exception handlers, the lifespan, and the ASGI middleware around
+the whole app (observability, the request guard, the CORS credentials guard).
 """
 
 from __future__ import annotations
@@ -9,18 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import httpx
 from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.types import ControllerRouterHandler
+from litestar.types import ASGIApp, ControllerRouterHandler, Method
 from redis.asyncio.cluster import RedisCluster
+from vlunaai import ServiceClient
 
 from bff.auth.bearer import BearerAuthenticator, CookieAuthenticator
 from bff.auth.chain import AuthChain
@@ -29,23 +34,29 @@ from bff.auth.identity import Authenticator
 from bff.auth.introspection import IntrospectionAuthenticator
 from bff.auth.jwks import CompositeKeySource, JwksKeySource, KeySource, StaticKeySource
 from bff.auth.jwt import JwtVerifier
+from bff.cors_credentials import CredentialsOnlyForAllowedOrigins
 from bff.errors import BffError
 from bff.hooks import load_hook
-from bff.observability.metrics import MeteredStats
-from bff.observability.upstream import MeteredIssuer, ObservedPrincipalMapper, PropagatingTransport
+from bff.http_guard import RequestGuard
+from bff.observability.health import Readiness
+from bff.observability.setup import instrument
 from bff.openapi import openapi_config
-from bff.principals import PrincipalMapper
-from bff.settings import Settings, SettingsError, api_base_url, origin_problem, parse_key_spec
+from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
+from bff.proxy.service import ProxyService
+from bff.proxy.upstream import Upstream
+from bff.redis_client import RedisBreaker, make_redis, redis_target
+from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
+from bff.telemetry.metrics import MeteredStats
 from bff.tokens.broker import BrokerConfig, TokenBroker
-from bff.tokens.cache import MemoryCache, RedisCache, RedisGuard, ResilientCache
+from bff.tokens.cache import MemoryCache, RedisCache, ResilientCache
 from bff.tokens.crypto import TokenCipher
-from bff.tokens.issuer import SdkTokenIssuer, TokenIssuer
+from bff.tokens.issuer import MeteredIssuer, SdkTokenIssuer, TokenIssuer, first_call_retries
 from bff.tokens.keys import CacheKeys
 from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
-from bff.tokens.redis_client import make_redis, redis_target
+from bff.vluna import PropagatingTransport, create_vluna_client
 
 log = logging.getLogger("bff")
 
@@ -58,14 +69,17 @@ class Services:
     broker: TokenBroker
     stats: Stats
     issuer: TokenIssuer
+    vluna: ServiceClient | None  # the one Vluna client: the issuer's and readiness's
     http: httpx.AsyncClient
     redis: Any | None
     notifier: Waiters | None
+    # One breaker for every use of Redis in this process (cache, lock, limits, rate limits).
+    breaker: RedisBreaker
     owns_http: bool
     owns_redis: bool
-    realm_id: str = ""
-    api_base_url: str = ""  # Vluna's /api/v1 as apps reach it (GET /vluna/token tells them)
-    proxy: Any = None  # bff.proxy.ProxyService when proxy.enabled
+    derived: Derived  # realm, HMAC key, default scopes, API base URLs: worked out once
+    redis_target: str = "Redis"  # where Redis is, for log lines and readiness (no password)
+    proxy: ProxyService | None = None  # when proxy.enabled
     l1: L1Cache | None = None  # the token cache's in-process first level (cache.l1)
 
     def __repr__(self) -> str:
@@ -163,21 +177,30 @@ def build_services(
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,
     clock: Callable[[], float] = time.time,
+    vluna: ServiceClient | None = None,
 ) -> Services:
     stats = MeteredStats()
     owns_http = http is None
     http = http or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
-    realm = realm_id or settings.vluna.realm_id or settings.dev.realm_id
+    derived = derive(settings, realm_id=realm_id)
+    realm = derived.realm_id
     c = settings.cache
-    hmac_key = c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32)
-    keys = CacheKeys(hmac_key, c.key_prefix, realm)
-    guard = RedisGuard(stats, c.redis.down_backoff_sec, redis_target(c.redis))
+    keys = CacheKeys(derived.hmac_key, c.key_prefix, realm)
+    target = redis_target(c.redis)
     owns_redis = False
     if c.backend == "redis" and redis is None:
         redis = make_redis(c.redis)
         owns_redis = True
     if c.backend != "redis":
         redis = None
+    breaker = RedisBreaker(
+        stats,
+        redis,
+        failures=c.redis.breaker_failures,
+        ping_timeout_sec=c.redis.ping_timeout_sec,
+        probe_interval_sec=c.redis.probe_interval_sec,
+        target=target,
+    )
     cluster = isinstance(redis, RedisCluster)
     lock = RedisLock(redis, keys, sharded=cluster) if redis is not None else None
     notifier: Waiters | None = None
@@ -186,7 +209,10 @@ def build_services(
     elif redis is not None:
         notifier = Notifier(redis, keys)
     cache = ResilientCache(
-        RedisCache(redis) if redis is not None else None, MemoryCache(c.memory_max_entries), guard
+        RedisCache(redis) if redis is not None else None,
+        MemoryCache(c.memory_max_entries),
+        breaker,
+        retry_for_sec=settings.tokens.wait_timeout_sec,
     )
     l1 = (
         L1Cache(
@@ -203,18 +229,15 @@ def build_services(
         if c.l1.enabled and redis is not None and not c.redis.cluster and hasattr(redis, "pubsub")
         else None
     )
+    if vluna is None:
+        transport = PropagatingTransport(httpx.AsyncHTTPTransport())
+        vluna = create_vluna_client(settings.vluna, transport=transport)
     if issuer is None:
-        v = settings.vluna
-        assert v.realm_id and v.service_key_id and v.service_key_secret
-        issuer = SdkTokenIssuer.create(
-            base_url=v.base_url,
-            realm_id=v.realm_id,
-            key_id=v.service_key_id,
-            secret=v.service_key_secret.get_secret_value(),
-            session_ttl_sec=settings.tokens.session_ttl_sec,
-            timeout_sec=v.timeout_sec,
-            max_retries=v.max_retries,
-            transport=PropagatingTransport(httpx.AsyncHTTPTransport()),
+        assert vluna is not None  # validation requires vluna.* outside dev mode, which injects one
+        issuer = SdkTokenIssuer(
+            vluna,
+            settings.tokens.session_ttl_sec,
+            first_call_retries=first_call_retries(settings.vluna.max_retries),
         )
     t = settings.tokens
     broker = TokenBroker(
@@ -231,12 +254,12 @@ def build_services(
         cache=cache,
         cipher=_cipher(settings),
         keys=keys,
-        guard=guard,
+        breaker=breaker,
         stats=stats,
         lock=lock,
         notifier=notifier,
         limiter=IssuanceLimiter(
-            t.issuance_limit, redis=redis, keys=keys, guard=guard, stats=stats, clock=clock
+            t.issuance_limit, redis=redis, keys=keys, breaker=breaker, stats=stats, clock=clock
         ),
         l1=l1,
         clock=clock,
@@ -251,13 +274,15 @@ def build_services(
         broker=broker,
         stats=stats,
         issuer=issuer,
+        vluna=vluna,
         http=http,
         redis=redis,
         notifier=notifier,
+        breaker=breaker,
         owns_http=owns_http,
         owns_redis=owns_redis,
-        realm_id=realm,
-        api_base_url=api_base_url(settings),
+        derived=derived,
+        redis_target=target,
         l1=l1,
     )
 
@@ -268,7 +293,7 @@ def error_body(code: str, message: str) -> dict[str, str]:
 
 def _bff_error(request: Request[Any, Any, Any], exc: BffError) -> Response[Any]:
     return Response(
-        error_body(exc.code, exc.message),
+        exc.body(),
         status_code=exc.status,
         headers={"Cache-Control": "no-store", **exc.headers},
     )
@@ -291,6 +316,65 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     )
 
 
+class BffApp(Litestar):
+    """Litestar, plus ASGI middleware around the whole app (``outer_middleware``, outermost
+    first). Litestar's own ``middleware=`` runs only for requests that reach a route handler;
+    these also see 404/405 answers, CORS preflights and errors, which must be logged, counted,
+    given a request id and held to the head and body limits like every other request."""
+
+    def __init__(
+        self, *, outer_middleware: Sequence[Callable[[ASGIApp], ASGIApp]] = (), **config: Any
+    ) -> None:
+        self._outer_middleware = tuple(outer_middleware)
+        super().__init__(**config)
+
+    def _create_asgi_handler(self) -> ASGIApp:
+        handler = super()._create_asgi_handler()  # exception handlers, CORS
+        for wrap in reversed(self._outer_middleware):
+            handler = wrap(handler)
+        return handler
+
+
+def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
+    """What handlers receive by name: the caller's principal (authenticated and mapped per
+    request), and for the probe and metrics routes the readiness state and the proxy."""
+    auth, mapper = services.auth, services.mapper
+
+    async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+        # Authentication and mapping failures are BffErrors (401, 403, 503), answered as such.
+        return await mapper.map(await auth.authenticate(request))
+
+    def provide_proxy() -> ProxyService | None:
+        return services.proxy
+
+    def provide_readiness() -> Readiness:
+        return readiness
+
+    provided = {
+        "principal": Provide(provide_principal),
+        "proxy": Provide(provide_proxy, use_cache=True, sync_to_thread=False),
+        "readiness": Provide(provide_readiness, use_cache=True, sync_to_thread=False),
+    }
+    assert tuple(provided) == DEPENDENCY_NAMES
+    return provided
+
+
+DEPENDENCY_NAMES = ("principal", "proxy", "readiness")
+
+
+def dependency_placeholders() -> dict[str, Provide]:
+    """The same names with nothing behind them, for an app that only describes its routes (the
+    OpenAPI document): handlers' dependencies are then not taken for query parameters."""
+
+    def placeholder(name: str) -> Provide:
+        def unavailable() -> None:  # one function per name: Litestar keys providers by function
+            raise RuntimeError(f"{name}: this app only describes its routes")
+
+        return Provide(unavailable, sync_to_thread=False)
+
+    return {name: placeholder(name) for name in DEPENDENCY_NAMES}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -300,11 +384,13 @@ def create_app(
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,
     extra_routes: Sequence[ControllerRouterHandler] = (),
-    proxy_upstream: Any = None,
-    on_shutdown: Sequence[Any] = (),
+    proxy_upstream: Upstream | None = None,
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     clock: Callable[[], float] = time.time,
+    vluna: ServiceClient | None = None,
 ) -> Litestar:
-    from bff.routes.token import token_routes
+    from bff.proxy.routes import proxy_routes
+    from bff.routes.token import TokenRouteParts, token_routes
     from bff.web import client_routes
 
     # validate_settings refuses these; an app built from unchecked settings must not either, since
@@ -317,13 +403,36 @@ def create_app(
     if bad:
         raise SettingsError(bad)
     services = build_services(
-        settings, issuer=issuer, redis=redis, http=http, dev_keys=dev_keys, realm_id=realm_id, clock=clock
+        settings,
+        issuer=issuer,
+        redis=redis,
+        http=http,
+        dev_keys=dev_keys,
+        realm_id=realm_id,
+        clock=clock,
+        vluna=vluna,
     )
     if settings.proxy.enabled:
         from bff.proxy.routes import build_proxy
 
-        realm = realm_id or settings.vluna.realm_id or settings.dev.realm_id
-        services.proxy = build_proxy(settings, services, realm, upstream=proxy_upstream)
+        services.proxy = build_proxy(
+            settings,
+            broker=services.broker,
+            redis=services.redis,
+            stats=services.stats,
+            derived=services.derived,
+            breaker=services.breaker,
+            upstream=proxy_upstream,
+        )
+    telemetry = instrument(
+        settings,
+        hmac_key=services.derived.hmac_key,
+        redis=services.redis,
+        vluna=services.vluna,
+        auth=services.auth,
+        redis_target=services.redis_target,
+        breaker=services.breaker,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -344,8 +453,12 @@ def create_app(
                 await services.notifier.stop()
             if services.l1 is not None:
                 await services.l1.stop()
+            await services.breaker.aclose()
             with contextlib.suppress(Exception):
                 await services.issuer.aclose()
+            if services.vluna is not None:
+                with contextlib.suppress(Exception):
+                    await services.vluna.close()
             if services.owns_redis and services.redis is not None:
                 with contextlib.suppress(Exception):
                     await services.redis.aclose()
@@ -356,51 +469,71 @@ def create_app(
             log.info("Application shutdown complete (pools closed)")
 
     s = settings.server
-    cors = (
-        CORSConfig(
-            allow_origins=list(s.cors_allow_origins),
-            allow_methods=["GET", "DELETE", "POST"] if settings.proxy.enabled else ["GET", "DELETE"],
-            allow_headers=[
-                "authorization",
-                settings.auth.cookie.csrf_header.lower(),
-                *_proxy_cors(settings)[0],
-            ],
-            expose_headers=_proxy_cors(settings)[1],
-            allow_credentials=True,
+    cors = cors_config(settings)
+
+    # (Both speak plain ASGI, with dict messages: cast to Litestar's typed ASGIApp.)
+    def request_guard(app: ASGIApp) -> ASGIApp:
+        guard = RequestGuard(
+            app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
         )
-        if s.cors_allow_origins
-        else None
-    )
-    app = Litestar(
-        route_handlers=[*token_routes(), *client_routes(), *_proxy_routes(settings), *extra_routes],
-        lifespan=[lifespan],
+        return cast("ASGIApp", guard)
+
+    def credentials_guard(app: ASGIApp) -> ASGIApp:
+        return cast("ASGIApp", CredentialsOnlyForAllowedOrigins(app))
+
+    return BffApp(
+        route_handlers=[
+            *token_routes(
+                TokenRouteParts(
+                    broker=services.broker,
+                    proxy=services.proxy,
+                    allowed_scopes=settings.tokens.allowed_scopes,
+                    derived=services.derived,
+                )
+            ),
+            *client_routes(),
+            *(proxy_routes(services.proxy) if services.proxy is not None else []),
+            *extra_routes,
+            *telemetry.routes,
+        ],
+        dependencies=dependencies(services, telemetry.readiness),
+        # Outermost first: every request is logged and counted (also those the guard refuses);
+        # credentials are stripped from CORS answers that grant no origin.
+        outer_middleware=[
+            telemetry.middleware,
+            request_guard,
+            *([credentials_guard] if cors is not None else []),
+        ],
         exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
         cors_config=cors,
+        lifespan=[lifespan],
+        on_shutdown=[telemetry.close],
+        state=State({"services": services, "readiness": telemetry.readiness}),
         debug=False,
         logging_config=None,
         openapi_config=openapi_config(settings),
     )
-    app.state.services = services
-    from bff import cors_credentials, http_guard
-    from bff.observability.setup import instrument
 
-    if cors is not None:
-        cors_credentials.install(app)
-    # Inside the observability wrapper, so refused requests are still logged and counted.
-    http_guard.install(
-        app, max_header_bytes=s.max_header_bytes, body_read_timeout_sec=s.body_read_timeout_sec
+
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Cross-origin access with credentials for ``server.cors_allow_origins`` (None: none), with
+    the proxy's methods and headers when the proxy is on."""
+    origins = settings.server.cors_allow_origins
+    if not origins:
+        return None
+    methods: list[Method | Literal["*"]] = ["GET", "DELETE"]
+    allow = ["authorization", settings.auth.cookie.csrf_header.lower()]
+    expose: list[str] = []
+    if settings.proxy.enabled:
+        from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
+
+        methods.append("POST")
+        allow += CORS_ALLOW_HEADERS
+        expose += CORS_EXPOSE_HEADERS
+    return CORSConfig(
+        allow_origins=list(origins),
+        allow_methods=methods,
+        allow_headers=allow,
+        expose_headers=expose,
+        allow_credentials=True,
     )
-    instrument(app, settings, services)
-    return app
-
-
-def _proxy_routes(settings: Settings) -> list[ControllerRouterHandler]:
-    from bff.proxy.routes import proxy_routes
-
-    return proxy_routes() if settings.proxy.enabled else []
-
-
-def _proxy_cors(settings: Settings) -> tuple[list[str], list[str]]:
-    from bff.proxy.routes import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
-
-    return (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS) if settings.proxy.enabled else ([], [])

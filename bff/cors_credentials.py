@@ -36,8 +36,3 @@ class CredentialsOnlyForAllowedOrigins:
             await send(message)
 
         await self.app(scope, receive, guarded_send)
-
-
-def install(app: Any) -> None:
-    """Wrap a Litestar app's ASGI handler (after routing is built)."""
-    app.asgi_handler = CredentialsOnlyForAllowedOrigins(app.asgi_handler)

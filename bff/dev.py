@@ -22,13 +22,13 @@ from litestar import Litestar, Request, Response, get
 from litestar.datastructures import Cookie
 from litestar.params import FromQuery
 from litestar.types import ControllerRouterHandler
+from pydantic import SecretStr
 
 from bff.auth.jwks import StaticKeySource, VerificationKey
 from bff.errors import BadRequest
-from bff.observability.upstream import PropagatingTransport
 from bff.proxy.upstream import AsgiUpstream
 from bff.settings import DevSettings, Settings
-from bff.tokens.issuer import SdkTokenIssuer
+from bff.vluna import PropagatingTransport, create_vluna_client
 
 log = logging.getLogger("bff.dev")
 
@@ -130,20 +130,22 @@ def create_dev_app(settings: Settings, *, base_url: str | None = None) -> DevRun
         update={"vluna": settings.vluna.model_copy(update={"api_base_url": f"{public}/api/v1"})}
     )
     signin = DevSignIn(settings.dev)
-    issuer = SdkTokenIssuer.create(
-        base_url=emulator.service_base_url,
-        realm_id=realm_id,
-        key_id=emulator.service_key_id,
-        secret=emulator.service_key_secret,
-        session_ttl_sec=settings.tokens.session_ttl_sec,
-        timeout_sec=settings.vluna.timeout_sec,
-        max_retries=settings.vluna.max_retries,
-        # The same request-id and traceparent propagation as the production path.
+    # The app's one Vluna client (issuer and readiness) signs for the emulator's realm and key,
+    # in process, with the same request-id and traceparent propagation as the production path.
+    vluna = create_vluna_client(
+        settings.vluna.model_copy(
+            update={
+                "base_url": emulator.service_base_url,
+                "realm_id": realm_id,
+                "service_key_id": emulator.service_key_id,
+                "service_key_secret": SecretStr(emulator.service_key_secret),
+            }
+        ),
         transport=PropagatingTransport(emulator.transport()),
     )
     app = create_app(
         settings,
-        issuer=issuer,
+        vluna=vluna,
         dev_keys=signin.key_source,
         realm_id=realm_id,
         extra_routes=[

@@ -1,8 +1,20 @@
-"""Every rejection the BFF answers with: a status, a stable code, a message safe to show."""
+"""Every rejection the BFF answers with: one class per HTTP status (or kind of failure), each
+knowing its status, its default error code and its headers. The app's exception handler turns
+any of them into the same answer: ``{"error": code, "message": message}`` with ``Cache-Control:
+no-store`` and the class's headers.
+
+``Retry-After`` is built in one place (``retry_after_value``), from seconds however they were
+learnt (a limiter's window, a breaker's open time, Vluna's own answer read with the SDK's parser).
+"""
 
 from __future__ import annotations
 
-from typing import TypedDict
+import math
+from collections.abc import Mapping
+from typing import ClassVar, TypedDict
+
+import httpx
+from vlunaai._http import parse_retry_after as _sdk_parse_retry_after
 
 
 class ErrorBody(TypedDict):
@@ -12,9 +24,23 @@ class ErrorBody(TypedDict):
     message: str
 
 
+def retry_after_value(seconds: float) -> str:
+    """The ``Retry-After`` header value for a wait of ``seconds``: whole seconds, rounded up,
+    never negative."""
+    return str(max(0, math.ceil(seconds)))
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait according to an upstream answer's headers (``Retry-After`` as seconds or
+    an HTTP date), with the SDK's own parser; None when absent or unreadable."""
+    return _sdk_parse_retry_after(httpx.Headers(headers))
+
+
 class BffError(Exception):
-    status = 500
-    code = "internal_error"
+    """Base of every rejection; ``status`` and ``code`` are the class's unless given."""
+
+    status: ClassVar[int] = 500
+    code: str = "internal_error"
 
     def __init__(
         self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
@@ -24,6 +50,20 @@ class BffError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
+
+    def body(self) -> ErrorBody:
+        return {"error": self.code, "message": self.message}
+
+
+class RetryLater(BffError):
+    """A rejection that says when to come back (``Retry-After``, in whole seconds)."""
+
+    def __init__(self, message: str, *, retry_after: float, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": retry_after_value(retry_after)})
+        self.retry_after = max(0, math.ceil(retry_after))
+
+
+# -- the caller's request ---------------------------------------------------------------------
 
 
 class BadRequest(BffError):
@@ -65,24 +105,60 @@ class NotFound(BffError):
     code = "not_found"
 
 
+class RequestTimeout(BffError):
+    status = 408
+    code = "request_timeout"
+
+
+class PayloadTooLarge(BffError):
+    status = 413
+    code = "body_too_large"
+
+
+class UriTooLong(BffError):
+    status = 414
+    code = "uri_too_long"
+
+
+class UnsupportedMediaType(BffError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class TooManyRequests(RetryLater):
+    status = 429
+    code = "rate_limited"
+
+
+# -- what lies behind the service ---------------------------------------------------------------
+
+
 class UpstreamRejected(BffError):
+    """Vluna refused what this service asked (never the caller's credential: never a 401)."""
+
     status = 502
     code = "upstream_rejected"
 
 
-class ServiceUnavailable(BffError):
+class UpstreamUnreachable(BffError):
+    status = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamInvalid(BffError):
+    """Vluna's answer cannot be passed on (too large, not JSON)."""
+
+    status = 502
+    code = "upstream_invalid"
+
+
+class ServiceUnavailable(RetryLater):
     status = 503
     code = "unavailable"
 
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
-        self.retry_after = retry_after
 
+class GatewayTimeout(BffError):
+    """Vluna did not answer within the deadline."""
 
-class TooManyRequests(BffError):
-    status = 429
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
-        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
-        self.retry_after = retry_after
+    status = 504
+    code = "upstream_timeout"

@@ -20,7 +20,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bff.errors import BffError
+from bff.errors import RequestTimeout
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -109,11 +109,6 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
 
-class RequestTimeout(BffError):
-    status = 408
-    code = "request_timeout"
-
-
 class BodyDeadline:
     """The body must be complete within ``timeout`` of the headers. Past it, the app's
     ``receive`` raises ``RequestTimeout`` (a 408 through the app's error handling, so it is
@@ -161,10 +156,3 @@ class BodyDeadline:
                 # this connection can be read reliably.
                 message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
         await self._send(message)
-
-
-def install(app: Any, *, max_header_bytes: int, body_read_timeout_sec: float) -> None:
-    """Wrap a Litestar app's ASGI handler (after routing is built)."""
-    app.asgi_handler = RequestGuard(
-        app.asgi_handler, max_header_bytes=max_header_bytes, body_read_timeout_sec=body_read_timeout_sec
-    )

@@ -98,13 +98,19 @@ def document(settings: Settings) -> dict[str, Any]:
     services: an app of the same route handlers (``vluna-bff openapi``)."""
     from litestar._openapi.plugin import OpenAPIPlugin
 
+    from bff.app import dependency_placeholders
     from bff.observability.health import health_routes
     from bff.proxy.routes import proxy_routes
     from bff.routes.token import token_routes
 
     on = settings.model_copy(update={"openapi": settings.openapi.model_copy(update={"enabled": True})})
     app = Litestar(
-        route_handlers=[*token_routes(), *(proxy_routes() if on.proxy.enabled else []), *health_routes(on)],
+        route_handlers=[
+            *token_routes(None),
+            *(proxy_routes(None) if on.proxy.enabled else []),
+            *health_routes(on),
+        ],
+        dependencies=dependency_placeholders(),
         openapi_config=openapi_config(on),
         logging_config=None,  # the process's logging is configured elsewhere (or not at all)
     )
@@ -163,8 +169,8 @@ def _operation_id(method: str, template: str) -> str:
 
 
 def _proxy_operations(settings: Settings, needs: list[dict[str, list[str]]]) -> dict[str, dict[str, Any]]:
-    from bff.proxy.config import template_params
     from bff.proxy.service import PREFIX
+    from bff.settings import template_params
 
     p = settings.proxy
     paths: dict[str, dict[str, Any]] = {}

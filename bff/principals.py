@@ -17,13 +17,24 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from bff.auth.identity import Identity
 from bff.errors import Forbidden
 from bff.hooks import call_hook
 from bff.settings import MappingSettings
-from bff.tokens.broker import Principal
+from bff.telemetry.context import note_identity
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a Vluna token is for: the principal, the user within it, and the user's traits."""
+
+    principal_id: str
+    user_id: str
+    traits: Mapping[str, Any] = field(default_factory=dict)
+
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_ID_LEN = 256
@@ -156,3 +167,12 @@ class PrincipalMapper:
                 code="unmapped_principal",
             )
         return p
+
+
+class ObservedPrincipalMapper(PrincipalMapper):
+    """Records the hashed principal and user for the request's log line."""
+
+    async def map(self, identity: Any) -> Principal:
+        principal = await super().map(identity)
+        note_identity(principal.principal_id, principal.user_id)
+        return principal

@@ -28,16 +28,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
-from vlunaai import APIConnectionError, VlunaAIError
+from vlunaai import APIConnectionError, NotFoundError, VlunaAIError
 
 from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
-from bff.observability.context import quiet_http
+from bff.redis_client import make_redis, redis_target
 from bff.settings import Settings
+from bff.telemetry.context import quiet_http
 from bff.tokens.lock import ShardedNotifier
-from bff.tokens.redis_client import make_redis, redis_target
-from bff.vluna_probe import PROBE_OPERATION, build_probe_client, probe_call
+from bff.vluna import PropagatingTransport, create_vluna_client
+from bff.vluna_probe import PROBE_OPERATION, probe_call
 
 # Everything is imported above, before any probe runs: an import inside a coroutine blocks the
 # event loop, and a slow one (the SDK's models) would make a concurrent probe time out.
@@ -337,7 +338,8 @@ _VLUNA_HINTS = {
 
 async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
     v = settings.vluna
-    client = build_probe_client(settings)
+    # Its own client, without retries: one call says what is wrong.
+    client = create_vluna_client(v, transport=PropagatingTransport(httpx.AsyncHTTPTransport()), max_retries=0)
     if client is None:
         return []
     what = (
@@ -353,7 +355,7 @@ async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
         status = exc.status
         code = exc.code or "no error code"
         hint = _VLUNA_HINTS.get(exc.code or "")
-        if hint is None and status == 404:
+        if hint is None and isinstance(exc, NotFoundError):
             hint = "no Vluna API at this URL: vluna.base_url must end in /mgt/v1"
         text = f"{what}: HTTP {status} {code} ({exc.message[:160]})"
         return [ProbeLine("vluna", False, text + (f": {hint}" if hint else ""))]

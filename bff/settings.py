@@ -19,7 +19,9 @@ import json
 import math
 import os
 import re
+import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,8 +36,6 @@ from pydantic import (
     model_validator,
 )
 
-from bff.proxy.config import ProxySettings, RateLimitSettings
-
 ENV_PREFIX = "VLUNA_BFF__"
 CONFIG_ENV = "VLUNA_BFF_CONFIG"
 
@@ -49,9 +49,233 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+Problem = tuple[str, str]  # (the field's path, what is wrong with it), never the value
+
+
 class _Model(BaseModel):
     # A misspelt key in the YAML must fail loudly instead of silently keeping a default.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        """What this section's values break that their types cannot say, checked beside the
+        section (``root``: the whole tree, for the few checks that span sections)."""
+        return []
+
+
+# -- the API proxy (``proxy``) and the per-user rate limits (``rate_limit``) ----------------------
+# Every check that can be made on the configuration alone is made here, so that a bad allowlist
+# fails ``vluna-bff check-config`` instead of the first request.
+
+ProxyMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+# A literal segment of an allowlisted path template: no dots-only segments, no encodings.
+_LITERAL_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+_PARAM_SEGMENT = re.compile(r"^\{([a-z_][a-z0-9_]{0,31})\}$")
+_QUERY_NAME = re.compile(r"^[A-Za-z0-9_.\[\]-]{1,64}$")
+
+DEFAULT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
+
+
+def template_params(template: str) -> list[str]:
+    """The placeholder names of a path template, checking every segment on the way."""
+    if not template.startswith("/") or template.endswith("/") or "//" in template:
+        raise ValueError("must start with '/', not end with '/' and not contain '//'")
+    names: list[str] = []
+    for segment in template[1:].split("/"):
+        m = _PARAM_SEGMENT.match(segment)
+        if m is not None:
+            names.append(m.group(1))
+        elif not _LITERAL_SEGMENT.match(segment) or set(segment) == {"."}:
+            raise ValueError(f"segment {segment!r}: letters, digits, '_', '-', '.' or a {{name}} placeholder")
+    if len(set(names)) != len(names):
+        raise ValueError("a placeholder appears twice")
+    return names
+
+
+class ProxyRoute(_Model):
+    # Method and path template (under /api/v1) a client may call, e.g. GET /checkouts/{checkout_id}.
+    method: ProxyMethod
+    path: str
+    # Upstream path template, when the deployment names the route differently.
+    upstream_path: str | None = None
+    # Query parameters forwarded (all others are dropped).
+    query: list[str] = []
+    # The service adds ?billing_account_id=<the caller's own account> (never taken from the client).
+    account_query: bool = False
+    # Cacheable GET (proxy.public_cache_ttl_sec): answers are cached per caller (principal and user),
+    # never shared between users, since Vluna personalises them (catalog subscription_state).
+    public: bool = False
+    # Token scopes used for this call; None: tokens.default_scopes (one cached token serves all).
+    scopes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ProxyRoute:
+        names = template_params(self.path)
+        if self.upstream_path is not None:
+            up = template_params(self.upstream_path)
+            if set(up) - set(names):
+                raise ValueError("upstream_path uses a placeholder that path does not have")
+        for target in (self.path, self.upstream_path or self.path):
+            low = target.lower()
+            if low.startswith(("/mgt", "/api/", "/__")):
+                raise ValueError("paths are relative to /api/v1 and never reach /mgt/v1")
+        for q in self.query:
+            if not _QUERY_NAME.match(q):
+                raise ValueError(f"query parameter name {q!r} is not allowed")
+        if "billing_account_id" in self.query:
+            raise ValueError(
+                "billing_account_id is filled in by the service (account_query), never forwarded"
+            )
+        if self.public and (self.method != "GET" or self.account_query):
+            raise ValueError("only account-independent GET routes can be public")
+        return self
+
+
+_LIST_QUERY = ["limit", "cursor", "starting_after", "ending_before"]
+
+# Which Vluna server the proxy forwards to, for its default routes:
+# - "0.3.2": the API of the published vlunaai 0.3.2 (checkouts at /checkouts, billing state);
+# - "oss": the open-source Vluna server (recorded in spec/vluna-api/recorded/), which has neither
+#   /checkouts nor /billing-state: checkout sessions live at /checkout/sessions.
+UpstreamFlavor = Literal["0.3.2", "oss"]
+
+_COMMON_ROUTES: list[ProxyRoute] = [
+    ProxyRoute(
+        method="GET",
+        path="/catalog/products",
+        public=True,
+        query=[*_LIST_QUERY, "active", "product_type", "kind", "status", "expand"],
+    ),
+    ProxyRoute(
+        method="GET",
+        path="/catalog/prices",
+        public=True,
+        query=[*_LIST_QUERY, "active", "product_id", "catalog_product_id", "currency"],
+    ),
+    ProxyRoute(method="POST", path="/checkout/sessions"),
+    ProxyRoute(method="POST", path="/portal/sessions"),
+    ProxyRoute(method="GET", path="/wallet/balance"),
+    ProxyRoute(method="GET", path="/invoices", account_query=True, query=[*_LIST_QUERY, "status"]),
+    ProxyRoute(method="GET", path="/subscriptions", account_query=True, query=[*_LIST_QUERY, "status"]),
+]
+
+DEFAULT_ROUTES: dict[str, list[ProxyRoute]] = {
+    "0.3.2": [
+        *_COMMON_ROUTES,
+        ProxyRoute(method="POST", path="/checkouts"),
+        ProxyRoute(method="GET", path="/checkouts/{checkout_id}"),
+        ProxyRoute(method="GET", path="/billing-state"),
+    ],
+    "oss": list(_COMMON_ROUTES),
+}
+
+
+class ProxySettings(_Model):
+    enabled: bool = True
+    upstream_base_url: str | None = None
+    # Selects the default routes (see DEFAULT_ROUTES); routes given explicitly replace them.
+    upstream_flavor: UpstreamFlavor = "0.3.2"
+    routes: list[ProxyRoute] = []
+    id_pattern: str = DEFAULT_ID_PATTERN
+    max_path_length: int = Field(512, ge=16, le=4096)
+    max_query_length: int = Field(1024, ge=0, le=8192)
+    max_body_bytes: int = Field(64 * 1024, ge=0, le=16 * 1024 * 1024)
+    max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    connect_timeout_sec: float = Field(2.0, gt=0)
+    read_timeout_sec: float = Field(10.0, gt=0)
+    total_timeout_sec: float = Field(15.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=5)
+    retry_backoff_base_sec: float = Field(0.1, ge=0)
+    retry_backoff_max_sec: float = Field(1.0, ge=0)
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_open_sec: float = Field(10.0, gt=0)
+    public_cache_ttl_sec: float = Field(30.0, ge=0)
+    public_cache_max_entries: int = Field(1000, ge=1)
+    pool_max_connections: int = Field(100, ge=1)
+    keepalive_timeout_sec: float = Field(30.0, gt=0)
+    token_memo_sec: float = Field(5.0, ge=0, le=60)
+    # gc.freeze() once the service has started: the startup heap (imports, models, routes) is
+    # left out of the collector's full passes, which otherwise pause every request for tens of ms.
+    freeze_startup_heap: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_routes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("routes") is None:
+            flavor = data.get("upstream_flavor", "0.3.2")
+            if isinstance(flavor, str) and flavor in DEFAULT_ROUTES:
+                data = {**data, "routes": DEFAULT_ROUTES[flavor]}
+        return data
+
+    @field_validator("upstream_base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        if "/mgt/" in v.lower() + "/":
+            raise ValueError("must be the /api/v1 base, never /mgt/v1")
+        return v.rstrip("/")
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            compiled = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        for probe in ("..", ".", "a/b", "a%2Fb", "a\\b", ""):
+            if compiled.fullmatch(probe):
+                raise ValueError(f"must not match {probe!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> ProxySettings:
+        seen: set[tuple[str, str]] = set()
+        for r in self.routes:
+            shape = re.sub(r"\{[^}]+\}", "{}", r.path)
+            if (r.method, shape) in seen:
+                raise ValueError(f"{r.method} {r.path} is listed twice")
+            seen.add((r.method, shape))
+        if (
+            self.read_timeout_sec > self.total_timeout_sec
+            or self.connect_timeout_sec > self.total_timeout_sec
+        ):
+            raise ValueError("connect/read timeouts must not exceed total_timeout_sec")
+        return self
+
+    def problems(self, root: Settings) -> list[Problem]:
+        allowed = root.tokens.allowed_scopes
+        return [
+            (f"proxy.routes[{i}].scopes", f"{scope!r} is not in tokens.allowed_scopes")
+            for i, route in enumerate(self.routes)
+            for scope in route.scopes or []
+            if scope not in allowed
+        ]
+
+
+def derive_upstream_base(proxy: ProxySettings, vluna_base_url: str) -> str:
+    """``proxy.upstream_base_url``, or the Vluna base with ``/mgt/v1`` swapped for ``/api/v1``."""
+    if proxy.upstream_base_url:
+        return proxy.upstream_base_url
+    base = vluna_base_url.rstrip("/")
+    if base.endswith("/mgt/v1"):
+        return base[: -len("/mgt/v1")] + "/api/v1"
+    return base + "/api/v1"
+
+
+class RateLimitSettings(_Model):
+    enabled: bool = True
+    # Proxied calls per user per window (all methods).
+    requests: int = Field(300, ge=1)
+    # Of those, writes (POST/PUT/PATCH/DELETE) per user per window.
+    write_requests: int = Field(30, ge=1)
+    window_sec: int = Field(60, ge=1, le=3600)
+    # Slots a replica reserves in Redis at once and then spends without a round trip (see
+    # bff/proxy/ratelimit.py): never more than `requests` per window across replicas; at most
+    # (replicas - 1) * (lease_size - 1) refused early. 1: one Redis round trip per request.
+    lease_size: int = Field(16, ge=1, le=1000)
 
 
 class VlunaSettings(_Model):
@@ -77,6 +301,21 @@ class VlunaSettings(_Model):
             raise ValueError("must be the /api/v1 base, never /mgt/v1 (apps must never get the service API)")
         return v.rstrip("/")
 
+    def problems(self, root: Settings) -> list[Problem]:
+        if root.dev.enabled:
+            return []
+        out = [
+            (f"vluna.{name}", "required (outside dev mode)")
+            for name in ("realm_id", "service_key_id", "service_key_secret")
+            if not getattr(self, name)
+        ]
+        secret = self.service_key_secret
+        if secret is not None and not _is_base64(secret.get_secret_value()):
+            out.append(("vluna.service_key_secret", "must be base64 (as shown when the key was created)"))
+        if not self.base_url.startswith(("http://", "https://")):
+            out.append(("vluna.base_url", "must be an http(s) URL"))
+        return out
+
 
 class JwtSettings(_Model):
     jwks_url: str | None = None
@@ -93,6 +332,55 @@ class JwtSettings(_Model):
     required_claims: list[str] = ["exp", "sub"]
     verified_cache_ttl_sec: float = Field(60, ge=0)
     verified_cache_max_entries: int = Field(10_000, ge=1)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        """Checked when bearer or cookie authentication is enabled."""
+        out: list[Problem] = []
+        add = out.append
+        dev = root.dev.enabled
+        algs = set(self.algorithms)
+        if not algs:
+            add(("auth.jwt.algorithms", "at least one algorithm is required"))
+        for alg in self.algorithms:
+            if alg.lower() == "none":
+                add(("auth.jwt.algorithms", "'none' is never accepted"))
+            elif alg not in HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
+                add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
+        if algs & HS_ALGORITHMS and self.hs_secret is None and not dev:
+            add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
+        if self.hs_secret is not None:
+            hs = self.hs_secret.get_secret_value().encode()
+            if len(hs) < 32:
+                add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
+            elif (weak := weak_key_problem(hs)) is not None:
+                add(("auth.jwt.hs_secret", weak))
+        if algs & ASYMMETRIC_ALGORITHMS and not (
+            self.jwks_url or self.discovery or self.public_keys_pem or dev
+        ):
+            add(
+                (
+                    "auth.jwt.jwks_url",
+                    "a JWKS URL, auth.jwt.discovery or auth.jwt.public_keys_pem is required",
+                )
+            )
+        if self.discovery and self.jwks_url:
+            add(("auth.jwt.discovery", "set either auth.jwt.discovery or auth.jwt.jwks_url, not both"))
+        if self.discovery and not self.issuer:
+            add(("auth.jwt.discovery", "needs auth.jwt.issuer (discovery is read from the issuer's URL)"))
+        for name in ("jwks_url", "issuer"):
+            value = getattr(self, name)
+            if (
+                value
+                and (self.discovery or name == "jwks_url")
+                and not value.startswith(("https://", "http://"))
+            ):
+                add((f"auth.jwt.{name}", "must be an http(s) URL"))
+        if not dev:
+            if not self.issuer:
+                add(("auth.jwt.issuer", "required: tokens of other issuers must be rejected"))
+            if not self.audience:
+                add(("auth.jwt.audience", "required: tokens meant for other services must be rejected"))
+        return out
 
 
 class CookieSettings(_Model):
@@ -124,6 +412,20 @@ class AuthSettings(_Model):
     introspection: IntrospectionSettings = IntrospectionSettings()
     hook: HookAuthSettings = HookAuthSettings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.methods:
+            out.append(("auth.methods", "enable at least one method"))
+        if len(set(self.methods)) != len(self.methods):
+            out.append(("auth.methods", "lists a method twice"))
+        if any(m in ("bearer", "cookie") for m in self.methods):
+            out += self.jwt.problems(root)
+        if "introspection" in self.methods and not self.introspection.url:
+            out.append(("auth.introspection.url", "required when introspection is enabled"))
+        if "hook" in self.methods and not self.hook.callable:
+            out.append(("auth.hook.callable", "required when the hook method is enabled ('module:callable')"))
+        return out
+
 
 class PrincipalRule(_Model):
     claim: str
@@ -139,6 +441,33 @@ class MappingSettings(_Model):
     user_claim: str = "sub"
     traits: dict[str, str] = {"email": "email", "name": "name"}
     hook: str | None = None
+
+    def problems(self, root: Settings) -> list[Problem]:
+        if self.hook:
+            return []
+        out: list[Problem] = []
+        if not self.principal:
+            out.append(("mapping.principal", "at least one rule (or mapping.hook) is required"))
+        for i, rule in enumerate(self.principal):
+            where = f"mapping.principal[{i}].template"
+            fields = _TEMPLATE_FIELD.findall(rule.template)
+            if "value" not in fields:
+                out.append((where, "must contain {value}"))
+            stray = _TEMPLATE_FIELD.sub("", rule.template)
+            if "{" in stray or "}" in stray:
+                out.append((where, "only {name} placeholders are allowed"))
+            between = _TEMPLATE_FIELD.split(rule.template)[2:-1:2]
+            if any(not text or re.search(r"[A-Za-z0-9%]", text) for text in between):
+                # Values are told apart by this text (and have its characters percent-encoded):
+                # it must exist and must not be made of what the encoding itself writes.
+                out.append(
+                    (
+                        where,
+                        "placeholders must be separated by text without letters, digits or '%' "
+                        "(e.g. 'team:{tenant}:{value}')",
+                    )
+                )
+        return out
 
 
 class IssuanceLimitSettings(_Model):
@@ -163,6 +492,35 @@ class TokenSettings(_Model):
     retry_after_sec: int = Field(5, ge=1)
     issuance_limit: IssuanceLimitSettings = IssuanceLimitSettings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.allowed_scopes:
+            out.append(("tokens.allowed_scopes", "at least one scope is required"))
+        for scope in self.default_scopes:
+            if scope not in self.allowed_scopes:
+                out.append(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
+        if len(self.allowed_scopes) > 8:
+            out.append(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
+        # Attempts of one issuance: the retries, and never fewer than two, since a 500
+        # SERVER.UNEXPECTED (a new principal's first call on some servers) is always tried twice.
+        v = root.vluna
+        worst_issue = v.timeout_sec * (max(v.max_retries, 1) + 1)
+        if self.lock_ttl_sec <= worst_issue:
+            # A lock that expires while its holder still waits on Vluna lets a second replica issue.
+            out.append(
+                (
+                    "tokens.lock_ttl_sec",
+                    f"must exceed vluna.timeout_sec x (max(vluna.max_retries, 1) + 1) = {worst_issue:g}",
+                )
+            )
+        if self.safety_margin_sec * 2 >= self.session_ttl_sec:
+            out.append(("tokens.safety_margin_sec", "must be less than half of tokens.session_ttl_sec"))
+        return out
+
+    def scopes_by_default(self) -> tuple[str, ...]:
+        """The scopes of a token asked for without any: ``default_scopes``, else every allowed one."""
+        return tuple(sorted(set(self.default_scopes or self.allowed_scopes)))
+
 
 class RedisSettings(_Model):
     url: SecretStr | None = None
@@ -171,12 +529,32 @@ class RedisSettings(_Model):
     sentinel_password: SecretStr | None = None
     cluster: bool = False
     max_connections: int = Field(64, ge=1)
-    # Not lower: under a burst a busy event loop reads replies late, and one reply read late
-    # marks Redis down for this process for `down_backoff_sec`, bypassing cross-replica single
-    # flight (the three-replica drill saw 2 issuances per user at 0.5 s and at 2 s).
+    # Not lower: under a burst a busy event loop reads replies late (a late reply is a failed
+    # command, counted by the breaker below).
     socket_timeout_sec: float = Field(5.0, gt=0)
     connect_timeout_sec: float = Field(1.0, gt=0)
-    down_backoff_sec: float = Field(5, ge=0)
+    # The Redis breaker (bff/redis_client.py): after this many failed commands in a row, one PING
+    # that gets no answer within ping_timeout_sec opens it (this process then uses its in-process
+    # cache, single flight and limits); while open, a PING every probe_interval_sec, and any
+    # command that succeeds, closes it.
+    breaker_failures: int = Field(3, ge=1)
+    ping_timeout_sec: float = Field(2.0, gt=0)
+    probe_interval_sec: float = Field(1.0, gt=0)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        """Checked for the redis backend."""
+        out: list[Problem] = []
+        if not self.url and not self.sentinels:
+            out.append(("cache.redis.url", "required for the redis backend (or cache.redis.sentinels)"))
+        if self.url and not self.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            out.append(("cache.redis.url", "must start with redis://, rediss:// or unix://"))
+        if self.sentinels and not self.sentinel_service:
+            out.append(("cache.redis.sentinel_service", "required with cache.redis.sentinels"))
+        for i, hp in enumerate(self.sentinels):
+            host, _, port = hp.rpartition(":")
+            if not host or not port.isdigit():
+                out.append((f"cache.redis.sentinels[{i}]", "expected host:port"))
+        return out
 
 
 class L1Settings(_Model):
@@ -210,6 +588,38 @@ class CacheSettings(_Model):
     memory_max_entries: int = Field(10_000, ge=1)
     l1: L1Settings = L1Settings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        add = out.append
+        if not _PREFIX.match(self.key_prefix):
+            add(("cache.key_prefix", "up to 64 of A-Z a-z 0-9 _ . : - (it is also used in a Redis pattern)"))
+        if self.backend == "redis":
+            out += self.redis.problems(root)
+        if not root.dev.enabled:
+            if not self.encryption_keys:
+                add(("cache.encryption_keys", "at least one key is required ('<id>:<base64 32 bytes>')"))
+            if self.hmac_key is None:
+                add(("cache.hmac_key", "required (32+ random bytes)"))
+        seen: set[str] = set()
+        for i, spec in enumerate(self.encryption_keys):
+            try:
+                kid, raw_key = parse_key_spec(spec.get_secret_value())
+            except ValueError as exc:
+                add((f"cache.encryption_keys[{i}]", str(exc)))
+                continue
+            if (weak := weak_key_problem(raw_key)) is not None:
+                add((f"cache.encryption_keys[{i}]", f"key {kid!r} {weak}"))
+            if kid in seen:
+                add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
+            seen.add(kid)
+        if self.hmac_key is not None:
+            hmac_key = self.hmac_key.get_secret_value().encode()
+            if len(hmac_key) < 32:
+                add(("cache.hmac_key", "must be at least 32 bytes"))
+            elif (weak := weak_key_problem(hmac_key)) is not None:
+                add(("cache.hmac_key", weak))
+        return out
+
 
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
@@ -223,6 +633,18 @@ class ServerSettings(_Model):
     header_read_timeout_sec: float = Field(10, ge=0.1, le=60)
     body_read_timeout_sec: float = Field(15, ge=0.1, le=600)
     max_header_bytes: int = Field(16384, ge=1024, le=65536)
+
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        seen: set[str] = set()
+        for i, origin in enumerate(self.cors_allow_origins):
+            problem = origin_problem(origin)
+            if problem is not None:
+                out.append((f"server.cors_allow_origins[{i}]", problem))
+            elif origin in seen:
+                out.append((f"server.cors_allow_origins[{i}]", f"{origin} is listed twice"))
+            seen.add(origin)
+        return out
 
 
 class DevSettings(_Model):
@@ -265,12 +687,30 @@ class ObservabilitySettings(_Model):
     readiness: ReadinessSettings = ReadinessSettings()
     tracing: TracingSettings = TracingSettings()
 
+    def problems(self, root: Settings) -> list[Problem]:
+        out: list[Problem] = []
+        if not self.metrics.path.startswith("/") or self.metrics.path in ("/healthz", "/readyz"):
+            out.append(
+                ("observability.metrics.path", "must start with / and differ from /healthz and /readyz")
+            )
+        if self.metrics.port and self.metrics.port == root.server.port:
+            out.append(("observability.metrics.port", "must differ from server.port"))
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.request_id_header):
+            out.append(("observability.request_id_header", "must be a header name"))
+        return out
+
 
 class OpenApiSettings(_Model):
     # Serve the OpenAPI document. None: in dev mode only (`vluna-bff openapi` prints it anyway).
     enabled: bool | None = None
     # Where: the document at <path> and <path>/openapi.json.
     path: str = "/vluna/openapi"
+
+    def problems(self, root: Settings) -> list[Problem]:
+        taken = ("/healthz", "/readyz", root.observability.metrics.path)
+        if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", self.path) or self.path in taken:
+            return [("openapi.path", "a path like /vluna/openapi, other than the probes and metrics")]
+        return []
 
 
 class Settings(_Model):
@@ -301,6 +741,15 @@ class Settings(_Model):
 
     def redacted_dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def problems(self, root: Settings | None = None) -> list[Problem]:
+        """Every section's problems, in the order of the sections."""
+        out: list[Problem] = []
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, _Model):
+                out += section.problems(self)
+        return out
 
 
 class SettingsError(Exception):
@@ -409,185 +858,6 @@ def _is_base64(value: str) -> bool:
         return False
 
 
-def _semantic_problems(s: Settings) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    add = problems.append
-    dev = s.dev.enabled
-
-    if not dev:
-        for name in ("realm_id", "service_key_id", "service_key_secret"):
-            if not getattr(s.vluna, name):
-                add((f"vluna.{name}", "required (outside dev mode)"))
-        secret = s.vluna.service_key_secret
-        if secret is not None and not _is_base64(secret.get_secret_value()):
-            add(("vluna.service_key_secret", "must be base64 (as shown when the key was created)"))
-        if not s.vluna.base_url.startswith(("http://", "https://")):
-            add(("vluna.base_url", "must be an http(s) URL"))
-
-    a = s.auth
-    if not a.methods:
-        add(("auth.methods", "enable at least one method"))
-    if len(set(a.methods)) != len(a.methods):
-        add(("auth.methods", "lists a method twice"))
-    uses_jwt = any(m in ("bearer", "cookie") for m in a.methods)
-    if uses_jwt:
-        j = a.jwt
-        algs = set(j.algorithms)
-        if not algs:
-            add(("auth.jwt.algorithms", "at least one algorithm is required"))
-        for alg in j.algorithms:
-            if alg.lower() == "none":
-                add(("auth.jwt.algorithms", "'none' is never accepted"))
-            elif alg not in HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS:
-                add(("auth.jwt.algorithms", f"unsupported algorithm {alg!r}"))
-        if algs & HS_ALGORITHMS and j.hs_secret is None and not dev:
-            add(("auth.jwt.hs_secret", "required when an HS algorithm is allowed"))
-        if j.hs_secret is not None:
-            hs = j.hs_secret.get_secret_value().encode()
-            if len(hs) < 32:
-                add(("auth.jwt.hs_secret", "must be at least 32 bytes"))
-            elif (weak := weak_key_problem(hs)) is not None:
-                add(("auth.jwt.hs_secret", weak))
-        if algs & ASYMMETRIC_ALGORITHMS and not (j.jwks_url or j.discovery or j.public_keys_pem or dev):
-            add(
-                (
-                    "auth.jwt.jwks_url",
-                    "a JWKS URL, auth.jwt.discovery or auth.jwt.public_keys_pem is required",
-                )
-            )
-        if j.discovery and j.jwks_url:
-            add(("auth.jwt.discovery", "set either auth.jwt.discovery or auth.jwt.jwks_url, not both"))
-        if j.discovery and not j.issuer:
-            add(("auth.jwt.discovery", "needs auth.jwt.issuer (discovery is read from the issuer's URL)"))
-        for name in ("jwks_url", "issuer"):
-            value = getattr(j, name)
-            if (
-                value
-                and (j.discovery or name == "jwks_url")
-                and not value.startswith(("https://", "http://"))
-            ):
-                add((f"auth.jwt.{name}", "must be an http(s) URL"))
-        if not dev:
-            if not j.issuer:
-                add(("auth.jwt.issuer", "required: tokens of other issuers must be rejected"))
-            if not j.audience:
-                add(("auth.jwt.audience", "required: tokens meant for other services must be rejected"))
-    if "introspection" in a.methods and not a.introspection.url:
-        add(("auth.introspection.url", "required when introspection is enabled"))
-    if "hook" in a.methods and not a.hook.callable:
-        add(("auth.hook.callable", "required when the hook method is enabled ('module:callable')"))
-
-    m = s.mapping
-    if not m.hook:
-        if not m.principal:
-            add(("mapping.principal", "at least one rule (or mapping.hook) is required"))
-        for i, rule in enumerate(m.principal):
-            fields = _TEMPLATE_FIELD.findall(rule.template)
-            if "value" not in fields:
-                add((f"mapping.principal[{i}].template", "must contain {value}"))
-            stray = _TEMPLATE_FIELD.sub("", rule.template)
-            if "{" in stray or "}" in stray:
-                add((f"mapping.principal[{i}].template", "only {name} placeholders are allowed"))
-            between = _TEMPLATE_FIELD.split(rule.template)[2:-1:2]
-            if any(not text or re.search(r"[A-Za-z0-9%]", text) for text in between):
-                # Values are told apart by this text (and have its characters percent-encoded):
-                # it must exist and must not be made of what the encoding itself writes.
-                add(
-                    (
-                        f"mapping.principal[{i}].template",
-                        "placeholders must be separated by text without letters, digits or '%' "
-                        "(e.g. 'team:{tenant}:{value}')",
-                    )
-                )
-
-    t = s.tokens
-    if not t.allowed_scopes:
-        add(("tokens.allowed_scopes", "at least one scope is required"))
-    for scope in t.default_scopes:
-        if scope not in t.allowed_scopes:
-            add(("tokens.default_scopes", f"{scope!r} is not in tokens.allowed_scopes"))
-    if len(t.allowed_scopes) > 8:
-        add(("tokens.allowed_scopes", "at most 8 scopes (sign-out enumerates every combination)"))
-    # Attempts of one issuance: the retries, and never fewer than two, since a 500
-    # SERVER.UNEXPECTED (a new principal's first call on some servers) is always tried twice.
-    worst_issue = s.vluna.timeout_sec * (max(s.vluna.max_retries, 1) + 1)
-    if t.lock_ttl_sec <= worst_issue:
-        # A lock that expires while its holder still waits on Vluna lets a second replica issue.
-        add(
-            (
-                "tokens.lock_ttl_sec",
-                f"must exceed vluna.timeout_sec x (max(vluna.max_retries, 1) + 1) = {worst_issue:g}",
-            )
-        )
-    if t.safety_margin_sec * 2 >= t.session_ttl_sec:
-        add(("tokens.safety_margin_sec", "must be less than half of tokens.session_ttl_sec"))
-    for i, route in enumerate(s.proxy.routes):
-        for scope in route.scopes or []:
-            if scope not in t.allowed_scopes:
-                add((f"proxy.routes[{i}].scopes", f"{scope!r} is not in tokens.allowed_scopes"))
-
-    c = s.cache
-    if not _PREFIX.match(c.key_prefix):
-        add(("cache.key_prefix", "up to 64 of A-Z a-z 0-9 _ . : - (it is also used in a Redis pattern)"))
-    if c.backend == "redis":
-        r = c.redis
-        if not r.url and not r.sentinels:
-            add(("cache.redis.url", "required for the redis backend (or cache.redis.sentinels)"))
-        if r.url and not r.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            add(("cache.redis.url", "must start with redis://, rediss:// or unix://"))
-        if r.sentinels and not r.sentinel_service:
-            add(("cache.redis.sentinel_service", "required with cache.redis.sentinels"))
-        for i, hp in enumerate(r.sentinels):
-            host, _, port = hp.rpartition(":")
-            if not host or not port.isdigit():
-                add((f"cache.redis.sentinels[{i}]", "expected host:port"))
-    if not dev:
-        if not c.encryption_keys:
-            add(("cache.encryption_keys", "at least one key is required ('<id>:<base64 32 bytes>')"))
-        if c.hmac_key is None:
-            add(("cache.hmac_key", "required (32+ random bytes)"))
-    seen: set[str] = set()
-    for i, spec in enumerate(c.encryption_keys):
-        try:
-            kid, raw_key = parse_key_spec(spec.get_secret_value())
-        except ValueError as exc:
-            add((f"cache.encryption_keys[{i}]", str(exc)))
-            continue
-        if (weak := weak_key_problem(raw_key)) is not None:
-            add((f"cache.encryption_keys[{i}]", f"key {kid!r} {weak}"))
-        if kid in seen:
-            add((f"cache.encryption_keys[{i}]", f"duplicate key id {kid!r}"))
-        seen.add(kid)
-    if c.hmac_key is not None:
-        hmac_key = c.hmac_key.get_secret_value().encode()
-        if len(hmac_key) < 32:
-            add(("cache.hmac_key", "must be at least 32 bytes"))
-        elif (weak := weak_key_problem(hmac_key)) is not None:
-            add(("cache.hmac_key", weak))
-    seen_origins: set[str] = set()
-    for i, origin in enumerate(s.server.cors_allow_origins):
-        problem = origin_problem(origin)
-        if problem is not None:
-            add((f"server.cors_allow_origins[{i}]", problem))
-        elif origin in seen_origins:
-            add((f"server.cors_allow_origins[{i}]", f"{origin} is listed twice"))
-        seen_origins.add(origin)
-    o = s.observability
-    if not o.metrics.path.startswith("/") or o.metrics.path in ("/healthz", "/readyz"):
-        add(("observability.metrics.path", "must start with / and differ from /healthz and /readyz"))
-    if o.metrics.port and o.metrics.port == s.server.port:
-        add(("observability.metrics.port", "must differ from server.port"))
-    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", s.openapi.path) or s.openapi.path in (
-        "/healthz",
-        "/readyz",
-        o.metrics.path,
-    ):
-        add(("openapi.path", "a path like /vluna/openapi, other than the probes and metrics"))
-    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", o.request_id_header):
-        add(("observability.request_id_header", "must be a header name"))
-    return problems
-
-
 def settings_warnings(s: Settings) -> list[str]:
     """What works but is unsafe in production: logged by ``serve`` at start, listed in ``/readyz``
     and printed by ``check-config``. Dev mode (one process on a laptop) has none."""
@@ -603,11 +873,31 @@ def settings_warnings(s: Settings) -> list[str]:
     return warnings
 
 
-def api_base_url(s: Settings) -> str:
-    """Vluna's /api/v1 base URL as apps reach it (what ``GET /vluna/token`` hands out)."""
-    from bff.proxy.config import derive_upstream_base
+@dataclass(frozen=True)
+class Derived:
+    """Values computed from the settings once per app (``derive``) and passed down to every part
+    that needs them, so that no two parts can work them out differently."""
 
-    return s.vluna.api_base_url or derive_upstream_base(s.proxy, s.vluna.base_url)
+    realm_id: str  # vluna.realm_id, else dev.realm_id (or the embedded emulator's, in dev mode)
+    # cache.hmac_key, else random bytes for this process (dev mode only: validation requires a
+    # key otherwise); keys cache entries, rate-limit counters and log identity hashes.
+    hmac_key: bytes = field(repr=False)
+    default_scopes: tuple[str, ...]  # a token asked for without scopes (tokens.scopes_by_default)
+    upstream_base_url: str  # Vluna's /api/v1 as the proxy calls it
+    api_base_url: str  # Vluna's /api/v1 as apps reach it (what GET /vluna/token hands out)
+
+
+def derive(s: Settings, *, realm_id: str | None = None) -> Derived:
+    upstream = derive_upstream_base(s.proxy, s.vluna.base_url)
+    return Derived(
+        realm_id=realm_id or s.vluna.realm_id or s.dev.realm_id,
+        hmac_key=s.cache.hmac_key.get_secret_value().encode()
+        if s.cache.hmac_key
+        else secrets.token_bytes(32),
+        default_scopes=s.tokens.scopes_by_default(),
+        upstream_base_url=upstream,
+        api_base_url=s.vluna.api_base_url or upstream,
+    )
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -625,7 +915,7 @@ def validate_settings(data: Mapping[str, Any], *, complete: bool = True) -> Sett
     except ValidationError as exc:
         # Only location and message: pydantic's own str() would echo input values (secrets).
         raise SettingsError([(_loc(e["loc"]), e["msg"]) for e in exc.errors()]) from None
-    problems = _semantic_problems(settings) if complete else []
+    problems = settings.problems() if complete else []
     if problems:
         raise SettingsError(problems)
     return settings

@@ -14,15 +14,16 @@ server). Its answer is small: a realm has a handful of feature families.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from typing import Any, Literal
+from typing import Literal
+
+from vlunaai import APIStatusError, RequestContext, ServiceClient, VlunaAIError
 
 from bff import netdiag
-from bff.observability import metrics
-from bff.observability.context import current_request_id, quiet_http
-from bff.settings import Settings
+from bff.telemetry import metrics
+from bff.telemetry.context import current_request_id, quiet_http
+from bff.vluna import key_rejected
 
 log = logging.getLogger("bff.readiness")
 
@@ -31,13 +32,11 @@ PROBE_OPERATION = "list_feature_families"
 ProbeResult = Literal["ok", "rejected", "unreachable"]
 
 
-async def probe_call(client: Any, timeout: float) -> None:
-    """Make the probe call with an SDK ``ServiceClient`` in raise mode; raises what the SDK
+async def probe_call(client: ServiceClient, timeout: float) -> None:
+    """Make the probe call with the SDK ``ServiceClient`` (raise mode); raises what the SDK
     raises (``VlunaAIError``), or ``asyncio.TimeoutError`` after ``timeout`` seconds."""
-    from vlunaai import RequestContext
-
     await asyncio.wait_for(
-        getattr(client, PROBE_OPERATION)(
+        client.list_feature_families(
             context=RequestContext(request_id=current_request_id(), request_timeout_seconds=timeout),
         ),
         timeout,
@@ -45,61 +44,47 @@ async def probe_call(client: Any, timeout: float) -> None:
 
 
 class VlunaProbe:
-    """Runs the probe call; built lazily, shares the issuer's SDK client when it can."""
+    """Runs the probe call with the app's one Vluna client (``bff.vluna``), the issuer's too;
+    None when Vluna is not configured."""
 
-    def __init__(self, settings: Settings, issuer: Any) -> None:
-        self._settings = settings
-        self._issuer = issuer
-        self._client: Any = None
-        self._owns = False
+    def __init__(self, client: ServiceClient | None) -> None:
+        self._client = client
         self.last_error: str | None = None
-
-    def _get_client(self) -> Any:
-        if self._client is None:
-            shared = getattr(self._issuer, "_client", None)
-            if shared is not None and hasattr(shared, PROBE_OPERATION):
-                self._client = shared
-            else:
-                self._client = build_probe_client(self._settings)
-                self._owns = self._client is not None
-        return self._client
 
     @property
     def configured(self) -> bool:
-        return self._get_client() is not None
+        return self._client is not None
 
     async def check(self, timeout: float) -> ProbeResult:
-        """``ok``; ``rejected`` (401/403: wrong key, secret or realm); ``unreachable`` (anything
-        else: connection, timeout, 5xx, 429)."""
-        from vlunaai import VlunaAIError
-
+        """``ok``; ``rejected`` (the key, its secret or the realm refused: 401/403);
+        ``unreachable`` (anything else: no answer, timeout, 5xx, 429, ...)."""
+        client = self._client
+        if client is None:
+            self.last_error = "Vluna is not configured"
+            return "unreachable"
         started = time.perf_counter()
         outcome = "error"
         result: ProbeResult = "unreachable"
         # The call's own httpx line goes to debug, like the probe's access log line.
         quiet = quiet_http.set(True)
         try:
-            await probe_call(self._get_client(), timeout)
+            await probe_call(client, timeout)
             outcome, result = "ok", "ok"
             self.last_error = None
-        except VlunaAIError as exc:
-            status = getattr(exc, "status", None)
-            if status in (401, 403):
+        except APIStatusError as exc:
+            if key_rejected(exc):
                 outcome, result = "rejected", "rejected"
             else:
                 outcome = "unavailable"
-            self.last_error = f"signed {PROBE_OPERATION}: " + (
-                f"HTTP {status} {getattr(exc, 'code', None) or ''}".rstrip()
-                if status
-                else netdiag.cause(exc).text
-            )
+            self.last_error = f"signed {PROBE_OPERATION}: " + f"HTTP {exc.status} {exc.code or ''}".rstrip()
             log.warning(
                 "readiness: Vluna check failed: %s status=%s code=%s",
                 type(exc).__name__,
-                status,
-                getattr(exc, "code", None),
+                exc.status,
+                exc.code,
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (VlunaAIError, OSError, asyncio.TimeoutError) as exc:
+            # No answer (APIConnectionError, APITimeoutError) or none in time.
             outcome = "unavailable"
             self.last_error = f"signed {PROBE_OPERATION}: {netdiag.cause(exc).text}"
             log.warning("readiness: Vluna check failed: %s", type(exc).__name__)
@@ -107,31 +92,3 @@ class VlunaProbe:
             quiet_http.reset(quiet)
             metrics.observe_upstream(PROBE_OPERATION, outcome, time.perf_counter() - started)
         return result
-
-    async def aclose(self) -> None:
-        if self._owns and self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.close()
-
-
-def build_probe_client(settings: Settings) -> Any:
-    """A raise-mode SDK service client without retries, or None when Vluna is not configured."""
-    v = settings.vluna
-    if not (v.realm_id and v.service_key_id and v.service_key_secret):
-        return None
-    import httpx
-    from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
-
-    from bff.observability.upstream import PropagatingTransport
-
-    return create_service_client(
-        ServiceClientOptions(
-            config=VlunaAIConfig(base_url=v.base_url, realm_id=v.realm_id, timeout_seconds=v.timeout_sec),
-            service_key=ServiceKeyCredentials(
-                key_id=v.service_key_id, secret=v.service_key_secret.get_secret_value()
-            ),
-            error_mode="raise",
-            max_retries=0,
-            transport=PropagatingTransport(httpx.AsyncHTTPTransport()),
-        )
-    )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bff.observability import metrics
+from bff.telemetry import metrics
 
 log = logging.getLogger("bff.auth")
 

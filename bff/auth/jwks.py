@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from bff import netdiag
 from bff.auth import oidc
 from bff.errors import ServiceUnavailable
-from bff.observability import metrics
+from bff.telemetry import metrics
 
 log = logging.getLogger("bff.jwks")
 

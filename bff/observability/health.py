@@ -9,6 +9,10 @@ kubelets and load balancers cost Vluna one call per interval per process:
 - ``redis``: ``PING`` answers. When it does not, the service still works from its in-process
   cache, so ``readiness.redis_down`` decides: ``degraded`` (200, ``"redis": "degraded"``) or
   ``fail`` (503);
+- ``redis_breaker``: ``closed`` (Redis is used) or ``open`` (this process has found Redis down
+  and serves from its in-process cache until a PING answers again; see bff/redis_client.py);
+  ``not_used`` with the memory backend. ``open`` counts like a failed ``redis`` check (degraded
+  or failing per ``readiness.redis_down``), and is reported without waiting for the cache TTL;
 - ``vluna``: the probe call of ``bff.vluna_probe`` (a signed, unbound ``list_feature_families``,
   which every Vluna server accepts) succeeds. A 401 or 403 (wrong key or realm) always fails;
   unreachable/5xx follows ``readiness.vluna_down``;
@@ -31,14 +35,17 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import SkipValidation
 from litestar.types import ControllerRouterHandler
 
 from bff import netdiag
-from bff.observability import metrics
+from bff.proxy.service import ProxyService
+from bff.redis_client import RedisBreaker
 from bff.settings import Settings, settings_warnings
-from bff.tokens.redis_client import redis_target
+from bff.telemetry import metrics
 from bff.vluna_probe import VlunaProbe
 
 if TYPE_CHECKING:
@@ -46,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bff.readiness")
 
-_LEVEL = {"ok": 1.0, "degraded": 0.5, "not_used": 1.0, "skipped": 1.0}
+_LEVEL = {"ok": 1.0, "degraded": 0.5, "not_used": 1.0, "skipped": 1.0, "closed": 1.0}
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -55,11 +62,20 @@ State = tuple[str, str | None]  # (state, reason when not ok)
 
 class Readiness:
     def __init__(
-        self, settings: Settings, redis: Any, probe: VlunaProbe | None, auth: AuthChain | None = None
+        self,
+        settings: Settings,
+        redis: Any,
+        probe: VlunaProbe | None,
+        auth: AuthChain | None = None,
+        *,
+        redis_target: str = "Redis",
+        breaker: RedisBreaker | None = None,
     ) -> None:
+        """``redis_target``: where Redis is, as log lines and reasons name it (no password)."""
         self._r = settings.observability.readiness
         self._redis = redis
-        self._redis_target = redis_target(settings.cache.redis)
+        self._redis_target = redis_target
+        self._breaker = breaker if redis is not None else None
         self._probe = probe
         self._auth = auth
         # Configuration that works but is unsafe in production (e.g. the memory cache outside dev
@@ -98,30 +114,60 @@ class Readiness:
         problem = await self._auth.key_problem()
         return ("ok", None) if problem is None else ("no_keys", problem)
 
+    def _breaker_state(self) -> str:
+        return "not_used" if self._breaker is None else self._breaker.state
+
+    def _fresh(self, cached: tuple[float, int, dict[str, Any]] | None) -> bool:
+        """A cached answer is reused within its TTL, unless the breaker changed since."""
+        return (
+            cached is not None
+            and time.monotonic() - cached[0] < self._r.cache_ttl_sec
+            and cached[2]["checks"].get("redis_breaker") == self._breaker_state()
+        )
+
     async def check(self) -> tuple[int, dict[str, Any]]:
-        now = time.monotonic()
         cached = self._cached
-        if cached is not None and now - cached[0] < self._r.cache_ttl_sec:
+        if cached is not None and self._fresh(cached):
             return cached[1], {**cached[2], "cached": True}
         async with self._lock:
             cached = self._cached
-            if cached is not None and time.monotonic() - cached[0] < self._r.cache_ttl_sec:
+            if cached is not None and self._fresh(cached):
                 return cached[1], {**cached[2], "cached": True}
             (redis_state, redis_why), (vluna_state, vluna_why), (auth_state, auth_why) = await asyncio.gather(
                 self._redis_state(), self._vluna_state(), self._auth_state()
             )
-            checks = {"config": "ok", "redis": redis_state, "vluna": vluna_state, "auth": auth_state}
+            breaker_state = self._breaker_state()
+            checks = {
+                "config": "ok",
+                "redis": redis_state,
+                "redis_breaker": breaker_state,
+                "vluna": vluna_state,
+                "auth": auth_state,
+            }
             reasons = {
                 name: why
                 for name, why in (("redis", redis_why), ("vluna", vluna_why), ("auth", auth_why))
                 if why is not None
             }
-            failing = [k for k, v in checks.items() if v not in _LEVEL]
+            if breaker_state == "open":
+                reasons["redis_breaker"] = (
+                    f"{self._redis_target}: commands failed and PING did not answer; "
+                    "serving from the in-process cache"
+                )
+            breaker_ok = breaker_state != "open"
+            failing = [
+                k for k, v in checks.items() if v not in _LEVEL and (breaker_ok or k != "redis_breaker")
+            ]
             degraded = [k for k, v in checks.items() if v == "degraded"]
+            if not breaker_ok:
+                (degraded if self._r.redis_down == "degraded" else failing).append("redis_breaker")
             status = "not_ready" if failing else ("degraded" if degraded else "ready")
             code = 503 if failing else 200
             for name, state in checks.items():
-                metrics.READINESS.labels(check=name).set(_LEVEL.get(state, 0.0))
+                level = _LEVEL.get(state, 0.0)
+                if name == "redis_breaker" and not breaker_ok:
+                    level = 0.5 if self._r.redis_down == "degraded" else 0.0
+                metrics.READINESS.labels(check=name).set(level)
             body = {
                 "status": status,
                 "checks": checks,
@@ -134,10 +180,10 @@ class Readiness:
             return code, {**body, "cached": False}
 
 
-def refresh_breaker_gauge(services: Any) -> None:
-    """The proxy's breaker as of now (open turns half-open by time alone, without an event)."""
-    proxy = getattr(services, "proxy", None)
-    if proxy is None or not hasattr(proxy, "breaker_state"):
+def refresh_breaker_gauge(proxy: ProxyService | None) -> None:
+    """The proxy's breaker as of now (open turns half-open by time alone, without an event;
+    the Redis breaker's gauge follows its state changes as they happen)."""
+    if proxy is None:
         return
     with contextlib.suppress(Exception):
         metrics.set_breaker_state(metrics.PROXY_BREAKER, str(proxy.breaker_state()["state"]))
@@ -161,8 +207,7 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
             )
         },
     )
-    async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
-        readiness: Readiness = request.app.state.readiness
+    async def readyz(readiness: NamedDependency[SkipValidation[Readiness]]) -> Response[dict[str, Any]]:
         code, body = await readiness.check()
         return Response(body, status_code=code, headers=NO_STORE)
 
@@ -170,8 +215,8 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
     if m.enabled and m.port is None:
 
         @get(m.path, sync_to_thread=False, include_in_schema=False)
-        def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
-            refresh_breaker_gauge(request.app.state.services)
+        def metrics_endpoint(proxy: NamedDependency[SkipValidation[ProxyService | None]]) -> Response[bytes]:
+            refresh_breaker_gauge(proxy)
             body, content_type = metrics.render()
             return Response(body, media_type=content_type, headers=NO_STORE)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from bff.observability.context import current_request, quiet_http
+from bff.telemetry.context import current_request, quiet_http
 
 REDACTED = "[REDACTED]"
 

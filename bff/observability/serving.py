@@ -69,7 +69,7 @@ def start_metrics_server(host: str, port: int) -> Any:
     """Serve the metrics (of every worker) on a port of their own, from this process."""
     from prometheus_client import start_http_server
 
-    from bff.observability.metrics import scrape_registry
+    from bff.telemetry.metrics import scrape_registry
 
     server, _thread = start_http_server(port, addr=host, registry=scrape_registry())
     log.info("metrics on http://%s:%d/metrics", host, server.server_port)

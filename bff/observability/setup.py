@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from litestar import Litestar
+from litestar.types import ASGIApp, ControllerRouterHandler
+from vlunaai import ServiceClient
 
 from bff.auth import oidc
-from bff.observability import metrics, middleware, tracing
-from bff.observability.context import IdHasher, set_id_hasher
+from bff.auth.chain import AuthChain
+from bff.observability import middleware
 from bff.observability.health import Readiness, health_routes
 from bff.observability.logging import configure_logging, register_settings_secrets
+from bff.redis_client import RedisBreaker
 from bff.settings import Settings
+from bff.telemetry import metrics, tracing
+from bff.telemetry.context import IdHasher, set_id_hasher
 from bff.vluna_probe import VlunaProbe
 
 
@@ -23,30 +29,49 @@ def configure_process(settings: Settings) -> None:
     tracing.setup_tracing(o.tracing)
 
 
-def instrument(app: Litestar, settings: Settings, services: Any) -> None:
-    """Probes and metrics routes, the request middleware, readiness state, shutdown hooks."""
+@dataclass
+class Instrumentation:
+    """What the app declares for observability: probe and metrics routes, the readiness state
+    they answer from, the outermost request middleware, and a shutdown hook."""
+
+    routes: list[ControllerRouterHandler]
+    readiness: Readiness
+    middleware: Callable[[ASGIApp], ASGIApp]
+
+    async def close(self) -> None:
+        metrics.mark_this_worker_dead()
+
+
+def instrument(
+    settings: Settings,
+    *,
+    hmac_key: bytes,
+    redis: Any,
+    vluna: ServiceClient | None,
+    auth: AuthChain,
+    redis_target: str,
+    breaker: RedisBreaker | None = None,
+) -> Instrumentation:
+    """Process-wide telemetry state (the id hasher, series initialised) and the parts above."""
     o = settings.observability
-    hmac_key = settings.cache.hmac_key
-    set_id_hasher(IdHasher.derived_from(hmac_key.get_secret_value().encode() if hmac_key else None))
+    set_id_hasher(IdHasher.derived_from(hmac_key))
     register_settings_secrets(settings)
     metrics.initialise_series()
     for outcome in oidc.FETCH_OUTCOMES:
         metrics.JWKS_FETCHES.labels(outcome=outcome)
-    probe = VlunaProbe(settings, services.issuer) if o.readiness.check_vluna else None
-    app.state.readiness = Readiness(settings, services.redis, probe, services.auth)
-    for route in health_routes(settings):
-        app.register(route)
-    middleware.install(
-        app,
-        request_id_header=o.request_id_header,
-        trust_request_id=o.trust_request_id,
-        access_log_enabled=o.access_log,
-        metrics_path=o.metrics.path,
+    probe = VlunaProbe(vluna) if o.readiness.check_vluna else None
+
+    def observability_middleware(app: ASGIApp) -> ASGIApp:
+        return middleware.ObservabilityMiddleware(
+            app,
+            request_id_header=o.request_id_header,
+            trust_request_id=o.trust_request_id,
+            access_log_enabled=o.access_log,
+            metrics_path=o.metrics.path,
+        )
+
+    return Instrumentation(
+        routes=health_routes(settings),
+        readiness=Readiness(settings, redis, probe, auth, redis_target=redis_target, breaker=breaker),
+        middleware=observability_middleware,
     )
-
-    async def close() -> None:
-        if probe is not None:
-            await probe.aclose()
-        metrics.mark_this_worker_dead()
-
-    app.on_shutdown.append(close)

@@ -13,20 +13,27 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bff.proxy.config import ProxyRoute, ProxySettings
+from bff.errors import BadRequest, BffError, NotFound, UriTooLong
+from bff.settings import ProxyRoute, ProxySettings
 
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-/~]*$")
 _PARAM = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 
 
-class PathRefused(Exception):
-    """The path can never be forwarded: status 400 (malformed), 404 (not allowlisted), 414."""
+class PathRefused(BffError):
+    """The path can never be forwarded: one of the three kinds below."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+
+class MalformedPath(PathRefused, BadRequest):
+    code = "invalid_path"
+
+
+class PathNotAllowed(PathRefused, NotFound):
+    """Not on the allowlist."""
+
+
+class PathTooLong(PathRefused, UriTooLong):
+    code = "path_too_long"
 
 
 @dataclass(frozen=True)
@@ -83,16 +90,14 @@ class Allowlist:
     def match(self, method: str, sub_path: str) -> Match:
         """``sub_path`` is the raw path below the proxy prefix, e.g. ``/checkouts/ck_1``."""
         if len(sub_path) > self._max_len:
-            raise PathRefused(414, "path_too_long", "the request path is too long")
+            raise PathTooLong("the request path is too long")
         if not _SAFE_PATH.match(sub_path):
-            raise PathRefused(
-                400, "invalid_path", "the request path contains characters that are not allowed"
-            )
+            raise MalformedPath("the request path contains characters that are not allowed")
         if not sub_path.startswith("/") or "//" in sub_path:
-            raise PathRefused(400, "invalid_path", "empty path segments are not allowed")
+            raise MalformedPath("empty path segments are not allowed")
         segments = sub_path[1:].split("/")
         if any(s in (".", "..") for s in segments):
-            raise PathRefused(400, "invalid_path", "'.' and '..' path segments are not allowed")
+            raise MalformedPath("'.' and '..' path segments are not allowed")
         for candidate in self._routes.get((method, len(segments)), ()):
             params: dict[str, str] = {}
             for want, got in zip(candidate.segments, segments, strict=True):
@@ -104,4 +109,4 @@ class Allowlist:
                     break
             else:
                 return Match(candidate, params)
-        raise PathRefused(404, "not_found", "this call is not available through the proxy")
+        raise PathNotAllowed("this call is not available through the proxy")

@@ -19,8 +19,9 @@ the slots still under the limit. So:
 
 ``lease_size: 1`` counts every request in Redis as it comes (one round trip per request). Writes
 are always counted one by one on their own (smaller) counter. If Redis is unavailable, each
-process counts on its own for a while (limits get looser by the number of replicas, never
-stricter) and the failure is counted.
+process counts on its own while the shared Redis breaker (bff/redis_client.py) is open, and for
+the request whose count failed (limits get looser by the number of replicas, never stricter);
+the failure is counted (``redis_errors``, as for every Redis command).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from bff.proxy.config import RateLimitSettings
+from bff.redis_client import REDIS_ERRORS, RedisBreaker
+from bff.settings import RateLimitSettings
 from bff.stats import Stats
-from bff.tokens.cache import REDIS_ERRORS
 
 log = logging.getLogger("bff.proxy.ratelimit")
 
@@ -77,7 +78,7 @@ class RateLimiter:
         prefix: str,
         realm_id: str,
         stats: Stats,
-        down_backoff_sec: float = 5.0,
+        breaker: RedisBreaker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._s = settings
@@ -86,8 +87,9 @@ class RateLimiter:
         self._prefix = f"{prefix}rl:"
         self._realm = realm_id
         self._stats = stats
-        self._backoff = down_backoff_sec
-        self._down_until = 0.0
+        # Shared with the token cache and lock: one view of whether Redis is down. None (unit
+        # tests): Redis is always tried.
+        self._breaker = breaker
         self._clock = clock
         self._local: dict[str, int] = {}
         self._local_window = -1
@@ -132,7 +134,7 @@ class RateLimiter:
             raise RateLimited(max(1, math.ceil((window + 1) * s.window_sec - now)))
 
     def _redis_up(self) -> bool:
-        return self._redis is not None and time.monotonic() >= self._down_until
+        return self._redis is not None and (self._breaker is None or self._breaker.closed)
 
     def _lease_size(self, lease: _Lease) -> int:
         return min(self._s.lease_size, max(1, (self._s.requests - lease.seen) // _SHARE))
@@ -237,11 +239,14 @@ class RateLimiter:
                 pipe.expire(key, self._s.window_sec + 1)
             result = await pipe.execute()
         except REDIS_ERRORS as exc:
-            self._stats.inc("proxy.rate_limit.redis_errors")
-            if time.monotonic() >= self._down_until:
-                log.warning("rate limits: redis unavailable (%s); counting per process", type(exc).__name__)
-            self._down_until = time.monotonic() + self._backoff
+            if self._breaker is not None:
+                self._breaker.failed(exc)
+            else:
+                self._stats.inc("redis_errors")
+            log.debug("rate limits: redis command failed (%s); counted per process", type(exc).__name__)
             return None
+        if self._breaker is not None:
+            self._breaker.succeeded()
         self._stats.inc("proxy.rate_limit.leases")
         return [int(result[i * 2]) for i in range(len(increments))]
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from litestar import Request, route
+from litestar.di import NamedDependency
+from litestar.params import SkipValidation
 from litestar.types import ASGIApp, ControllerRouterHandler
 
-from bff.proxy.config import derive_upstream_base
+from bff.principals import Principal
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
 from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
+from bff.redis_client import RedisBreaker
+from bff.settings import Derived, Settings
+from bff.stats import Stats
+from bff.tokens.broker import TokenBroker
 
 __all__ = ["PREFIX", "AsgiUpstream", "ProxyService", "build_proxy", "proxy_routes"]
 
@@ -21,12 +26,21 @@ CORS_EXPOSE_HEADERS = ["retry-after", "etag", "x-request-id", "idempotent-replay
 
 
 def build_proxy(
-    settings: Any, services: Any, realm_id: str, upstream: Upstream | None = None
+    settings: Settings,
+    *,
+    broker: TokenBroker,
+    redis: Any,
+    stats: Stats,
+    derived: Derived,
+    breaker: RedisBreaker,
+    upstream: Upstream | None = None,
 ) -> ProxyService:
+    """The proxy over ``upstream`` (default: aiohttp to the derived upstream base URL), with its
+    per-user rate limiter on ``redis`` (None: this process only)."""
     p = settings.proxy
     if upstream is None:
         upstream = AiohttpUpstream(
-            derive_upstream_base(p, settings.vluna.base_url),
+            derived.upstream_base_url,
             max_connections=p.pool_max_connections,
             keepalive_timeout=p.keepalive_timeout_sec,
             max_response_bytes=p.max_response_bytes,
@@ -34,34 +48,38 @@ def build_proxy(
     c = settings.cache
     limiter = RateLimiter(
         settings.rate_limit,
-        redis=services.redis,
-        hmac_key=c.hmac_key.get_secret_value().encode() if c.hmac_key else secrets.token_bytes(32),
+        redis=redis,
+        hmac_key=derived.hmac_key,
         prefix=c.key_prefix,
-        realm_id=realm_id,
-        stats=services.stats,
-        down_backoff_sec=c.redis.down_backoff_sec,
+        realm_id=derived.realm_id,
+        stats=stats,
+        breaker=breaker,
     )
     return ProxyService(
         p,
         upstream=upstream,
-        broker=services.broker,
-        auth=services.auth,
-        mapper=services.mapper,
+        broker=broker,
         limiter=limiter,
-        realm_id=realm_id,
-        default_scopes=tuple(sorted(set(settings.tokens.default_scopes or settings.tokens.allowed_scopes))),
-        stats=services.stats,
+        realm_id=derived.realm_id,
+        default_scopes=derived.default_scopes,
+        stats=stats,
     )
 
 
-@route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def proxy_call(request: Request[Any, Any, Any]) -> ASGIApp:
-    # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
-    # still converted by Litestar as usual.
-    proxy: ProxyService = request.app.state.services.proxy
-    answer: ASGIApp = await proxy.handle(request)  # type: ignore[assignment]
-    return answer
+def proxy_routes(proxy: ProxyService | None) -> list[ControllerRouterHandler]:
+    """The proxy route over ``proxy`` (``None``: an app that only describes its routes). The
+    caller's principal is its one dependency resolved per request; the proxy is bound here (see
+    ``bff.routes.token.token_routes`` for why)."""
 
+    @route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def proxy_call(
+        request: Request[Any, Any, Any], principal: NamedDependency[SkipValidation[Principal]]
+    ) -> ASGIApp:
+        if proxy is None:
+            raise RuntimeError("this route only describes itself")
+        # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
+        # still converted by Litestar as usual.
+        answer: ASGIApp = await proxy.handle(request, principal)  # type: ignore[assignment]
+        return answer
 
-def proxy_routes() -> list[ControllerRouterHandler]:
     return [proxy_call]

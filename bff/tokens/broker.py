@@ -6,7 +6,10 @@
   the cache).
 - Vluna down: a cached, still valid token keeps being served (refresh failures are swallowed);
   with none, ``TokenUnavailable`` (503).
-- Redis down: the in-process cache and a process-local single flight carry on.
+- Redis down (the shared ``RedisBreaker`` is open): the in-process cache and a process-local
+  single flight carry on. While the breaker is closed, a failed lock command is tried again (or
+  the request ends in ``TokenUnavailable`` at its deadline): never an issuance without the
+  cross-replica lock on the guess that Redis is down.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bff.observability.tracing import span
+from bff.errors import ServiceUnavailable, UpstreamRejected
+from bff.principals import Principal
+from bff.redis_client import REDIS_ERRORS, RedisBreaker
 from bff.stats import Stats
-from bff.tokens.cache import REDIS_ERRORS, RedisGuard, ResilientCache, SharedCacheUnavailable
+from bff.telemetry.tracing import span
+from bff.tokens.cache import ResilientCache, SharedCacheUnavailable
 from bff.tokens.crypto import TokenCipher
 from bff.tokens.issuer import IssuedToken, IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys, canonical_scopes
@@ -31,13 +37,6 @@ from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
 from bff.tokens.lock import RedisLock, Waiters
 
 log = logging.getLogger("bff.broker")
-
-
-@dataclass(frozen=True)
-class Principal:
-    principal_id: str
-    user_id: str
-    traits: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,25 +80,34 @@ class TokenEntry:
         return max(0, int(self.expires_at - now))
 
 
-class TokenUnavailable(Exception):
-    """No valid token can be served now; the client should retry after ``retry_after`` seconds."""
+class TokenUnavailable(ServiceUnavailable):
+    """No valid token can be served now (503); the client should retry after ``retry_after``
+    seconds. ``reason`` is for the operator only."""
+
+    code = "token_unavailable"
 
     def __init__(self, reason: str, retry_after: int) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
+        super().__init__("billing tokens are temporarily unavailable", retry_after=retry_after)
+        self.reason = reason
 
 
-class TokenRejected(Exception):
-    """Vluna refused to issue for this principal or this service key."""
+class TokenRejected(UpstreamRejected):
+    """Vluna refused to issue for this principal or this service key (502). ``reason`` is for
+    the operator only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the billing service refused to issue a token for this user")
+        self.reason = reason
 
 
-class SignOutIncomplete(Exception):
+class SignOutIncomplete(ServiceUnavailable):
     """The sign-out could not be recorded where every replica sees it (Redis): the tokens might
-    still be served, so the caller must not be told it is signed out."""
+    still be served, so the caller must not be told it is signed out (503: send it again)."""
+
+    code = "sign_out_incomplete"
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__("sign-out could not be recorded")
-        self.retry_after = retry_after
+        super().__init__("the sign-out could not be recorded; send it again", retry_after=retry_after)
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,7 @@ class TokenBroker:
         cache: ResilientCache,
         cipher: TokenCipher,
         keys: CacheKeys,
-        guard: RedisGuard,
+        breaker: RedisBreaker,
         stats: Stats,
         lock: RedisLock | None = None,
         notifier: Waiters | None = None,
@@ -140,7 +148,7 @@ class TokenBroker:
         self._cache = cache
         self._cipher = cipher
         self._keys = keys
-        self._guard = guard
+        self._breaker = breaker
         self._lock = lock
         self._notifier = notifier
         self.stats = stats
@@ -221,7 +229,7 @@ class TokenBroker:
             try:
                 await l1.invalidate(keys)
             except REDIS_ERRORS as exc:
-                self._guard.failed(exc)
+                self._breaker.failed(exc)
                 if strict:
                     self.stats.inc("sign_outs_incomplete")
                     raise SignOutIncomplete(self._cfg.retry_after_sec) from None
@@ -241,7 +249,7 @@ class TokenBroker:
     async def _read(self, key: str, now: float) -> TokenEntry | None:
         l1 = self._l1
         epoch = l1.epoch if l1 is not None else 0
-        blob = await self._cache.get(key)
+        blob = await self._shared_get(key)
         if blob is None:
             return None
         raw = self._cipher.open(blob, key.encode())
@@ -315,15 +323,28 @@ class TokenBroker:
     ) -> TokenEntry:
         deadline = time.monotonic() + self._cfg.wait_timeout_sec
         lock_key = self._keys.lock(key)
+        pause = 0.05
         while True:
             owner: str | None = None
             local_only = True
-            if self._lock is not None and self._guard.available:
+            if self._lock is not None and self._breaker.closed:
                 try:
                     owner = await self._lock.acquire(lock_key, self._cfg.lock_ttl_sec)
                     local_only = False
                 except REDIS_ERRORS as exc:
-                    self._guard.failed(exc)
+                    self._breaker.failed(exc)
+                    if not await self._breaker.verdict():
+                        # Redis answers (or has not been found down): the lock is tried again,
+                        # never skipped on a guess; at the deadline the request gets a 503.
+                        self.stats.inc("lock_retries")
+                        if time.monotonic() + pause >= deadline:
+                            self.stats.inc("wait_timeouts")
+                            raise TokenUnavailable(
+                                "the token lock did not answer", self._cfg.retry_after_sec
+                            ) from None
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, 1.0)
+                        continue
             if local_only or owner is not None:
                 try:
                     # Another replica may have filled the key between our miss and our lock.
@@ -354,7 +375,7 @@ class TokenBroker:
             await self._lock.release(lock_key, owner, key)
         except REDIS_ERRORS as exc:
             # Its expiry frees it anyway; waiters find the token on their next check.
-            self._guard.failed(exc)
+            self._breaker.failed(exc)
 
     async def _wait_for_other(self, key: str, lock_key: str, deadline: float) -> TokenEntry | None:
         """Wait until the holder publishes (or its lock expires); None means: try to lock again."""
@@ -373,7 +394,8 @@ class TokenBroker:
                 try:
                     lock_left = await self._lock.remaining_sec(lock_key)
                 except REDIS_ERRORS as exc:
-                    self._guard.failed(exc)
+                    # None: lock again (which waits while Redis is unsure, see _fill).
+                    self._breaker.failed(exc)
                     return None
                 if lock_left <= 0:
                     return None
@@ -386,8 +408,15 @@ class TokenBroker:
                 except asyncio.TimeoutError:
                     pass
 
+    async def _shared_get(self, key: str) -> bytes | None:
+        try:
+            return await self._cache.get(key)
+        except SharedCacheUnavailable:
+            self.stats.inc("redis_unsure")
+            raise TokenUnavailable("the token cache did not answer", self._cfg.retry_after_sec) from None
+
     async def _signed_out_since(self, principal: Principal, since: float) -> bool:
-        raw = await self._cache.get(self._keys.signed_out(principal.principal_id, principal.user_id))
+        raw = await self._shared_get(self._keys.signed_out(principal.principal_id, principal.user_id))
         try:
             return raw is not None and float(raw) >= since
         except ValueError:

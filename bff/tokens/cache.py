@@ -5,21 +5,17 @@ Values reaching a backend are already encrypted (see crypto.py); backends only s
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
-from redis.exceptions import RedisError
+from bff.redis_client import REDIS_ERRORS, RedisBreaker
 
-from bff import netdiag
-from bff.stats import Stats
+__all__ = ["REDIS_ERRORS", "CacheBackend", "MemoryCache", "RedisCache", "ResilientCache"]
 
-log = logging.getLogger("bff.cache")
-
-# What a down, slow or misbehaving Redis raises through redis-py.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+T = TypeVar("T")
 
 
 class SharedCacheUnavailable(Exception):
@@ -65,42 +61,6 @@ class MemoryCache:
         return len(self._data)
 
 
-class RedisGuard:
-    """Remembers that Redis failed, so that for a short backoff requests skip it instead of each
-    paying a connect timeout; logs the transitions once and counts every failure."""
-
-    def __init__(self, stats: Stats, backoff_sec: float, target: str = "Redis") -> None:
-        self._stats = stats
-        self._target = target
-        self._backoff = backoff_sec
-        self._down_until = 0.0
-        self._down = False
-
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def failed(self, exc: BaseException) -> None:
-        self._stats.inc("redis_errors")
-        self._down_until = time.monotonic() + self._backoff
-        if not self._down:
-            self._down = True
-            # Where (no password) and the cause in words; never the exception's own text, which
-            # could carry the URL.
-            log.warning(
-                "%s unavailable: %s; serving from the in-process cache", self._target, netdiag.cause(exc).text
-            )
-
-    def fell_back(self) -> None:
-        """A cache operation was served by the in-process cache because Redis was down (metrics)."""
-        self._stats.inc("redis_fallbacks")
-
-    def succeeded(self) -> None:
-        if self._down:
-            self._down = False
-            log.info("%s available again", self._target)
-
-
 class RedisCache:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
@@ -122,65 +82,109 @@ class RedisCache:
 
 
 class ResilientCache:
-    """Redis when it answers; the in-process cache when it does not. Never raises a Redis error,
-    except ``SharedCacheUnavailable`` from the ``strict`` writes that every replica must see.
+    """Redis while the breaker is closed; the in-process cache while it is open. Never raises a
+    Redis error, except ``SharedCacheUnavailable`` from the ``strict`` writes that every replica
+    must see.
 
-    While Redis answers it is the only source: a miss there is a miss, even if this process
-    still holds an entry it cached during an outage. That entry may have been signed out on
-    another replica since (which can only delete what is in Redis).
+    While the breaker is closed Redis is the only source: a miss there is a miss, even if this
+    process still holds an entry it cached while the breaker was open (that entry may have been
+    signed out on another replica since, which can only delete what is in Redis). A command that
+    fails while the breaker stays closed is tried again (after a short pause) until it answers or
+    the breaker opens: a guess from the in-process cache could be stale. For at most
+    ``retry_for_sec`` (Redis answering PING while its commands keep failing, e.g. a read-only
+    replica or an out-of-memory error): then a read raises ``SharedCacheUnavailable`` (the broker
+    answers 503 with Retry-After) and a write that need not be shared lands in-process only.
     """
 
-    def __init__(self, primary: CacheBackend | None, fallback: MemoryCache, guard: RedisGuard) -> None:
+    RETRY_PAUSE_SEC = 0.05
+
+    def __init__(
+        self,
+        primary: CacheBackend | None,
+        fallback: MemoryCache,
+        breaker: RedisBreaker,
+        *,
+        retry_for_sec: float = 15.0,
+    ) -> None:
         self._primary = primary
         self._fallback = fallback
-        self._guard = guard
+        self._breaker = breaker
+        self._retry_for = retry_for_sec
 
     @property
     def uses_redis(self) -> bool:
-        return self._primary is not None and self._guard.available
+        return self._primary is not None and self._breaker.closed
+
+    async def _on_redis(self, op: Callable[[CacheBackend], Awaitable[T]]) -> tuple[bool | None, T | None]:
+        """(True, result) once Redis answered; (False, None) once the breaker is open; (None, None)
+        when Redis kept failing for ``retry_for_sec`` while the breaker stayed closed."""
+        assert self._primary is not None
+        pause = self.RETRY_PAUSE_SEC
+        give_up = time.monotonic() + self._retry_for
+        while self._breaker.closed:
+            try:
+                result = await op(self._primary)
+            except REDIS_ERRORS as exc:
+                self._breaker.failed(exc)
+                if await self._breaker.verdict():
+                    break
+                if time.monotonic() + pause > give_up:
+                    return None, None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            else:
+                self._breaker.succeeded()
+                return True, result
+        return False, None
 
     async def get(self, key: str) -> bytes | None:
-        if self._primary is not None and self._guard.available:
-            try:
-                value = await self._primary.get(key)
-            except REDIS_ERRORS as exc:
-                self._guard.failed(exc)
-                self._guard.fell_back()
-            else:
-                self._guard.succeeded()
+        """Raises ``SharedCacheUnavailable`` when Redis kept failing while its breaker stayed
+        closed (answering from this process could serve what another replica signed out)."""
+        if self._primary is not None:
+            answered, value = await self._on_redis(lambda r: r.get(key))
+            if answered:
                 return value
-        elif self._primary is not None:
-            self._guard.fell_back()
+            if answered is None:
+                raise SharedCacheUnavailable("redis commands keep failing")
+            self._breaker.fell_back()
         return await self._fallback.get(key)
 
     async def set(self, key: str, value: bytes, ttl: float, *, strict: bool = False) -> None:
-        """``strict``: the value must reach Redis (when Redis is configured; tried even during
-        its backoff), else ``SharedCacheUnavailable`` (the in-process cache holds it anyway)."""
-        if self._primary is not None and (strict or self._guard.available):
-            try:
-                await self._primary.set(key, value, ttl)
-            except REDIS_ERRORS as exc:
-                self._guard.failed(exc)
-            else:
-                self._guard.succeeded()
-                return
+        """``strict``: the value must reach Redis (when Redis is configured; tried once even while
+        the breaker is open), else ``SharedCacheUnavailable`` (the in-process cache holds it)."""
         if self._primary is not None:
-            self._guard.fell_back()
+            if strict and not self._breaker.closed:
+                if await self._strict_once(lambda r: r.set(key, value, ttl)):
+                    return
+            else:
+                answered, _ = await self._on_redis(lambda r: r.set(key, value, ttl))
+                if answered:
+                    return
+            self._breaker.fell_back()
         await self._fallback.set(key, value, ttl)
         if strict and self._primary is not None:
             raise SharedCacheUnavailable("redis is unavailable")
 
     async def delete(self, keys: Sequence[str], *, strict: bool = False) -> None:
-        """``strict``: the keys must be gone from Redis too (when Redis is configured; tried even
-        during its backoff), else ``SharedCacheUnavailable``."""
+        """``strict``: the keys must be gone from Redis too (when Redis is configured; tried once
+        even while the breaker is open), else ``SharedCacheUnavailable``."""
         await self._fallback.delete(keys)
         if self._primary is None:
             return
-        try:
-            await self._primary.delete(keys)
-        except REDIS_ERRORS as exc:
-            self._guard.failed(exc)
-            if strict:
-                raise SharedCacheUnavailable("redis is unavailable") from None
+        if self._breaker.closed:
+            answered, _ = await self._on_redis(lambda r: r.delete(keys))
         else:
-            self._guard.succeeded()
+            answered = await self._strict_once(lambda r: r.delete(keys))
+        if not answered and strict:
+            raise SharedCacheUnavailable("redis is unavailable")
+
+    async def _strict_once(self, op: Callable[[CacheBackend], Awaitable[Any]]) -> bool:
+        """One attempt while the breaker is open (a sign-out must not wait for the next probe)."""
+        assert self._primary is not None
+        try:
+            await op(self._primary)
+        except REDIS_ERRORS as exc:
+            self._breaker.failed(exc)
+            return False
+        self._breaker.succeeded()
+        return True

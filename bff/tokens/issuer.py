@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from vlunaai import (
-    ServiceClientOptions,
-    ServiceKeyCredentials,
-    VlunaAIConfig,
-    VlunaAIError,
-    create_service_client,
-)
+import httpx
+from pydantic import SecretStr
+from vlunaai import InternalServerError, RequestContext, ServiceClient, VlunaAIError
+
+from bff.settings import VlunaSettings
+from bff.telemetry import metrics, tracing
+from bff.vluna import create_vluna_client, is_transient
 
 log = logging.getLogger("bff.issuer")
 
@@ -79,17 +79,27 @@ def first_call_retries(max_retries: int) -> int:
 
 
 class SdkTokenIssuer:
-    """Calls ``ServiceClient.issue_platform_token`` in raise mode and sorts its errors.
+    """Calls ``ServiceClient.issue_platform_token`` in raise mode and sorts its errors by the
+    SDK's classes (``bff.vluna.is_transient``). The client is the app's one Vluna client
+    (``bff.vluna``), shared with readiness; the issuer closes it only when it built it.
 
     Every issuance carries its own Idempotency-Key, kept across every attempt. A 500
     ``SERVER.UNEXPECTED`` is tried once more even with ``vluna.max_retries: 0`` (see
     ``FIRST_CALL_FAILURE``), so a new principal's first token never fails because of it.
     """
 
-    def __init__(self, client: Any, session_ttl_sec: int, *, first_call_retries: int = 0) -> None:
+    def __init__(
+        self,
+        client: ServiceClient,
+        session_ttl_sec: int,
+        *,
+        first_call_retries: int = 0,
+        owns_client: bool = False,
+    ) -> None:
         self._client = client
         self._ttl = session_ttl_sec
         self._first_call_retries = first_call_retries
+        self._owns_client = owns_client
 
     def __repr__(self) -> str:
         return "SdkTokenIssuer()"
@@ -105,19 +115,22 @@ class SdkTokenIssuer:
         session_ttl_sec: int,
         timeout_sec: float,
         max_retries: int,
-        transport: Any = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> SdkTokenIssuer:
-        config = VlunaAIConfig(base_url=base_url, realm_id=realm_id, timeout_seconds=timeout_sec)
-        client = create_service_client(
-            ServiceClientOptions(
-                config=config,
-                service_key=ServiceKeyCredentials(key_id=key_id, secret=secret),
-                error_mode="raise",
-                transport=transport,
-                max_retries=max_retries,
-            )
+        """An issuer with a client of its own (closed with it)."""
+        v = VlunaSettings(
+            base_url=base_url,
+            realm_id=realm_id,
+            service_key_id=key_id,
+            service_key_secret=SecretStr(secret),
+            timeout_sec=timeout_sec,
+            max_retries=max_retries,
         )
-        return cls(client, session_ttl_sec, first_call_retries=first_call_retries(max_retries))
+        client = create_vluna_client(v, transport=transport)
+        assert client is not None
+        return cls(
+            client, session_ttl_sec, first_call_retries=first_call_retries(max_retries), owns_client=True
+        )
 
     async def issue(
         self, principal_id: str, user_id: str, scopes: Sequence[str], traits: Mapping[str, Any]
@@ -134,9 +147,8 @@ class SdkTokenIssuer:
         try:
             env = await self._issue(body)
         except VlunaAIError as exc:
-            status = getattr(exc, "status", None)
-            code = getattr(exc, "code", None)
-            if status is None or status == 429 or status >= 500 or status == 408:
+            status, code = exc.status, exc.code
+            if is_transient(exc):
                 log.warning(
                     "token issuance unavailable: %s status=%s code=%s", type(exc).__name__, status, code
                 )
@@ -160,19 +172,57 @@ class SdkTokenIssuer:
         )
 
     async def _issue(self, body: dict[str, Any]) -> Any:
-        from vlunaai import RequestContext
-
         context = RequestContext(idempotency_key=secrets.token_hex(16))
         extra = self._first_call_retries
         while True:
             try:
                 return await self._client.issue_platform_token(body=body, context=context)
-            except VlunaAIError as exc:
-                answer = (getattr(exc, "status", None), getattr(exc, "code", None))
-                if extra <= 0 or answer != FIRST_CALL_FAILURE:
+            except InternalServerError as exc:
+                if extra <= 0 or (exc.status, exc.code) != FIRST_CALL_FAILURE:
                     raise
                 extra -= 1
                 log.info("token issuance answered 500 SERVER.UNEXPECTED; trying once more with the same key")
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._owns_client:
+            await self._client.close()
+
+
+ISSUE_OPERATION = "issue_platform_token"
+
+
+class MeteredIssuer:
+    """Wraps any token issuer: a CLIENT span and the upstream metrics per call."""
+
+    def __init__(self, inner: TokenIssuer) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"MeteredIssuer({self.inner!r})"
+
+    async def issue(
+        self, principal_id: str, user_id: str, scopes: Sequence[str], traits: Mapping[str, Any]
+    ) -> IssuedToken:
+        started = time.perf_counter()
+        outcome = "error"
+        with tracing.span(
+            "vluna " + ISSUE_OPERATION, kind="client", attributes={"rpc.method": ISSUE_OPERATION}
+        ) as sp:
+            try:
+                token = await self.inner.issue(principal_id, user_id, scopes, traits)
+                outcome = "ok"
+                return token
+            except IssuerUnavailable:
+                outcome = "unavailable"
+                raise
+            except IssuerRejected:
+                outcome = "rejected"
+                raise
+            finally:
+                sp.set_attribute("bff.upstream.outcome", outcome)
+                if outcome != "ok":
+                    sp.set_status_error(outcome)
+                metrics.observe_upstream(ISSUE_OPERATION, outcome, time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -39,8 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from bff.redis_client import REDIS_ERRORS
 from bff.stats import Stats
-from bff.tokens.cache import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from bff.tokens.broker import TokenEntry

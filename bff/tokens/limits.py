@@ -11,8 +11,9 @@ Fixed windows, checked in this order, each only for an issuance that passed the 
 - all replicas together: one Redis counter.
 
 Only issuances count: cached tokens are served whatever the counters say. With Redis unavailable
-the per-user counter is kept per process (looser by the number of replicas, never stricter) and
-the all-replica budget is not enforced (the per-replica one still is).
+(the shared Redis breaker open, or this one count failing) the per-user counter is kept per
+process (looser by the number of replicas, never stricter) and the all-replica budget is not
+enforced (the per-replica one still is).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bff.errors import TooManyRequests
+from bff.redis_client import REDIS_ERRORS, RedisBreaker
 from bff.settings import IssuanceLimitSettings
 from bff.stats import Stats
-from bff.tokens.cache import REDIS_ERRORS, RedisGuard
 from bff.tokens.keys import CacheKeys
 
 log = logging.getLogger("bff.limits")
@@ -33,13 +35,22 @@ log = logging.getLogger("bff.limits")
 _MAX_LOCAL_USERS = 100_000
 
 
-class IssuanceLimited(Exception):
-    """No new token now. ``budget``: False when the user's own limit was reached, True when a
-    shared budget (this replica's or all replicas') was."""
+class IssuanceLimited(TooManyRequests):
+    """No new token now (429). ``budget``: False when the user's own limit was reached, True when
+    a shared budget (this replica's or all replicas') was."""
 
     def __init__(self, retry_after: int, *, budget: bool) -> None:
-        super().__init__("issuance limited")
-        self.retry_after = retry_after
+        if budget:
+            super().__init__(
+                "the service is issuing too many billing tokens right now",
+                retry_after=retry_after,
+                code="issuance_budget_exhausted",
+            )
+        else:
+            super().__init__(
+                "too many new billing tokens for this user; a token already held stays valid",
+                retry_after=retry_after,
+            )
         self.budget = budget
 
 
@@ -50,14 +61,14 @@ class IssuanceLimiter:
         *,
         redis: Any | None,
         keys: CacheKeys,
-        guard: RedisGuard,
+        breaker: RedisBreaker,
         stats: Stats,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._s = settings
         self._redis = redis
         self._keys = keys
-        self._guard = guard
+        self._breaker = breaker
         self._stats = stats
         self._clock = clock
         self._window = -1
@@ -94,7 +105,7 @@ class IssuanceLimiter:
 
     async def _count(self, key: str) -> int | None:
         """INCR with the window's expiry, in one round trip; None without Redis."""
-        if self._redis is None or not self._guard.available:
+        if self._redis is None or not self._breaker.closed:
             return None
         try:
             pipe = self._redis.pipeline(transaction=False)
@@ -102,7 +113,7 @@ class IssuanceLimiter:
             pipe.expire(key, self._s.window_sec + 1)
             result = await pipe.execute()
         except REDIS_ERRORS as exc:
-            self._guard.failed(exc)
+            self._breaker.failed(exc)
             return None
         return int(result[0])
 

@@ -29,7 +29,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisClusterException
 
-from bff.tokens.cache import REDIS_ERRORS
+from bff.redis_client import REDIS_ERRORS
 from bff.tokens.keys import CacheKeys
 
 log = logging.getLogger("bff.lock")
@@ -231,7 +231,7 @@ class _Resubscribe(Exception):
 
 
 # Besides Redis errors: what redis-py leaks when a connection is closed under a read (see
-# cluster_client.py); the subscription is then opened again like after any other failure.
+# bff/redis_cluster.py); the subscription is then opened again like after any other failure.
 _RESUBSCRIBE_ON: tuple[type[BaseException], ...] = (
     *REDIS_ERRORS,
     RedisClusterException,

@@ -8,13 +8,12 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from vlunaai import ServiceClient
 from vlunaai.testing import VlunaEmulator
 
-from bff.observability.upstream import PropagatingTransport
-from bff.tokens.issuer import SdkTokenIssuer
+from bff.settings import VlunaSettings
+from bff.vluna import PropagatingTransport, create_vluna_client
 from tests.support.emulator import start_emulator
-
-from .support import sdk_issuer
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
@@ -32,12 +31,18 @@ class RecordingTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def emulator_issuer(
+def emulator_client(
     emu: VlunaEmulator, *, secret: str | None = None, record: RecordingTransport | None = None
-) -> SdkTokenIssuer:
-    """The production issuer (SDK, signed calls) wired as build_services wires it, to the emulator."""
+) -> ServiceClient:
+    """The app's one Vluna client (issuer and readiness) as build_services builds it, to the
+    emulator in process."""
     inner: httpx.AsyncBaseTransport = record if record is not None else emu.transport()
-    return sdk_issuer(emu, secret=secret, transport=PropagatingTransport(inner))
+    v = VlunaSettings(
+        **{**emulator_vluna(emu), "service_key_secret": secret or emu.service_key_secret, "max_retries": 0}
+    )
+    client = create_vluna_client(v, transport=PropagatingTransport(inner))
+    assert client is not None
+    return client
 
 
 def emulator_vluna(emu: VlunaEmulator) -> dict[str, Any]:

@@ -238,6 +238,7 @@ async def running_services(
         await services.broker.aclose()
         if services.notifier is not None:
             await services.notifier.stop()
+        await services.breaker.aclose()
         if services.owns_redis and services.redis is not None:
             await services.redis.aclose()
         await services.http.aclose()
@@ -246,7 +247,7 @@ async def running_services(
 def redis_settings(keys: Keys, prefix: str, url: str = REDIS_URL, **tokens: Any) -> Settings:
     return make_settings(
         keys,
-        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": url, "down_backoff_sec": 0}},
+        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": url, "probe_interval_sec": 0.2}},
         tokens=tokens,
     )
 

@@ -148,13 +148,13 @@ async def test_the_readiness_call_logs_its_httpx_line_at_debug(keys: Keys) -> No
 
 
 async def readiness_then_issuance(keys: Keys, emulator: VlunaEmulator) -> None:
-    from .observability_support import emulator_issuer, emulator_vluna
+    from .observability_support import emulator_client, emulator_vluna
 
     stream = io.StringIO()
     configure_logging("info", "text", stream)
     try:
         settings = make_settings(keys, vluna=emulator_vluna(emulator))
-        async with client_for(settings, emulator_issuer(emulator)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
             assert (await client.get("/readyz")).status_code == 200
             assert (await client.get("/vluna/token", headers=bearer(keys.token()))).status_code == 200
     finally:

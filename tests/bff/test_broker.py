@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from bff.tokens.broker import Principal, SignOutIncomplete, TokenRejected, TokenUnavailable
+from bff.principals import Principal
+from bff.tokens.broker import SignOutIncomplete, TokenRejected, TokenUnavailable
 from bff.tokens.issuer import IssuerRejected
-from tests.support.redis_servers import TcpProxy, dead_redis_url
+from tests.support.redis_servers import TcpProxy, dead_redis_url, start_redis
 from tests.support.waiting import until
 
 from .support import (
@@ -169,6 +170,79 @@ async def test_single_flight_across_replicas_sharing_redis(keys: Keys, prefix: s
     assert wakeups == 2  # ...each woken by the release message, not by a timer
 
 
+@pytest.mark.parametrize("dropped", [1, 3])
+async def test_a_failed_redis_command_keeps_single_flight_across_replicas(
+    keys: Keys, prefix: str, dropped: int
+) -> None:
+    """The three-process drill's failure, reproduced: a replica whose Redis command fails (under a
+    burst, a pool connect that timed out client-side while its event loop stalled; here a
+    connection closed by a relay) while Redis is fine. It used to count as an outage for
+    `down_backoff_sec`, so that replica issued on its own: 2 issuances for the user. Now the
+    command is tried again; after `breaker_failures` (3) in a row a PING decides, and it answers:
+    the breaker stays closed and the replica waits for the other's lock."""
+    gate = asyncio.Event()
+    issuer = FakeIssuer()
+    issuer.gate = gate
+    proxy = await TcpProxy().start()
+    direct = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    relayed = aioredis.Redis.from_url(proxy.url)
+    settings = redis_settings(keys, prefix, wait_timeout_sec=10)
+    try:
+        async with (
+            running_services(settings, issuer, direct) as holder,
+            running_services(settings, issuer, relayed) as other,
+        ):
+            for svc in (holder, other):
+                await until(lambda: svc.notifier is not None and svc.notifier.connected)  # noqa: B023
+            first = asyncio.create_task(holder.broker.get_token(ALICE, BOTH))
+            await until(lambda: len(issuer.calls) == 1)  # the holder has the lock, issuing
+            # The other replica's next connections fail: its pool has none yet (only the
+            # notifier's), so its very first command is the one that fails.
+            proxy.drop_next = dropped
+            second = asyncio.create_task(other.broker.get_token(ALICE, BOTH))
+            await until(lambda: proxy.drop_next == 0)
+            await asyncio.sleep(0.3)  # time to (wrongly) issue on its own
+            assert len(issuer.calls) == 1
+            gate.set()
+            a, b = await asyncio.gather(first, second)
+            assert other.breaker.closed
+            errors = other.stats.get("redis_errors")
+            pings = other.stats.get("redis_breaker.ping_ok")
+    finally:
+        await direct.aclose()
+        await relayed.aclose()
+        await proxy.stop()
+    assert a.access_token == b.access_token
+    assert len(issuer.calls) == 1
+    assert errors == dropped
+    assert pings == (1 if dropped >= 3 else 0)
+
+
+async def test_commands_failing_while_ping_answers_end_in_503_not_a_guess(keys: Keys, prefix: str) -> None:
+    """A Redis that answers PING but refuses the cache's GET (here an ACL without it; in real life
+    a read-only replica after a failover, or out of memory): the breaker stays closed, the
+    request is retried until `tokens.wait_timeout_sec`, then 503 (TokenUnavailable) without any
+    issuance: neither the in-process cache nor a lock-less issuance stands in for Redis."""
+    own = start_redis()
+    try:
+        admin = aioredis.Redis.from_url(own.url)
+        await admin.execute_command("ACL", "SETUSER", "bff", "on", ">pw", "~*", "&*", "+@all", "-get")
+        await admin.aclose()
+        url = f"redis://bff:pw@127.0.0.1:{own.port}/0"
+        issuer = FakeIssuer()
+        async with running_services(
+            redis_settings(keys, prefix, url=url, wait_timeout_sec=0.6), issuer
+        ) as svc:
+            with pytest.raises(TokenUnavailable) as info:
+                await svc.broker.get_token(ALICE, BOTH)
+            assert info.value.retry_after == 5
+            assert svc.breaker.closed and svc.stats.get("redis_breaker.ping_ok") >= 1
+            assert svc.stats.get("redis_unsure") == 1 and svc.stats.get("redis_fallbacks") == 0
+        assert issuer.calls == []
+    finally:
+        own.stop()
+
+
 async def test_crashed_holder_blocks_only_until_lock_expiry(
     keys: Keys, prefix: str, redis_client: aioredis.Redis, issuer: FakeIssuer
 ) -> None:
@@ -307,6 +381,8 @@ async def test_redis_coming_back(keys: Keys, prefix: str, redis_client: aioredis
             await until(lambda: not notifier.connected)
             proxy = await TcpProxy(port=proxy.port).start()  # Redis is back on the same address
             await until(lambda: notifier.connected)
+            # The breaker's next PING (every probe_interval_sec) finds Redis back.
+            await until(lambda: svc.breaker.closed)
             await svc.broker.get_token(BOB, BOTH)
             assert len(await token_entries(redis_client, prefix)) == 1  # Bob's went to Redis again
     finally:
@@ -325,6 +401,8 @@ async def test_once_redis_answers_it_alone_decides(keys: Keys, prefix: str) -> N
             during = await svc.broker.get_token(ALICE, BOTH)
             assert (await svc.broker.get_token(ALICE, BOTH)).access_token == during.access_token
             proxy = await TcpProxy(port=proxy.port).start()
+            # Back: the breaker's next PING closes it, and from then on Redis alone decides.
+            await until(lambda: svc.breaker.closed)
             after = await svc.broker.get_token(ALICE, BOTH)
             assert after.access_token != during.access_token
             assert len(issuer.calls) == 2

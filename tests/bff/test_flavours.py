@@ -13,7 +13,7 @@ from vlunaai.testing import VlunaEmulator
 
 from bff.vluna_probe import PROBE_OPERATION
 
-from .observability_support import emulator_issuer, emulator_vluna
+from .observability_support import emulator_client, emulator_vluna
 from .proxy_support import EmulatorServer, emulator_server, in_own_task, proxy_client, proxy_settings
 from .support import AppClient, Keys, client_for, make_settings
 
@@ -49,7 +49,7 @@ async def client(keys: Keys, server: EmulatorServer, prefix: str, flavor: str) -
 async def test_readyz_is_ready_against_both_servers(keys: Keys, flavor: str) -> None:
     async with VlunaEmulator(flavor=flavor) as emu:
         settings = make_settings(keys, vluna=emulator_vluna(emu))
-        async with client_for(settings, emulator_issuer(emu)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emu)) as client:
             r = await client.get("/readyz")
             assert r.status_code == 200, r.text
             assert r.json()["checks"]["vluna"] == "ok" and r.json()["status"] == "ready"
@@ -77,7 +77,7 @@ async def test_a_new_principals_first_token_never_fails(keys: Keys, flavor: str)
     # still absorbed by one keyed retry.
     async with VlunaEmulator(flavor=flavor) as emu:
         settings = make_settings(keys, vluna={**emulator_vluna(emu), "max_retries": 0})
-        async with client_for(settings, emulator_issuer(emu)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emu)) as client:
             r = await client.get("/vluna/token", headers=auth(keys, "nina", "newco"))
             assert r.status_code == 200, r.text
             assert r.json()["access_token"]

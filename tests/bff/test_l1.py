@@ -10,19 +10,18 @@ from pathlib import Path
 
 import httpx
 import redis.asyncio as aioredis
-import yaml
 
 from bff.stats import Stats
 from bff.tokens.broker import TokenEntry
 from bff.tokens.l1 import L1Cache
-from tests.support.emulator import CONTROL, EMULATOR_SECRET
+from tests.support.emulator import CONTROL
 from tests.support.ports import free_port
 from tests.support.processes import await_url, stop
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.redis_servers import start_redis
 from tests.support.service import spawn_serve
 
-from .support import Keys, base_settings
+from .support import Keys, serve_config
 
 
 def entry(token: str = "tok-1", now: float = 1_000.0) -> TokenEntry:
@@ -156,21 +155,15 @@ def event_count(metrics: str, event: str) -> float:
 async def test_sign_out_on_one_replica_is_never_followed_by_the_token_on_another(
     keys: Keys, prefix: str, emulator_url: str, tmp_path: Path
 ) -> None:
-    data = base_settings(
+    cfg, env = serve_config(
+        tmp_path,
         keys,
-        vluna={
-            "base_url": f"{emulator_url}/mgt/v1",
-            "realm_id": "realm_demo",
-            "service_key_id": "pk-emulator",
-            "service_key_secret": EMULATOR_SECRET,
-        },
+        emulator_url,
         cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": REDIS_URL}},
         server={"log_level": "warning"},
     )
-    cfg = tmp_path / "bff.yaml"
-    cfg.write_text(yaml.safe_dump(data))
     ports = [free_port(), free_port()]
-    procs = [spawn_serve(cfg, port, {}, subprocess.DEVNULL) for port in ports]
+    procs = [spawn_serve(cfg, port, env, subprocess.DEVNULL) for port in ports]
     a, b = (f"http://127.0.0.1:{port}" for port in ports)
     headers = {"Authorization": f"Bearer {keys.token('alice', org_id='acme')}"}
     try:

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from bff.app import Services
+from bff.principals import Principal
 from bff.settings import Settings
-from bff.tokens.broker import Principal
 from bff.tokens.limits import IssuanceLimited
 from tests.support.redis_servers import dead_redis_url
 
@@ -25,7 +25,7 @@ SCOPE_SETS = [("checkout",), ("portal",), ("checkout", "portal")]
 def limited(keys: Keys, prefix: str, url: str = "redis://127.0.0.1:6379/0", **limit: Any) -> Settings:
     return make_settings(
         keys,
-        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": url, "down_backoff_sec": 0}},
+        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": url, "probe_interval_sec": 0.2}},
         tokens={"issuance_limit": limit},
     )
 

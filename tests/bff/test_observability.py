@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from vlunaai.testing import VlunaEmulator
 
-from bff.observability import tracing
 from bff.observability.logging import JsonFormatter, redact, register_secret
 from bff.settings import SettingsError
+from bff.telemetry import tracing
 from bff.vluna_probe import PROBE_OPERATION
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.redis_servers import dead_redis_url
 
-from .observability_support import RecordingTransport, emulator_issuer, emulator_vluna, sample, series_labels
+from .observability_support import RecordingTransport, emulator_client, emulator_vluna, sample, series_labels
 from .support import ENC_KEY_1, HMAC_KEY, FakeIssuer, Keys, client_for, make_settings
 
 TOKEN_OP = "issue_platform_token"
@@ -51,14 +51,20 @@ async def test_healthz_needs_no_auth_and_readyz_checks_vluna_with_a_signed_call(
     keys: Keys, emulator: VlunaEmulator
 ) -> None:
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
-    async with client_for(settings, emulator_issuer(emulator)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
         r = await client.get("/healthz")
         assert r.status_code == 200 and r.json() == {"status": "ok"}
         r = await client.get("/readyz")
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["status"] == "ready" and body["cached"] is False
-        assert body["checks"] == {"config": "ok", "redis": "not_used", "vluna": "ok", "auth": "ok"}
+        assert body["checks"] == {
+            "config": "ok",
+            "redis": "not_used",
+            "redis_breaker": "not_used",
+            "vluna": "ok",
+            "auth": "ok",
+        }
         assert "reasons" not in body
         assert emulator.calls(PROBE_OP) == 1
         # Cached briefly: a second probe does not reach Vluna.
@@ -77,7 +83,7 @@ async def test_readyz_when_vluna_is_down_follows_the_policy(
         observability={"readiness": {"cache_ttl_sec": 0, "vluna_down": policy}},
     )
     emulator.inject_fault(PROBE_OP, status=503, retry_after=0, times=None)
-    async with client_for(settings, emulator_issuer(emulator)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
         r = await client.get("/readyz")
         assert r.status_code == expected, r.text
         assert r.json()["checks"]["vluna"] == ("unreachable" if policy == "fail" else "degraded")
@@ -95,7 +101,7 @@ async def test_readyz_fails_on_a_rejected_service_key_whatever_the_policy(
     settings = make_settings(
         keys, vluna=emulator_vluna(emulator), observability={"readiness": {"vluna_down": "degraded"}}
     )
-    async with client_for(settings, emulator_issuer(emulator, secret=wrong)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator, secret=wrong)) as client:
         r = await client.get("/readyz")
         assert r.status_code == 503
         assert r.json()["checks"]["vluna"] == "rejected" and r.json()["status"] == "not_ready"
@@ -120,6 +126,8 @@ async def test_readyz_when_redis_is_down_follows_the_policy(
         assert r.json()["checks"] == {
             "config": "ok",
             "redis": "degraded" if policy == "degraded" else "down",
+            # No command has failed yet: the breaker has not been asked.
+            "redis_breaker": "closed",
             "vluna": "skipped",
             "auth": "ok",
         }
@@ -129,6 +137,12 @@ async def test_readyz_when_redis_is_down_follows_the_policy(
         # Degraded or not, tokens are still served from the in-process cache.
         r = await client.get("/vluna/token", headers=auth(keys))
         assert r.status_code == 200
+        # The token request found Redis down: the breaker is open, reported at once (not after
+        # the readiness cache's TTL), with the same policy as the redis check.
+        r = await client.get("/readyz")
+        assert r.status_code == expected, r.text
+        assert r.json()["checks"]["redis_breaker"] == "open" and r.json()["cached"] is False
+        assert r.json()["reasons"]["redis_breaker"].startswith("Redis 127.0.0.1:")
 
 
 async def test_readyz_with_redis_up(keys: Keys, prefix: str) -> None:
@@ -216,7 +230,7 @@ async def test_upstream_error_and_redis_fallback_metrics(keys: Keys, prefix: str
         cache={
             "backend": "redis",
             "key_prefix": prefix,
-            "redis": {"url": dead_redis_url(), "down_backoff_sec": 60},
+            "redis": {"url": dead_redis_url(), "probe_interval_sec": 60},
         },
     )
     async with client_for(settings, issuer) as client:
@@ -234,12 +248,13 @@ async def test_upstream_error_and_redis_fallback_metrics(keys: Keys, prefix: str
     assert delta("vluna_bff_upstream_requests_total", {"operation": TOKEN_OP, "outcome": "unavailable"}) == 1
     assert delta("vluna_bff_upstream_errors_total", {"operation": TOKEN_OP, "kind": "unavailable"}) == 1
     assert delta("vluna_bff_events_total", {"event": "redis_errors"}) >= 1
+    assert sample(after, "vluna_bff_breaker_state", {"breaker": "redis"}) == 2
 
 
 async def test_breaker_state_gauge() -> None:
     from prometheus_client import generate_latest
 
-    from bff.observability.metrics import PROXY_BREAKER, REGISTRY, MeteredStats, set_breaker_state
+    from bff.telemetry.metrics import PROXY_BREAKER, REGISTRY, MeteredStats, set_breaker_state
 
     stats = MeteredStats()
     stats.inc("proxy.breaker.open")
@@ -274,7 +289,7 @@ async def test_request_id_is_kept_or_made_returned_and_sent_to_vluna(
 ) -> None:
     record = RecordingTransport(emulator.transport())
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
-    async with client_for(settings, emulator_issuer(emulator, record=record)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
         r = await client.get("/vluna/token", headers={**auth(keys, "rid-1"), "X-Request-Id": "req-abc.123"})
         assert r.status_code == 200 and r.headers["x-request-id"] == "req-abc.123"
         issue = [h for path, h in record.seen if path.endswith("/token/issue")]
@@ -308,7 +323,7 @@ async def test_debug_logs_of_a_full_flow_hold_no_secret_key_or_token(
     sign_in = keys.token("log-user", org_id="log-org")
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
     try:
-        async with client_for(settings, emulator_issuer(emulator)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emulator)) as client:
             for scopes in ("checkout", "portal", "checkout,portal"):
                 r = await client.get(
                     f"/vluna/token?scopes={scopes}",
@@ -380,7 +395,7 @@ async def test_spans_for_request_cache_and_upstream_and_traceparent_to_vluna(
     incoming = f"00-{trace_id}-00f067aa0ba902b7-01"
     try:
         settings = make_settings(keys, vluna=emulator_vluna(emulator))
-        async with client_for(settings, emulator_issuer(emulator, record=record)) as client:
+        async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
             r = await client.get("/vluna/token", headers={**auth(keys, "tr-1"), "traceparent": incoming})
             assert r.status_code == 200
     finally:
@@ -404,6 +419,6 @@ async def test_tracing_off_means_no_traceparent(keys: Keys, emulator: VlunaEmula
     assert not tracing.enabled()
     record = RecordingTransport(emulator.transport())
     settings = make_settings(keys, vluna=emulator_vluna(emulator))
-    async with client_for(settings, emulator_issuer(emulator, record=record)) as client:
+    async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
         assert (await client.get("/vluna/token", headers=auth(keys, "tr-2"))).status_code == 200
     assert record.seen and all("traceparent" not in h for _, h in record.seen)

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bff.observability.metrics import MULTIPROC_ENV
 from bff.observability.serving import multiprocess_metrics
+from bff.telemetry.metrics import MULTIPROC_ENV
 from tests.support.emulator import CONTROL, EMULATOR_SECRET
 from tests.support.ports import free_port
 from tests.support.processes import REPO, await_url, stop
@@ -238,12 +238,12 @@ def test_dead_workers_live_gauges_are_dropped(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from bff.observability.metrics import reap_dead_workers
+    from bff.telemetry.metrics import reap_dead_workers
 
     mp_dir = tmp_path / "prom"
     mp_dir.mkdir()
     code = (
-        "from bff.observability import metrics as m\n"
+        "from bff.telemetry import metrics as m\n"
         "m.HTTP_IN_FLIGHT.inc(); m.HTTP_REQUESTS.labels(method='GET', route='/x', status='200').inc()\n"
     )
     subprocess.run(

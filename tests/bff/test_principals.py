@@ -6,9 +6,8 @@ import pytest
 
 from bff.auth.identity import Identity
 from bff.errors import Forbidden
-from bff.principals import PrincipalMapper
+from bff.principals import Principal, PrincipalMapper
 from bff.settings import MappingSettings
-from bff.tokens.broker import Principal
 
 RULES = MappingSettings.model_validate(
     {

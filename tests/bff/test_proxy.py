@@ -498,7 +498,7 @@ async def test_breaker_opens_fails_fast_and_a_probe_closes_it(
     async with proxy_client(settings, server) as c:
         proxy = c.app.state.services.proxy
         clock = Clock()
-        proxy.breaker = CircuitBreaker(
+        proxy.forwarder.breaker = CircuitBreaker(
             "test", failure_threshold=3, open_sec=30, probe_timeout_sec=15, stats=proxy.stats, clock=clock
         )
         await warm(c, keys, server)
@@ -534,7 +534,7 @@ async def test_a_failed_probe_opens_the_breaker_again(
     async with proxy_client(settings, server) as c:
         proxy = c.app.state.services.proxy
         clock = Clock()
-        proxy.breaker = CircuitBreaker(
+        proxy.forwarder.breaker = CircuitBreaker(
             "t", failure_threshold=1, open_sec=10, probe_timeout_sec=15, stats=proxy.stats, clock=clock
         )
         await warm(c, keys, server)
@@ -760,7 +760,7 @@ async def test_a_sign_out_stops_the_proxy_using_the_token_at_once(
 async def test_proxied_calls_are_measured_as_upstream_calls(
     client: AppClient, keys: Keys, server: EmulatorServer
 ) -> None:
-    from bff.observability.metrics import UPSTREAM_REQUESTS
+    from bff.telemetry.metrics import UPSTREAM_REQUESTS
 
     operation = "proxy GET /catalog/products"
     before = UPSTREAM_REQUESTS.labels(operation=operation, outcome="ok")._value.get()

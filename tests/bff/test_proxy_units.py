@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from bff.proxy.breaker import BreakerOpen, CircuitBreaker
-from bff.proxy.config import ProxySettings, derive_upstream_base
 from bff.proxy.paths import Allowlist, PathRefused
-from bff.settings import SettingsError, load_settings, validate_settings
+from bff.settings import ProxySettings, SettingsError, derive_upstream_base, load_settings, validate_settings
 from bff.stats import Stats
 
 

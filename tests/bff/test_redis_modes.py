@@ -15,7 +15,7 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
 
-from bff.tokens.broker import Principal
+from bff.principals import Principal
 from bff.tokens.lock import ShardedNotifier
 from tests.support.ports import free_port
 from tests.support.redis_topologies import cluster_port

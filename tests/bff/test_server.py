@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from bff.http_guard import RequestGuard, RequestTimeout
+from bff.errors import RequestTimeout
+from bff.http_guard import RequestGuard
+from bff.redis_client import make_redis
 from bff.server import ServerOptions, bind_address
 from bff.settings import RedisSettings, Settings, SettingsError, validate_settings
-from bff.tokens.redis_client import make_redis
 
 from .support import Keys, base_settings
 

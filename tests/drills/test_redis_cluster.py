@@ -29,8 +29,8 @@ from tests.support.service import bff_config
 from .failover_load import FailoverLoad, check_promises, events, process_figures
 
 CATALOG = "/vluna/api/v1/catalog/products"
-# The service's own default (cache.redis.down_backoff_sec): how long a process keeps to its
-# in-process cache after a Redis command failed.
+# How long after Redis is whole again a process may still use its in-process cache: its Redis
+# breaker's probe_interval_sec (1 s) plus one PING (ping_timeout_sec 2 s), with a margin.
 DOWN_BACKOFF_SEC = 5.0
 
 

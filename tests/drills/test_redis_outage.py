@@ -21,7 +21,7 @@ OUTAGE_SEC = 10.0
 async def test_redis_stopped_for_10s_under_load(
     emulator: Emulator, own_redis: Proc, start_service, user_keys: UserKeys
 ) -> None:
-    bff = start_service(redis_url=own_redis.url, cache={"redis": {"down_backoff_sec": 1}})
+    bff = start_service(redis_url=own_redis.url, cache={"redis": {"probe_interval_sec": 1}})
     users = [{"Authorization": f"Bearer {user_keys.token(f'r{i}', org=f'r{i}')}"} for i in range(12)]
     statuses: Counter[int] = Counter()
     stop = asyncio.Event()
@@ -90,3 +90,54 @@ async def test_redis_stopped_for_10s_under_load(
     assert sum(statuses.values()) > 100, statuses
     assert not [s for s in statuses if s >= 500], statuses
     assert set(statuses) == {200}, statuses
+
+
+async def test_replicas_converge_after_redis_returns(
+    emulator: Emulator, own_redis: Proc, start_service, user_keys: UserKeys
+) -> None:
+    """Two replicas; Redis stopped; replica B issues a token for a user and keeps it in its own
+    memory (its breaker open); Redis starts again (empty); once B's breaker has closed, the user
+    signs out through replica A. B never serves the token it cached during the outage again."""
+    a = start_service(redis_url=own_redis.url)
+    b = start_service(like=a)
+    user = {"Authorization": f"Bearer {user_keys.token('conv', org='conv')}"}
+
+    async def breaker(client: httpx.AsyncClient) -> str:
+        state: str = (await client.get("/readyz")).json()["checks"]["redis_breaker"]
+        return state
+
+    async with (
+        httpx.AsyncClient(base_url=a.url, timeout=20) as ca,
+        httpx.AsyncClient(base_url=b.url, timeout=20) as cb,
+    ):
+        assert await breaker(cb) == "closed"
+        own_redis.stop()
+        resp = await cb.get("/vluna/token", headers=user)
+        assert resp.status_code == 200, resp.text
+        during = resp.json()["access_token"]
+        assert await breaker(cb) == "open"
+        # Served again from B's memory while Redis is away: no new issuance.
+        issued = emulator.issuances()
+        assert (await cb.get("/vluna/token", headers=user)).json()["access_token"] == during
+        assert emulator.issuances() == issued
+        restarted = start_redis(own_redis.port)
+        try:
+            deadline = time.monotonic() + 15
+            while await breaker(cb) != "closed":  # B's next PING (every probe_interval_sec: 1 s)
+                assert time.monotonic() < deadline, "replica B's breaker never closed"
+                await asyncio.sleep(0.2)
+            # The user signs out through A (which may first have to find Redis back itself).
+            deadline = time.monotonic() + 15
+            while (resp := await ca.delete("/vluna/token", headers=user)).status_code == 503:
+                assert time.monotonic() < deadline, resp.text
+                await asyncio.sleep(0.5)
+            assert resp.status_code == 204, resp.text
+            seen = set()
+            for client in (cb, ca, cb):
+                resp = await client.get("/vluna/token", headers=user)
+                assert resp.status_code == 200, resp.text
+                seen.add(resp.json()["access_token"])
+            assert during not in seen
+            assert len(seen) == 1  # one new token, shared by both replicas through Redis
+        finally:
+            restarted.stop()

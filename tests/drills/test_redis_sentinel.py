@@ -23,7 +23,9 @@ from tests.support.redis_topologies import RedisSentinel, start_sentinel
 
 from .failover_load import FailoverLoad, check_promises, process_figures
 
-DOWN_BACKOFF_SEC = 5.0  # the service's default cache.redis.down_backoff_sec
+# How long after Redis is whole again a process may still use its in-process cache: its Redis
+# breaker's probe_interval_sec (1 s) plus one PING (ping_timeout_sec 2 s), with a margin.
+DOWN_BACKOFF_SEC = 5.0
 SETTLE_SEC = DOWN_BACKOFF_SEC + 7.0
 TAIL_USERS = 8
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bff.observability.metrics import HTTP_METHODS
+from bff.telemetry.metrics import HTTP_METHODS
 from tests.support.keys import UserKeys
 from tests.support.ports import LOOPBACK
 

@@ -74,9 +74,10 @@ def replicas(user_keys: UserKeys) -> Iterator[Replicas]:
         emulator.url,
         user_keys.pem(),
         redis_url=redis.url,
-        # A hung Redis is noticed after 1 s (the default, 5 s, only makes the test slower) and
-        # skipped for 1 s after that.
-        cache={"redis": {"socket_timeout_sec": 1, "down_backoff_sec": 1}},
+        # A hung Redis: each command gives up after 1 s (the default, 5 s, only makes the test
+        # slower); after 3 in a row and a PING without answer the breaker opens, and a PING each
+        # second looks for Redis's return.
+        cache={"redis": {"socket_timeout_sec": 1, "ping_timeout_sec": 1, "probe_interval_sec": 1}},
         auth={"jwt": {"leeway_sec": 5}},
     )
     cfg = write_config(data)
@@ -131,14 +132,14 @@ def test_a_refused_connection_is_also_a_503(replicas: Replicas) -> None:
 
 def test_a_token_cached_during_an_outage_dies_with_a_sign_out_elsewhere(replicas: Replicas) -> None:
     """Replica 1 issues a token while it cannot reach Redis (kept in its own memory); Redis comes
-    back; the user signs out through replica 0. Once replica 1 asks Redis again (at the latest
-    `cache.redis.down_backoff_sec` after its last failure, 1 s here) it never serves that token:
-    while Redis answers, an entry cached in-process during the outage does not count."""
+    back; the user signs out through replica 0. Once replica 1's breaker has closed again (its
+    PING every `cache.redis.probe_interval_sec`, 1 s here) it never serves that token: while
+    Redis answers, an entry cached in-process during the outage does not count."""
     h = replicas.user()
     with paused(replicas.redis):
         during = replicas.get(h, replica=1)
     assert replicas.sign_out(h, replica=0) == 0
-    time.sleep(1.2)  # past replica 1's backoff, which began before the sign-out
+    time.sleep(1.2)  # past replica 1's next PING, which closes its breaker
     seen = {replicas.get(h, replica=1) for _ in range(3)}
     assert during not in seen
 

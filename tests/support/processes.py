@@ -116,11 +116,11 @@ def wait_url(
     url: str,
     statuses: set[int],
     popens: Sequence[subprocess.Popen[Any]],
-    timeout: float = 120.0,
+    timeout: float = READY_TIMEOUT_SEC,
     name: str = "a server",
 ) -> None:
     """Until `url` answers one of `statuses`; fails at once if one of `popens` (`name`, the
-    servers starting) exits. The bound is generous: a start-up was seen to take 44 s (one
+    servers starting) exits. The bound is generous (READY_TIMEOUT_SEC): a start-up was seen to take 44 s (one
     process) and over 60 s (three at once) on a loaded machine."""
 
     def ready() -> bool:
@@ -140,7 +140,7 @@ async def await_url(
     url: str,
     statuses: set[int],
     popens: Sequence[subprocess.Popen[Any]],
-    timeout: float = 120.0,
+    timeout: float = READY_TIMEOUT_SEC,
     name: str = "vluna-bff",
 ) -> None:
     """`wait_url` from a coroutine (in a thread: the event loop keeps running)."""

@@ -84,9 +84,13 @@ BREAKER_STATE = Gauge(
     ["breaker"],
     multiprocess_mode="livemax",
 )
-REDIS_ERRORS = Counter("vluna_bff_redis_errors", "Redis commands that failed (Redis then counts as down)")
+REDIS_ERRORS = Counter(
+    "vluna_bff_redis_errors",
+    "Redis commands that failed or timed out (the Redis breaker opens only if a PING fails too)",
+)
 REDIS_FALLBACKS = Counter(
-    "vluna_bff_redis_fallbacks", "Cache operations served by the in-process cache because Redis was down"
+    "vluna_bff_redis_fallbacks",
+    "Cache operations served by the in-process cache because the Redis breaker was open",
 )
 EVENTS = Counter("vluna_bff_events", "Every internal event counter of the service, by name", ["event"])
 AUTH_FAILURES = Counter(
@@ -140,6 +144,7 @@ OTHER = "other"
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MAX_EVENT_NAMES = 256
 PROXY_BREAKER = "vluna_api"
+REDIS_BREAKER = "redis"
 BREAKER_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
 
 
@@ -188,6 +193,9 @@ class MeteredStats(Stats):
         elif name in ("proxy.breaker.open", "proxy.breaker.closed"):
             # A state change, not only a count: applied on every increment.
             set_breaker_state(PROXY_BREAKER, name.rsplit(".", 1)[1])
+            cacheable = False
+        elif name in ("redis_breaker.open", "redis_breaker.closed"):
+            set_breaker_state(REDIS_BREAKER, name.rsplit(".", 1)[1])
             cacheable = False
         # The catch-all: bounded, so a name built from data can never blow up the series count.
         label = name
