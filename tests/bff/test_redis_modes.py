@@ -166,8 +166,8 @@ async def test_cluster_client_reports_leaked_errors_as_redis_errors(
     unavailable" path, never as a 500. The leak is simulated at the node, the client's edge."""
     from redis.asyncio.cluster import ClusterNode
 
+    from bff.redis_client import make_redis
     from bff.settings import RedisSettings
-    from bff.tokens.redis_client import make_redis
 
     client = make_redis(RedisSettings(url=cluster_url, cluster=True))
     try:
