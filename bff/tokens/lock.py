@@ -131,8 +131,8 @@ class Notifier(Waiters):
     until the sentinels reconfigure it, about 10 s later: replicas talking to it and replicas
     talking to the new master would each hold their own locks. Every ``SENTINEL_CHECK_SEC`` the
     sentinels are asked for the master; when it changed, pooled connections to any other server
-    are closed (also on the next checks, for those that were in use) and the subscription is
-    opened again."""
+    are closed (idle ones at once; on the next two checks also those still in use, which by then
+    are subscriptions, such as the first-level cache's) and this subscription is opened again."""
 
     def __init__(self, redis: Any, keys: CacheKeys) -> None:
         super().__init__(redis, keys)
@@ -171,8 +171,11 @@ class Notifier(Waiters):
                     self._resubscribe = True
                 self._master = master
             if sweeps and self._master is not None:
+                # After the first check, connections still held to another server are the
+                # long-lived ones (pub/sub subscriptions such as the first-level cache's): their
+                # readers see the connection close and subscribe again, on the new master.
+                await _close_elsewhere(pool, self._master, in_use=sweeps < 3)
                 sweeps -= 1
-                await _close_idle_elsewhere(pool, self._master)
             await asyncio.sleep(SENTINEL_CHECK_SEC)
 
     async def _run(self) -> None:
@@ -211,10 +214,13 @@ class Notifier(Waiters):
 SENTINEL_CHECK_SEC = 0.5
 
 
-async def _close_idle_elsewhere(pool: SentinelConnectionPool, master: tuple[str, int]) -> None:
-    """Disconnects the pool's idle connections to any server but ``master`` (they reconnect,
-    through the sentinels, when next used)."""
-    for conn in list(getattr(pool, "_available_connections", ())):
+async def _close_elsewhere(pool: SentinelConnectionPool, master: tuple[str, int], *, in_use: bool) -> None:
+    """Disconnects the pool's idle connections (and with ``in_use`` the ones in use) to any server
+    but ``master``; they reconnect, through the sentinels, when next used."""
+    conns = list(getattr(pool, "_available_connections", ()))
+    if in_use:
+        conns += list(getattr(pool, "_in_use_connections", ()))
+    for conn in conns:
         if (conn.host, int(conn.port)) != master:
             with contextlib.suppress(*REDIS_ERRORS):
                 await conn.disconnect()

@@ -155,3 +155,36 @@ async def test_cluster(keys: Keys, prefix: str, cluster_url: str) -> None:
         await a.broker.forget(ALICE)
         assert (await b.broker.get_token(ALICE, ["portal"])).access_token != results[0].access_token
         assert a.stats.get("redis_errors") == b.stats.get("redis_errors") == 0
+
+
+@pytest.mark.parametrize("leaked", [AttributeError, TypeError, RuntimeError])
+async def test_cluster_client_reports_leaked_errors_as_redis_errors(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch, leaked: type[Exception]
+) -> None:
+    """What redis-py's cluster client leaks when a connection is closed under a command (seen
+    when a master was killed under load) reaches the service as a ConnectionError, its "Redis
+    unavailable" path, never as a 500. The leak is simulated at the node, the client's edge."""
+    from redis.asyncio.cluster import ClusterNode
+
+    from bff.redis_client import make_redis
+    from bff.settings import RedisSettings
+
+    client = make_redis(RedisSettings(url=cluster_url, cluster=True))
+    try:
+        assert await client.set("probe-key", "1", px=1000)  # the real path works
+
+        async def closed_under_us(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise leaked("'NoneType' object has no attribute 'writelines'")
+
+        monkeypatch.setattr(ClusterNode, "execute_command", closed_under_us)
+        monkeypatch.setattr(ClusterNode, "execute_pipeline", closed_under_us)
+        with pytest.raises(sync_redis.ConnectionError) as caught:
+            await client.get("probe-key")
+        assert isinstance(caught.value.__cause__, leaked)
+        pipe = client.pipeline(transaction=False)
+        pipe.incr("probe-counter")
+        with pytest.raises(sync_redis.RedisError):
+            await pipe.execute()
+    finally:
+        monkeypatch.undo()
+        await client.aclose()

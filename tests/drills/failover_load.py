@@ -215,7 +215,14 @@ def process_figures(procs: Sequence[Proc]) -> dict[str, list[float]]:
     counters = [events(p) for p in procs]
     return {
         name: [c.get(name, 0) for c in counters]
-        for name in ("issuances", "redis_errors", "redis_fallbacks", "lock_wakeups", "waited_for_other")
+        for name in (
+            "issuances",
+            "redis_errors",
+            "redis_fallbacks",
+            "lock_wakeups",
+            "waited_for_other",
+            "l1_hits",
+        )
     }
 
 

@@ -31,7 +31,7 @@ from .failover_load import FailoverLoad, check_promises, events, process_figures
 CATALOG = "/vluna/api/v1/catalog/products"
 # How long after Redis is whole again a process may still use its in-process cache: its Redis
 # breaker's probe_interval_sec (1 s) plus one PING (ping_timeout_sec 2 s), with a margin.
-DOWN_BACKOFF_SEC = 5.0
+RECOVERY_SEC = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +122,9 @@ async def test_cluster_token_sign_out_proxy_and_limits_across_three_processes(
             await c.aclose()
 
 
-# How long the load runs on after the cluster is whole again: the service's own backoff, then
+# How long the load runs on after the cluster is whole again: the recovery allowance, then
 # long enough for a tail of new users that must all be exact.
-SETTLE_SEC = DOWN_BACKOFF_SEC + 7.0
+SETTLE_SEC = RECOVERY_SEC + 7.0
 TAIL_USERS = 8
 
 
@@ -156,7 +156,7 @@ async def test_cluster_master_killed_under_load(
         figures["issuances"] = emulator.issuances()
         figures.update(process_figures(procs))
         print(f"\ncluster master {victim} killed under load: {figures}")
-        await check_promises(load, t_event, t_healthy, backoff=DOWN_BACKOFF_SEC, tail=TAIL_USERS)
+        await check_promises(load, t_event, t_healthy, backoff=RECOVERY_SEC, tail=TAIL_USERS)
     await asyncio.to_thread(cluster.wait_healthy, 60.0)
     assert victim not in cluster.masters()
 

@@ -25,8 +25,8 @@ from .failover_load import FailoverLoad, check_promises, process_figures
 
 # How long after Redis is whole again a process may still use its in-process cache: its Redis
 # breaker's probe_interval_sec (1 s) plus one PING (ping_timeout_sec 2 s), with a margin.
-DOWN_BACKOFF_SEC = 5.0
-SETTLE_SEC = DOWN_BACKOFF_SEC + 7.0
+RECOVERY_SEC = 5.0
+SETTLE_SEC = RECOVERY_SEC + 7.0
 TAIL_USERS = 8
 
 
@@ -60,7 +60,7 @@ async def _phase(
         figures = load.summary(t_event, t_healthy)
         figures["issuances"] = emulator.issuances() - before
         print(f"\nsentinel, {name}: {figures}")
-        await check_promises(load, t_event, t_healthy, backoff=DOWN_BACKOFF_SEC, tail=TAIL_USERS)
+        await check_promises(load, t_event, t_healthy, backoff=RECOVERY_SEC, tail=TAIL_USERS)
     return figures
 
 
