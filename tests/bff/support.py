@@ -127,11 +127,19 @@ def base_settings(keys: Keys, **sections: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def serve_config(
-    tmp_path: Path, keys: Keys, emulator_url: str, **sections: Mapping[str, Any]
+    tmp_path: Path,
+    keys: Keys,
+    emulator_url: str,
+    redis_prefix: str | None = None,
+    **sections: Mapping[str, Any],
 ) -> tuple[Path, dict[str, str]]:
     """A configuration file for `vluna-bff serve` against an emulator process (tests.support.emulator)
     and the environment that carries its secrets: they reach the process the production way,
-    from the environment, not the YAML."""
+    from the environment, not the YAML. With `redis_prefix`: the shared Redis under that prefix,
+    and warnings only in the log."""
+    if redis_prefix is not None:
+        cache = {"backend": "redis", "key_prefix": redis_prefix, "redis": {"url": REDIS_URL}}
+        sections = {"cache": cache, "server": {"log_level": "warning"}, **sections}
     data = base_settings(
         keys,
         vluna={

@@ -17,7 +17,6 @@ from bff.tokens.l1 import L1Cache
 from tests.support.emulator import CONTROL
 from tests.support.ports import free_port
 from tests.support.processes import await_url, stop
-from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.redis_servers import start_redis
 from tests.support.service import spawn_serve
 
@@ -155,13 +154,7 @@ def event_count(metrics: str, event: str) -> float:
 async def test_sign_out_on_one_replica_is_never_followed_by_the_token_on_another(
     keys: Keys, prefix: str, emulator_url: str, tmp_path: Path
 ) -> None:
-    cfg, env = serve_config(
-        tmp_path,
-        keys,
-        emulator_url,
-        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": REDIS_URL}},
-        server={"log_level": "warning"},
-    )
+    cfg, env = serve_config(tmp_path, keys, emulator_url, redis_prefix=prefix)
     ports = [free_port(), free_port()]
     procs = [spawn_serve(cfg, port, env, subprocess.DEVNULL) for port in ports]
     a, b = (f"http://127.0.0.1:{port}" for port in ports)

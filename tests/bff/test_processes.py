@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 from tests.support.emulator import CONTROL
 from tests.support.ports import free_port
 from tests.support.processes import await_url, stop
-from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.service import spawn_serve
 
 from .support import Keys, serve_config
@@ -22,13 +21,7 @@ from .support import Keys, serve_config
 async def test_single_flight_across_three_processes(
     keys: Keys, prefix: str, redis_client: aioredis.Redis, emulator_url: str, tmp_path: Path
 ) -> None:
-    cfg, env = serve_config(
-        tmp_path,
-        keys,
-        emulator_url,
-        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": REDIS_URL}},
-        server={"log_level": "warning"},
-    )
+    cfg, env = serve_config(tmp_path, keys, emulator_url, redis_prefix=prefix)
     ports = [free_port() for _ in range(3)]
     procs = [spawn_serve(cfg, port, env, subprocess.DEVNULL) for port in ports]
     try:

@@ -12,7 +12,6 @@ import httpx
 from tests.support.emulator import CONTROL
 from tests.support.ports import free_port
 from tests.support.processes import stop, wait_url
-from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.service import spawn_serve
 
 from .support import Keys, serve_config
@@ -45,8 +44,7 @@ def test_rate_limit_across_two_service_processes(
         tmp_path,
         keys,
         emulator_url,
-        cache={"backend": "redis", "key_prefix": prefix, "redis": {"url": REDIS_URL}},
-        server={"log_level": "warning"},
+        redis_prefix=prefix,
         rate_limit={"requests": 5, "window_sec": window},
         proxy={"public_cache_ttl_sec": 0},
     )
