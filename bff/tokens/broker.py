@@ -249,6 +249,9 @@ class TokenBroker:
     async def _read(self, key: str, now: float) -> TokenEntry | None:
         l1 = self._l1
         epoch = l1.epoch if l1 is not None else 0
+        # Only what Redis answered goes into L1, never an entry of the in-process fallback: the
+        # breaker must be closed before the read (so it went to Redis) and still after it.
+        redis_before = self._cache.uses_redis
         blob = await self._shared_get(key)
         if blob is None:
             return None
@@ -263,7 +266,7 @@ class TokenBroker:
             return None
         if now >= entry.expires_at - self._cfg.safety_margin_sec:
             return None
-        if l1 is not None and self._cache.uses_redis:
+        if l1 is not None and redis_before and self._cache.uses_redis:
             # Until the earliest of: its refresh point (then Redis is read and the renewal starts),
             # when Redis drops it (expiry minus the margin), the L1 bound after this read.
             until = min(
