@@ -100,14 +100,14 @@ def document(settings: Settings) -> dict[str, Any]:
 
     from bff.app import dependency_placeholders
     from bff.observability.health import health_routes
-    from bff.proxy.routes import proxy_routes
-    from bff.routes.token import token_routes
+    from bff.proxy.routes import PROXY_ROUTES
+    from bff.routes.token import TOKEN_ROUTES
 
     on = settings.model_copy(update={"openapi": settings.openapi.model_copy(update={"enabled": True})})
     app = Litestar(
         route_handlers=[
-            *token_routes(None),
-            *(proxy_routes(None) if on.proxy.enabled else []),
+            *TOKEN_ROUTES,
+            *(PROXY_ROUTES if on.proxy.enabled else []),
             *health_routes(on),
         ],
         dependencies=dependency_placeholders(),

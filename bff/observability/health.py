@@ -215,8 +215,10 @@ def health_routes(settings: Settings) -> list[ControllerRouterHandler]:
     if m.enabled and m.port is None:
 
         @get(m.path, sync_to_thread=False, include_in_schema=False)
-        def metrics_endpoint(proxy: NamedDependency[SkipValidation[ProxyService | None]]) -> Response[bytes]:
-            refresh_breaker_gauge(proxy)
+        def metrics_endpoint(
+            proxy_service: NamedDependency[SkipValidation[ProxyService | None]],
+        ) -> Response[bytes]:
+            refresh_breaker_gauge(proxy_service)
             body, content_type = metrics.render()
             return Response(body, media_type=content_type, headers=NO_STORE)
 

@@ -84,58 +84,36 @@ def _iso(epoch: float) -> str:
 
 
 @dataclass(frozen=True)
-class TokenRouteParts:
-    """What the token routes work with, given when the app is declared."""
+class TokenService:
+    """What the token routes work with, for the app's life: the broker, this replica's proxy (it
+    forgets a signed-out user's tokens at once), the scopes a caller may ask for and the derived
+    values (realm, default scopes, API base URL). ``for_caller`` gives the routes' dependency."""
 
     broker: TokenBroker
-    proxy: ProxyService | None  # this replica's proxy forgets a signed-out user's tokens at once
+    proxy: ProxyService | None
     allowed_scopes: list[str]
     derived: Derived
 
+    def for_caller(self, principal: Principal) -> CallerTokens:
+        return CallerTokens(self, principal)
 
-def token_routes(parts: TokenRouteParts | None) -> list[ControllerRouterHandler]:
-    """``GET`` and ``DELETE /vluna/token``. The caller's principal is the one dependency resolved
-    per request; the parts are bound here (``None``: an app that only describes its routes).
 
-    (Litestar resolves two or more dependencies of a handler in a task group per request, which
-    cost a proxied public-cache hit ~40% of its CPU in the in-process A/B: the app's parts,
-    fixed for its life, are therefore bound when the routes are made, not injected.)"""
+@dataclass(slots=True)  # (not frozen: built per request, and a frozen __init__ costs 2.5x)
+class CallerTokens:
+    """The token routes' dependency ``tokens``: the signed-in caller's principal (the dependency
+    ``principal``, resolved first) with the service that gets and forgets its tokens."""
 
-    def bound() -> TokenRouteParts:
-        if parts is None:
-            raise RuntimeError("these routes only describe themselves")
-        return parts
+    service: TokenService
+    principal: Principal
 
-    @get(
-        "/vluna/token",
-        operation_id="getToken",
-        summary="The caller's platform token",
-        description="Issued by Vluna for the signed-in user's principal, cached by the service.",
-        tags=["tokens"],
-        responses=_errors(
-            **_AUTH_ERRORS,
-            s400="scopes outside tokens.allowed_scopes (invalid_scopes)",
-            s429="too many new tokens for this user or replica (rate_limited, issuance_budget_exhausted; "
-            "Retry-After)",
-            s502="Vluna refused to issue a token for this user (upstream_rejected)",
-            s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
-            "auth_unavailable; Retry-After)",
-        ),
-    )
-    async def get_token(
-        principal: NamedDependency[SkipValidation[Principal]],
-        scopes: Annotated[
-            str | None, QueryParameter(description="comma-separated subset of tokens.allowed_scopes")
-        ] = None,
-    ) -> Response[TokenBody]:
-        # The principal is resolved (authenticated) before this runs: an anonymous caller learns
-        # nothing about the configured scopes.
-        p = bound()
-        broker, derived = p.broker, p.derived
-        wanted = parse_scopes(scopes, p.allowed_scopes, derived.default_scopes)
-        entry = await broker.get_token(principal, wanted)  # its failures are BffErrors
+    async def get(self, scopes: str | None) -> TokenBody:
+        """The caller's token for ``scopes`` (comma-separated; None: the default scopes)."""
+        service = self.service
+        broker, derived = service.broker, service.derived
+        wanted = parse_scopes(scopes, service.allowed_scopes, derived.default_scopes)
+        entry = await broker.get_token(self.principal, wanted)  # its failures are BffErrors
         now = broker.now()
-        body: TokenBody = {
+        return {
             "access_token": entry.access_token,
             "token_type": entry.token_type,
             # Seconds left, counted from this answer: an app adds it to its own clock.
@@ -151,27 +129,66 @@ def token_routes(parts: TokenRouteParts | None) -> list[ControllerRouterHandler]
             "realm_id": derived.realm_id,
             "api_base_url": derived.api_base_url,
         }
-        return Response(body, headers=NO_STORE)
 
-    @delete(
-        "/vluna/token",
-        status_code=204,
-        operation_id="deleteToken",
-        summary="Sign out: forget the caller's cached platform tokens",
-        tags=["tokens"],
-        responses=_errors(
-            **_AUTH_ERRORS,
-            s503="the sign-out could not be recorded, send it again (sign_out_incomplete), or the identity "
-            "provider's keys are unavailable (auth_unavailable); Retry-After",
-        ),
-    )
-    async def delete_token(principal: NamedDependency[SkipValidation[Principal]]) -> Response[None]:
-        p = bound()
-        if p.proxy is not None:
-            p.proxy.forget_memo(principal)  # this replica's proxy stops using the token at once
-        # A 204 promises that no replica serves these tokens again; without Redis that cannot be
-        # promised, so the client is asked to sign out again later (SignOutIncomplete, a 503).
-        await p.broker.forget(principal)
-        return Response(None, status_code=204, headers=NO_STORE)
+    async def sign_out(self) -> None:
+        """Forget the caller's tokens: this replica's proxy stops using them at once; a failure to
+        record it for every replica is ``SignOutIncomplete`` (a 503: sign out again later)."""
+        if self.service.proxy is not None:
+            self.service.proxy.forget_memo(self.principal)
+        await self.service.broker.forget(self.principal)
 
-    return [get_token, delete_token]
+
+# (The caller-bound service is what keeps a request to one dependency per batch: ``principal``,
+# then ``tokens``, which depends on it. Litestar resolves two or more dependencies of one batch
+# in a task group per request, which cost a proxied public-cache hit ~40% of its CPU in an
+# in-process A/B, so the routes do not take the broker and the principal side by side.)
+
+
+@get(
+    "/vluna/token",
+    operation_id="getToken",
+    summary="The caller's platform token",
+    description="Issued by Vluna for the signed-in user's principal, cached by the service.",
+    tags=["tokens"],
+    responses=_errors(
+        **_AUTH_ERRORS,
+        s400="scopes outside tokens.allowed_scopes (invalid_scopes)",
+        s429="too many new tokens for this user or replica (rate_limited, issuance_budget_exhausted; "
+        "Retry-After)",
+        s502="Vluna refused to issue a token for this user (upstream_rejected)",
+        s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
+        "auth_unavailable; Retry-After)",
+    ),
+)
+async def get_token(
+    tokens: NamedDependency[SkipValidation[CallerTokens]],
+    scopes: Annotated[
+        str | None, QueryParameter(description="comma-separated subset of tokens.allowed_scopes")
+    ] = None,
+) -> Response[TokenBody]:
+    # The caller is authenticated before this runs (``tokens`` needs the principal): an anonymous
+    # caller learns nothing about the configured scopes.
+    return Response(await tokens.get(scopes), headers=NO_STORE)
+
+
+@delete(
+    "/vluna/token",
+    status_code=204,
+    operation_id="deleteToken",
+    summary="Sign out: forget the caller's cached platform tokens",
+    tags=["tokens"],
+    responses=_errors(
+        **_AUTH_ERRORS,
+        s503="the sign-out could not be recorded, send it again (sign_out_incomplete), or the identity "
+        "provider's keys are unavailable (auth_unavailable); Retry-After",
+    ),
+)
+async def delete_token(tokens: NamedDependency[SkipValidation[CallerTokens]]) -> Response[None]:
+    # A 204 promises that no replica serves these tokens again; without Redis that cannot be
+    # promised, so the client is asked to sign out again later (SignOutIncomplete, a 503).
+    await tokens.sign_out()
+    return Response(None, status_code=204, headers=NO_STORE)
+
+
+TOKEN_ROUTES: list[ControllerRouterHandler] = [get_token, delete_token]
+"""``GET`` and ``DELETE /vluna/token``; they take the dependency ``tokens`` (``CallerTokens``)."""
