@@ -46,7 +46,7 @@ from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
 from bff.proxy.routes import CallerProxy
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
-from bff.redis_client import RedisBreaker, make_redis, redis_target
+from bff.redis_client import RedisBreaker, RedisClient, make_redis, redis_target
 from bff.routes.token import CallerTokens, TokenService
 from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
@@ -74,7 +74,7 @@ class Services:
     issuer: TokenIssuer
     vluna: ServiceClient | None  # the one Vluna client: the issuer's and readiness's
     http: httpx.AsyncClient
-    redis: Any | None
+    redis: RedisClient | None
     notifier: Waiters | None
     # One breaker for every use of Redis in this process (cache, lock, limits, rate limits).
     breaker: RedisBreaker
@@ -175,7 +175,7 @@ def build_services(
     settings: Settings,
     *,
     issuer: TokenIssuer | None = None,
-    redis: Any | None = None,
+    redis: RedisClient | None = None,
     http: httpx.AsyncClient | None = None,
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,
@@ -404,7 +404,7 @@ def create_app(
     settings: Settings,
     *,
     issuer: TokenIssuer | None = None,
-    redis: Any | None = None,
+    redis: RedisClient | None = None,
     http: httpx.AsyncClient | None = None,
     dev_keys: KeySource | None = None,
     realm_id: str | None = None,

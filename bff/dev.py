@@ -14,7 +14,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,6 +29,9 @@ from bff.errors import BadRequest
 from bff.proxy.upstream import AsgiUpstream
 from bff.settings import DevSettings, Settings
 from bff.vluna import PropagatingTransport, create_vluna_client
+
+if TYPE_CHECKING:
+    from vlunaai.testing import VlunaEmulator
 
 log = logging.getLogger("bff.dev")
 
@@ -100,7 +103,7 @@ class DevSignIn:
 class DevRuntime:
     app: Litestar
     signin: DevSignIn
-    emulator: Any
+    emulator: VlunaEmulator
     realm_id: str
     base_url: str  # where the dev server is reached (the emulator's hosted pages live there too)
 

@@ -16,14 +16,17 @@ routes), and a hosted path must match one of the hosted page shapes exactly, che
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 from litestar import Request, Response, route
 from litestar.handlers import asgi
-from litestar.types import ControllerRouterHandler, Receive, Scope, Send
+from litestar.types import ASGIApp, ControllerRouterHandler, Receive, Scope, Send
 
 from bff.errors import NotFound
+
+if TYPE_CHECKING:
+    from vlunaai.testing import VlunaEmulator
 
 _ID = r"[A-Za-z0-9_-]{1,128}"
 # The emulator's hosted pages, and nothing else: /hosted/checkout/<id>[/complete|/cancel],
@@ -50,10 +53,13 @@ def confined_hosted_path(scope: Scope) -> str | None:
     return None
 
 
-def emulator_routes(emulator: Any) -> list[ControllerRouterHandler]:
+def emulator_routes(emulator: VlunaEmulator) -> list[ControllerRouterHandler]:
     """The emulator's API surfaces and hosted pages, as routes of the dev app."""
     core = emulator.core
-    app = emulator.app
+    # The emulator speaks plain ASGI with dict messages (vlunaai.testing.core.Scope): the same
+    # calls as Litestar's, in a looser vocabulary.
+    core_asgi = cast("ASGIApp", core.asgi)
+    app: Any = emulator.app  # an ASGI app (httpx's type for one is narrower than Litestar's)
     base_url = emulator.bearer_base_url.rsplit("/api/v1", 1)[0]
 
     def label(scope: Scope, prefix: str) -> None:
@@ -67,12 +73,12 @@ def emulator_routes(emulator: Any) -> list[ControllerRouterHandler]:
     @asgi("/api/v1", is_mount=True, copy_scope=False)
     async def bearer_api(scope: Scope, receive: Receive, send: Send) -> None:
         label(scope, "/api/v1")
-        await core.asgi(scope, receive, send)
+        await core_asgi(scope, receive, send)
 
     @asgi("/mgt/v1", is_mount=True, copy_scope=False)
     async def service_api(scope: Scope, receive: Receive, send: Send) -> None:
         label(scope, "/mgt/v1")
-        await core.asgi(scope, receive, send)
+        await core_asgi(scope, receive, send)
 
     @route("/hosted/{rest:path}", http_method=["GET", "POST"], include_in_schema=False)
     async def hosted(request: Request[Any, Any, Any]) -> Response[bytes]:

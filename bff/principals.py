@@ -172,7 +172,7 @@ class PrincipalMapper:
 class ObservedPrincipalMapper(PrincipalMapper):
     """Records the hashed principal and user for the request's log line."""
 
-    async def map(self, identity: Any) -> Principal:
+    async def map(self, identity: Identity) -> Principal:
         principal = await super().map(identity)
         note_identity(principal.principal_id, principal.user_id)
         return principal

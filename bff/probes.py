@@ -33,7 +33,7 @@ from vlunaai import APIConnectionError, NotFoundError, VlunaAIError
 from bff import netdiag
 from bff.auth import oidc
 from bff.auth.jwks import VerificationKey, key_fits, parse_jwks
-from bff.redis_client import make_redis, redis_target
+from bff.redis_client import RedisClient, make_redis, redis_target
 from bff.settings import Settings
 from bff.telemetry.context import quiet_http
 from bff.tokens.lock import ShardedNotifier
@@ -93,19 +93,20 @@ def _commands(prefix: str, cluster: bool) -> list[tuple[tuple[str, ...], str]]:
     return out
 
 
-async def _on_one_node(client: Any, *args: str) -> Any:
+async def _on_one_node(client: RedisClient, *args: str) -> Any:
     """A command about the server rather than a key. A cluster client would look for keys in its
     arguments (ACL DRYRUN's) to pick a node, and fail; it is sent to any one node instead."""
     if isinstance(client, RedisCluster):
         return await client.execute_command(*args, target_nodes=RedisCluster.RANDOM)
-    return await client.execute_command(*args)
+    # (redis-py leaves redis.asyncio.Redis.execute_command unannotated)
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def _is_noperm(exc: BaseException) -> bool:
     return "NOPERM" in str(exc) or "no permissions" in str(exc)
 
 
-async def _dryrun(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]) -> list[str] | None:
+async def _dryrun(client: RedisClient, commands: Sequence[tuple[tuple[str, ...], str]]) -> list[str] | None:
     """Denied commands by ACL DRYRUN; None when this user may not run ACL WHOAMI / DRYRUN."""
     try:
         user = await _on_one_node(client, "ACL", "WHOAMI")
@@ -121,7 +122,9 @@ async def _dryrun(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]) 
         return None  # no permission for ACL itself, or a server without ACL DRYRUN (< 7)
 
 
-async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]], cluster: bool) -> list[str]:
+async def _exercise(
+    client: RedisClient, commands: Sequence[tuple[tuple[str, ...], str]], cluster: bool
+) -> list[str]:
     """Denied commands found by running each one on the probe keys (they expire by themselves)."""
     denied: list[str] = []
     for args, why in commands:
@@ -129,6 +132,7 @@ async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]
         try:
             if name in ("psubscribe", "punsubscribe"):
                 if name == "psubscribe":
+                    assert not isinstance(client, RedisCluster)  # a cluster's list has no psubscribe
                     pubsub = client.pubsub()
                     try:
                         await pubsub.psubscribe(args[1])
@@ -136,10 +140,11 @@ async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]
                         await pubsub.punsubscribe(args[1])
                     finally:
                         with contextlib.suppress(Exception):
-                            await pubsub.aclose()
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]  # (unannotated in redis-py)
                 continue
             if name in ("ssubscribe", "sunsubscribe"):
                 if name == "ssubscribe":
+                    assert isinstance(client, RedisCluster)  # only a cluster's list has ssubscribe
                     # On the master serving the channel's slot, as the service subscribes.
                     spubsub: Any = ShardedNotifier.pubsub_on(client.get_node_from_key(args[1]))
                     try:
@@ -159,7 +164,9 @@ async def _exercise(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]
     return denied
 
 
-async def _unknown_commands(client: Any, commands: Sequence[tuple[tuple[str, ...], str]]) -> list[str]:
+async def _unknown_commands(
+    client: RedisClient, commands: Sequence[tuple[tuple[str, ...], str]]
+) -> list[str]:
     names = sorted({args[0] for args, _ in commands})
     try:
         info = await _on_one_node(client, "COMMAND", "INFO", *names)

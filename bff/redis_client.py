@@ -25,9 +25,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
@@ -37,6 +38,10 @@ from bff.settings import RedisSettings
 from bff.stats import Stats
 
 log = logging.getLogger("bff.redis")
+
+# The service's Redis client: one server (or the master Sentinel names) or a Redis Cluster
+# (make_redis gives a SafeRedisCluster, which is one).
+RedisClient: TypeAlias = "Redis | RedisCluster"
 
 # What a down, slow or misbehaving Redis raises through redis-py.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -50,7 +55,7 @@ def redis_target(s: RedisSettings) -> str:
     return f"Redis Cluster {address}" if s.cluster else f"Redis {address}"
 
 
-def make_redis(s: RedisSettings, **extra: Any) -> Any:
+def make_redis(s: RedisSettings, **extra: Any) -> RedisClient:
     """``extra``: more client arguments (the start-up probe passes ``retry``)."""
     common: dict[str, Any] = {
         "socket_timeout": s.socket_timeout_sec,
@@ -80,14 +85,17 @@ def make_redis(s: RedisSettings, **extra: Any) -> Any:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts, sentinel_kwargs=sentinel_kwargs, socket_timeout=s.socket_timeout_sec
         )
-        return sentinel.master_for(s.sentinel_service, **master_kwargs)
+        master: Redis = sentinel.master_for(s.sentinel_service, **master_kwargs)
+        return master
     assert s.url is not None
     url = s.url.get_secret_value()
     if s.cluster:
-        return SafeRedisCluster.from_url(
+        cluster: RedisCluster = SafeRedisCluster.from_url(
             url, socket_timeout=s.socket_timeout_sec, socket_connect_timeout=s.connect_timeout_sec, **extra
         )
-    return Redis.from_url(url, **common)
+        return cluster
+    client: Redis = Redis.from_url(url, **common)
+    return client
 
 
 class RedisBreaker:
@@ -97,7 +105,7 @@ class RedisBreaker:
     def __init__(
         self,
         stats: Stats,
-        redis: Any | None,
+        redis: RedisClient | None,
         *,
         failures: int = 3,
         ping_timeout_sec: float = 2.0,

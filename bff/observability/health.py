@@ -43,7 +43,7 @@ from litestar.types import ControllerRouterHandler
 
 from bff import netdiag
 from bff.proxy.service import ProxyService
-from bff.redis_client import RedisBreaker
+from bff.redis_client import RedisBreaker, RedisClient
 from bff.settings import Settings, settings_warnings
 from bff.telemetry import metrics
 from bff.vluna_probe import VlunaProbe
@@ -64,7 +64,7 @@ class Readiness:
     def __init__(
         self,
         settings: Settings,
-        redis: Any,
+        redis: RedisClient | None,
         probe: VlunaProbe | None,
         auth: AuthChain | None = None,
         *,

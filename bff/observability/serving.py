@@ -17,7 +17,10 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 # Not imported from .metrics: importing prometheus_client objects with the variable set but the
 # directory not made yet would fail.
@@ -65,7 +68,7 @@ def multiprocess_metrics(
             os.environ[MULTIPROC_ENV] = previous
 
 
-def start_metrics_server(host: str, port: int) -> Any:
+def start_metrics_server(host: str, port: int) -> WSGIServer:
     """Serve the metrics (of every worker) on a port of their own, from this process."""
     from prometheus_client import start_http_server
 

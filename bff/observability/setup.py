@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from litestar.types import ASGIApp, ControllerRouterHandler
 from vlunaai import ServiceClient
@@ -14,7 +13,7 @@ from bff.auth.chain import AuthChain
 from bff.observability import middleware
 from bff.observability.health import Readiness, health_routes
 from bff.observability.logging import configure_logging, register_settings_secrets
-from bff.redis_client import RedisBreaker
+from bff.redis_client import RedisBreaker, RedisClient
 from bff.settings import Settings
 from bff.telemetry import metrics, tracing
 from bff.telemetry.context import IdHasher, set_id_hasher
@@ -46,7 +45,7 @@ def instrument(
     settings: Settings,
     *,
     hmac_key: bytes,
-    redis: Any,
+    redis: RedisClient | None,
     vluna: ServiceClient | None,
     auth: AuthChain,
     redis_target: str,

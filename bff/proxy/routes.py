@@ -15,7 +15,7 @@ from bff.proxy.answer import Answer
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
 from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
-from bff.redis_client import RedisBreaker
+from bff.redis_client import RedisBreaker, RedisClient
 from bff.settings import Derived, Settings
 from bff.stats import Stats
 from bff.tokens.broker import TokenBroker
@@ -31,7 +31,7 @@ def build_proxy(
     settings: Settings,
     *,
     broker: TokenBroker,
-    redis: Any,
+    redis: RedisClient | None,
     stats: Stats,
     derived: Derived,
     breaker: RedisBreaker,

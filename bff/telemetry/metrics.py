@@ -300,7 +300,7 @@ class _MultiProcess(Collector):
         return metrics
 
 
-def scrape_registry() -> Any:
+def scrape_registry() -> CollectorRegistry:
     """What a scrape reads: every worker's files in multi-process mode, else this process."""
     path = multiprocess_dir()
     if path is None:

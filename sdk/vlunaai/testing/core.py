@@ -338,6 +338,12 @@ def code_for_status(status: int) -> str:
     return _STATUS_CODES.get(status, "SERVER.UNEXPECTED" if status >= 500 else "EMULATOR.INJECTED_FAULT")
 
 
+class RouteTemplate(Protocol):
+    """What a flavour's route says about itself to its host: the path template it serves."""
+
+    template: str
+
+
 class CoreBase:
     """What every flavour shares: settings, seed, service keys and realms, clock, call counters
     and faults. A flavour adds its state and its request pipeline (`asgi`)."""
@@ -369,6 +375,10 @@ class CoreBase:
         raise NotImplementedError
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+    def resolve(self, method: str, path: str) -> tuple[RouteTemplate, dict[str, str]] | None:
+        """The route serving ``method path`` and its path parameters, None when none does."""
         raise NotImplementedError
 
     async def count_and_fault(
