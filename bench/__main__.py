@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -156,7 +157,7 @@ class Runner:
             ready=("/api/v1/catalog/products", {200}),
         )
 
-    def interleave(self, measures: list[tuple[Row, Callable[[], LoadResult | dict[str, Any]]]]) -> None:
+    def interleave(self, measures: Sequence[tuple[Row, Callable[[], LoadResult | dict[str, Any]]]]) -> None:
         """Runs x measures, interleaved so that drift in machine load hits every row alike."""
         for i in range(self.args.runs):
             for row, fn in measures:
@@ -451,7 +452,7 @@ class Runner:
                 ):
                     row = self.row("stacks", f"{st}: {what}")
                     rows[st, what] = (row, proc)
-                    measures.append((row, lambda url=url, headers=headers: self.load(url, headers=headers)))
+                    measures.append((row, functools.partial(self.load, url, headers=headers)))
             self.interleave(measures)
             for (st, what), (row, proc) in rows.items():
                 row.peak_rss_mb = proc.peak_rss_mb()

@@ -182,21 +182,21 @@ async def _run(port: int, user_jwt: str, seconds: float, conns: int, proc: subpr
     ]
     results = {}
     for name, path, headers in rows:
-        r = await asyncio.to_thread(
+        load = await asyncio.to_thread(
             run_load, f"http://127.0.0.1:{port}{path}", headers=headers, seconds=seconds, connections=conns
         )
-        if r.non_2xx:
-            raise SystemExit(f"{path}: non-200 answers: {r.statuses}")
-        results[name] = {"rps": r.rps, "p50": r.p50_ms, "p99": r.p99_ms, "n": r.requests}
+        if load.non_2xx:
+            raise SystemExit(f"{path}: non-200 answers: {load.statuses}")
+        results[name] = {"rps": load.rps, "p50": load.p50_ms, "p99": load.p99_ms, "n": load.requests}
     redis_ref = results["Litestar + 1 Redis GET"]["rps"]
     bare_ref = results["bare Litestar JSON"]["rps"]
     cpus = os.cpu_count()
     print(f"\n{conns} keep-alive connections, {seconds:.0f} s per endpoint, 1 uvicorn worker, {cpus} CPUs")
     print(f"{'endpoint':32} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8} {'vs GET':>8}")
-    for name, r in results.items():
+    for name, row in results.items():
         print(
-            f"{name:32} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} "
-            f"{r['rps'] / bare_ref:8.2f} {r['rps'] / redis_ref:8.2f}"
+            f"{name:32} {row['rps']:9.0f} {row['p50']:8.2f} {row['p99']:8.2f} "
+            f"{row['rps'] / bare_ref:8.2f} {row['rps'] / redis_ref:8.2f}"
         )
     ratio = results["GET /vluna/token (cache hit)"]["rps"] / redis_ref
     print(f"\ncache-hit /vluna/token = {ratio:.2f} x the Redis-GET reference (aim: >= 0.50)")

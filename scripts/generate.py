@@ -1,15 +1,10 @@
 """Regenerate every generated file: the pydantic models, the operation table and methods, and
 the emulator's sample answers.
 
-Usage: uv run python scripts/generate.py
+Usage: uv run python -m scripts.generate   (from the repository root)
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.codegen import models, operations, samples
 

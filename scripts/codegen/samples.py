@@ -1,7 +1,7 @@
 """Generate the emulator's sample answers: one `data` payload per response envelope of both
 published releases, that the models of 0.3.2 AND of 0.1.2 accept.
 
-Run: ``uv run python -m scripts.codegen.samples`` (or ``uv run python scripts/generate.py``).
+Run: ``uv run python -m scripts.codegen.samples`` (or ``uv run python -m scripts.generate``).
 
 The SDK's own models are lenient (a field required by one release only is optional there), so a
 sample built from them can miss what a published client requires. Here the schemas of the two
