@@ -1,8 +1,18 @@
-"""CPU per request of a cache hit, in-process: the service's app against the reference apps.
+"""CPU per request in-process: the service's app against the reference apps.
 
-    uv run python -m bench.hit_cpu                  # N=3000 requests each, 32 at once
-    PROFILE=/tmp/hit.prof uv run python -m bench.hit_cpu   # + cProfile (CPU time) of the hit
-    uv run python -m bench.hit_cpu --help           # the same as options (-n, --profile)
+    uv run python -m bench.hit_cpu                  # token: N=3000 requests each, 32 at once
+    uv run python -m bench.hit_cpu --only proxy     # the proxied catalog GET (public cache off)
+    PROFILE=/tmp/hit.prof uv run python -m bench.hit_cpu   # + cProfile (CPU time) of the service
+    uv run python -m bench.hit_cpu --help           # options: --only, --rounds, -n, --profile
+
+Scenarios (``--only``, comma-separated; default ``token``):
+
+- ``token``: ``GET /vluna/token``, cache hit, against bare Litestar JSON and Litestar + 1 Redis GET,
+  and a proxied catalog GET answered from the proxy's public cache (the route's own work);
+- ``proxy``: ``GET /vluna/api/v1/catalog/products``, public cache off, as ``python -m bench``
+  measures it (rate limits off), and with rate limits on (default leases), against the aiohttp
+  pass-through (bench._refservers ``pass_through``); both call the emulator (another process,
+  whose CPU is not counted), so the difference is the proxy's own work per call.
 
 No server and no sockets on the client side: each app is called as ASGI with a prepared scope
 (the service app built by create_app from the bench configuration; the references from
@@ -16,9 +26,9 @@ bench/PROFILE.md).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
+import json
 import os
 import pstats
 import tempfile
@@ -30,8 +40,6 @@ from typing import Any
 N = int(os.environ.get("N", "3000"))
 PROFILE = os.environ.get("PROFILE")
 CONCURRENCY = 32
-TOKEN_HIT = "GET /vluna/token, cache hit"
-PROXY_HIT = "proxied catalog GET, cache hit"
 
 
 async def lifespan(app: Any) -> Callable[[], Awaitable[None]]:
@@ -101,82 +109,124 @@ async def measure(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: in
     return (time.process_time() - started) / (each * CONCURRENCY) * 1e6
 
 
-async def main(n: int = N, profile_to: str | None = PROFILE) -> None:
+def _app(emulator_url: str, pem: str, prefix: str, **sections: Any) -> Any:
     import yaml
 
-    from bench._refservers import litestar_refs
     from bff.app import create_app
     from bff.settings import load_settings
+    from tests.support.service import bff_config
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(bff_config(emulator_url, pem, prefix=prefix, **sections), f)
+    try:
+        settings = load_settings(f.name, environ={})
+    finally:
+        os.unlink(f.name)
+    return create_app(settings)
+
+
+async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | None = PROFILE) -> None:
+    from bench._refservers import litestar_refs, pass_through
     from tests.support.emulator import start_emulator
     from tests.support.keys import UserKeys
     from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
-    from tests.support.service import bff_config
 
     keys = UserKeys()
     emulator = start_emulator()
     prefix = f"bench-{uuid.uuid4().hex[:10]}:"
     os.environ["BENCH_REDIS_URL"] = SHARED_REDIS_URL
     os.environ["BENCH_REF_KEY"] = prefix + "ref"
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        # The proxy's rate limit as configured by default, with room for every measured request.
-        limits = {"requests": 10**9, "write_requests": 10**9, "window_sec": 3600}
-        yaml.safe_dump(bff_config(emulator.url, keys.pem(), prefix=prefix, rate_limit=limits), f)
-    try:
-        settings = load_settings(f.name, environ={})
-    finally:
-        os.unlink(f.name)
-    app = create_app(settings)
-    ref = litestar_refs()
-    stops = [await lifespan(app), await lifespan(ref)]
     auth = [(b"authorization", f"Bearer {keys.token('alice', org='acme')}".encode())]
-    await one(app, "/vluna/token", auth)  # issued once: every measured request is a hit
-    results: dict[str, list[float]] = {}
+    catalog = "/vluna/api/v1/catalog/products"
+    # (name, app, path, headers, profiled)
+    targets: list[tuple[str, Any, str, list[tuple[bytes, bytes]], bool]] = []
+    stops: list[Callable[[], Awaitable[None]]] = []
     try:
-        for round_ in range(2):
-            for name, target, path, headers in (
-                ("bare Litestar JSON", ref, "/bench/json", []),
-                ("Litestar + 1 Redis GET", ref, "/bench/redis-get", []),
-                (TOKEN_HIT, app, "/vluna/token", auth),
+        if "token" in only:
+            # The proxy's rate limit as configured by default, with room for every measured request.
+            limits = {"requests": 10**9, "write_requests": 10**9, "window_sec": 3600}
+            app = _app(emulator.url, keys.pem(), prefix, rate_limit=limits)
+            ref = litestar_refs()
+            stops += [await lifespan(app), await lifespan(ref)]
+            await one(app, "/vluna/token", auth)  # issued once: every measured request is a hit
+            targets += [
+                ("bare Litestar JSON", ref, "/bench/json", [], False),
+                ("Litestar + 1 Redis GET", ref, "/bench/redis-get", [], False),
+                ("GET /vluna/token, cache hit", app, "/vluna/token", auth, True),
                 # The proxy's public cache (the answer kept per caller): the route's own work.
-                (PROXY_HIT, app, "/vluna/api/v1/catalog/products", auth),
-            ):
-                profile = profile_to and round_ == 1 and name == TOKEN_HIT
-                profiler = cProfile.Profile(time.process_time) if profile else None
+                ("proxied catalog GET, cache hit", app, catalog, auth, False),
+            ]
+        if "proxy" in only:
+            off = {"public_cache_ttl_sec": 0}
+            plain = _app(emulator.url, keys.pem(), prefix, rate_limit={"enabled": False}, proxy=off)
+            # The default lease size and window, with a limit this run never reaches.
+            limited = _app(emulator.url, keys.pem(), prefix, rate_limit={"requests": 10**9}, proxy=off)
+            stops += [await lifespan(plain), await lifespan(limited)]
+            token = await one(plain, "/vluna/token", auth)
+            os.environ["BENCH_UPSTREAM"] = emulator.url
+            os.environ["BENCH_TOKEN"] = json.loads(token[1]["body"])["access_token"]
+            os.environ["BENCH_REALM"] = "realm_demo"
+            passthru = pass_through()
+            stops.append(await lifespan(passthru))
+            targets += [
+                ("aiohttp pass-through", passthru, "/api/v1/catalog/products", [], False),
+                ("proxied catalog GET", plain, catalog, auth, True),
+                ("proxied, rate limits on", limited, catalog, auth, False),
+            ]
+        results: dict[str, list[float]] = {}
+        for round_ in range(rounds):
+            for name, target, path, headers, profiled in targets:
+                last = round_ == rounds - 1
+                profiler = cProfile.Profile(time.process_time) if profile_to and last and profiled else None
                 if profiler is not None:
                     profiler.enable()
                 results.setdefault(name, []).append(await measure(target, path, headers, n))
                 if profiler is not None and profile_to:
                     profiler.disable()
-                    profiler.dump_stats(profile_to)
+                    profiler.dump_stats(f"{profile_to}.{len(results)}" if len(only) > 1 else profile_to)
     finally:
-        for stop in stops:
+        for stop in reversed(stops):
             await stop()
         emulator.stop()
         cleanup_prefix(prefix)
     best = {name: min(values) for name, values in results.items()}
-    hit = best[TOKEN_HIT]
     for name, cpu in best.items():
         print(f"{name:32} {cpu:7.1f} us CPU per request")
-    print(
-        f"hit vs one Redis GET: {best['Litestar + 1 Redis GET'] / hit:.2f}; "
-        f"vs bare JSON: {best['bare Litestar JSON'] / hit:.2f} (CPU ratios, in-process)"
-    )
-    if profile_to:
+    if "token" in only:
+        hit = best["GET /vluna/token, cache hit"]
+        print(
+            f"hit vs one Redis GET: {best['Litestar + 1 Redis GET'] / hit:.2f}; "
+            f"vs bare JSON: {best['bare Litestar JSON'] / hit:.2f} (CPU ratios, in-process)"
+        )
+    if "proxy" in only:
+        ref_us = best["aiohttp pass-through"]
+        for name in ("proxied catalog GET", "proxied, rate limits on"):
+            print(
+                f"{name} vs the pass-through: {ref_us / best[name]:.2f} "
+                f"(+{best[name] - ref_us:.0f} us per call; CPU ratio, in-process)"
+            )
+    if profile_to and len(only) == 1:
         pstats.Stats(profile_to).sort_stats("tottime").print_stats(25)
 
 
 def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.hit_cpu", description="In-process CPU per request of the cache hits."
-    )
-    parser.add_argument("-n", type=int, default=N, help="requests per measurement (default: $N or 3000)")
-    parser.add_argument(
-        "--profile", default=PROFILE, metavar="FILE", help="cProfile of the token hit (default: $PROFILE)"
-    )
-    args = parser.parse_args(argv)
+    import argparse
+
     import uvloop
 
-    uvloop.run(main(args.n, args.profile))
+    summary = (__doc__ or "").split("\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m bench.hit_cpu", description=summary)
+    parser.add_argument("--only", default="token", help="comma-separated: token, proxy (default: token)")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements of each (the best counts)")
+    parser.add_argument("-n", type=int, default=N, help="requests per measurement (default: $N or 3000)")
+    parser.add_argument(
+        "--profile", default=PROFILE, metavar="FILE", help="cProfile output (default: $PROFILE)"
+    )
+    args = parser.parse_args(argv)
+    names = {n.strip() for n in args.only.split(",") if n.strip()}
+    if not names or names - {"token", "proxy"}:
+        parser.error("--only takes token and/or proxy")
+    uvloop.run(main(names, max(1, args.rounds), args.n, args.profile))
 
 
 if __name__ == "__main__":

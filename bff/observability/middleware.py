@@ -71,8 +71,7 @@ class ObservabilityMiddleware:
         self._log = access_log_enabled
         self._quiet = PROBE_ROUTES | {metrics_path}
         # Metric children by label values: labels() validates and locks on every call.
-        self._counters: dict[tuple[str, str, str], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _incoming_id(self, scope: Scope) -> str:
         if self._trust:
@@ -90,11 +89,11 @@ class ObservabilityMiddleware:
             return
         request_id = self._incoming_id(scope)
         # Bounded everywhere it goes (labels, log lines, span names): the client chooses it.
-        method = metrics.method_label(str(cast(Any, scope)["method"]))
-        info = RequestInfo(request_id=request_id, method=method)
+        method = metrics.method_label(cast(Any, scope)["method"])
+        info = RequestInfo(request_id, method)
         token = current_request.set(info)
-        status = 500
         header = (self._header, request_id.encode("latin-1"))
+        status = 500
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -103,7 +102,8 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        metrics.HTTP_IN_FLIGHT.inc()
+        in_flight = metrics.HTTP_IN_FLIGHT
+        in_flight.inc()
         started = time.perf_counter()
         try:
             if tracing.enabled():
@@ -132,42 +132,41 @@ class ObservabilityMiddleware:
                     info.route = str(scope.get("path_template") or UNMATCHED)
         finally:
             elapsed = time.perf_counter() - started
-            metrics.HTTP_IN_FLIGHT.dec()
+            in_flight.dec()
             self._observe(method, info.route, status, elapsed)
             if self._log:
-                level = logging.DEBUG if info.route in self._quiet and status < 400 else logging.INFO
-                if access_log.isEnabledFor(level):
-                    access_log.log(
-                        level,
-                        "request",
-                        extra={
-                            "request_id": request_id,
-                            "method": method,
-                            "route": info.route,
-                            "status": status,
-                            "duration_ms": round(elapsed * 1000, 2),
-                            "principal_hash": info.principal,
-                            "user_hash": info.user,
-                        },
-                    )
+                self._access_line(info, status, elapsed)
             current_request.reset(token)
 
-    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
-        key = (method, route, metrics.status_label(status))
-        counter = self._counters.get(key)
-        if counter is None:
-            if len(self._counters) >= _MAX_SERIES:
-                self._counters.clear()
-            counter = self._counters[key] = metrics.HTTP_REQUESTS.labels(
-                method=method, route=route, status=key[2]
+    def _access_line(self, info: RequestInfo, status: int, elapsed: float) -> None:
+        level = logging.DEBUG if info.route in self._quiet and status < 400 else logging.INFO
+        if access_log.isEnabledFor(level):
+            access_log.log(
+                level,
+                "request",
+                extra={
+                    "request_id": info.request_id,
+                    "method": info.method,
+                    "route": info.route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "principal_hash": info.principal,
+                    "user_hash": info.user,
+                },
             )
-        counter.inc()
-        histogram = self._histograms.get(key[:2])
-        if histogram is None:
-            if len(self._histograms) >= _MAX_SERIES:
-                self._histograms.clear()
-            histogram = self._histograms[key[:2]] = metrics.HTTP_LATENCY.labels(method=method, route=route)
-        histogram.observe(elapsed)
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            if len(self._children) >= _MAX_SERIES:
+                self._children.clear()
+            children = self._children[key] = (
+                metrics.HTTP_REQUESTS.labels(method=method, route=route, status=metrics.status_label(status)),
+                metrics.HTTP_LATENCY.labels(method=method, route=route),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
 
 
 def _tracing_headers(scope: Scope) -> dict[str, str]:

@@ -38,6 +38,15 @@ class RawAnswer:
         encoded.append((b"content-length", str(len(body)).encode("latin-1")))
         self.headers = encoded
 
+    @classmethod
+    def encoded(cls, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> RawAnswer:
+        """From headers already encoded (lower-case names), content-type and -length included."""
+        answer = cls.__new__(cls)
+        answer.status = status
+        answer.body = body
+        answer.headers = headers
+        return answer
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
@@ -58,15 +67,42 @@ def cacheable(resp: UpstreamResponse) -> bool:
     return resp.status == 200 and bool(JSON_TYPE.match(resp.content_type))
 
 
+_NO_STORE_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NO_STORE.items()]
+_TYPE_MEMO_MAX = 64
+
+
 class AnswerShaper:
     def __init__(self, stats: Stats, *, public_max_age: float) -> None:
         self._stats = stats
         self._max_age = int(public_max_age)
+        # Content types Vluna answered with -> (JSON?, the header encoded): a handful of values.
+        self._types: dict[str, tuple[bool, tuple[bytes, bytes]]] = {}
+
+    def _content_type(self, content_type: str) -> tuple[bool, tuple[bytes, bytes]]:
+        known = self._types.get(content_type)
+        if known is None:
+            known = (bool(JSON_TYPE.match(content_type)), (b"content-type", content_type.encode("latin-1")))
+            if len(self._types) >= _TYPE_MEMO_MAX:
+                self._types.clear()
+            self._types[content_type] = known
+        return known
 
     def upstream(self, resp: UpstreamResponse, p: Prepared) -> Answer:
         """Vluna's answer as the client gets it (``no-store``), or a ``BffError`` when it is not
         JSON."""
-        if not JSON_TYPE.match(resp.content_type):
+        is_json, type_header = self._content_type(resp.content_type)
+        if (
+            is_json
+            and 200 <= resp.status < 400
+            and resp.status not in (204, 304)
+            and not resp.headers
+            and current_request_id() is not None
+        ):
+            # The usual answer (nothing of Vluna's headers to pass on, the request id added by
+            # the middleware): the same headers as below, encoded once.
+            raw = [*_NO_STORE_RAW, type_header, (b"content-length", str(len(resp.body)).encode())]
+            return RawAnswer.encoded(resp.status, raw, resp.body)
+        if not is_json:
             self._stats.inc("proxy.upstream.errors")
             log.warning("upstream answered %d with a non-JSON content type", resp.status)
             if resp.status in (404, 405):

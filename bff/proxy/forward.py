@@ -56,21 +56,23 @@ class TokenMemo:
 
     async def token(self, principal: Principal, scopes: list[str] | None) -> TokenEntry:
         wanted = tuple(scopes) if scopes else self._scopes
+        broker = self._broker
+        if broker.has_l1:
+            # The broker's first level (cache.l1) is as cheap as this memo and, unlike it, drops
+            # a token signed out on another replica: no memo then.
+            return await broker.get_token(principal, wanted)  # its failures are BffErrors
         key = (principal.principal_id, principal.user_id, wanted)
         now = time.monotonic()
         memo = self._memo.get(key)
         if memo is not None and memo[1] > now:
             return memo[0]
-        entry = await self._broker.get_token(principal, wanted)  # its failures are BffErrors
-        # With the broker's first level (cache.l1) the read is as cheap and, unlike this memo,
-        # drops a token signed out on another replica: no memo then.
-        ttl = 0.0 if self._broker.has_l1 else self._ttl
-        if ttl > 0:
-            left = entry.expires_at - self._broker.now() - 30  # never near the token's expiry
+        entry = await broker.get_token(principal, wanted)
+        if self._ttl > 0:
+            left = entry.expires_at - broker.now() - 30  # never near the token's expiry
             if left > 0:
                 if len(self._memo) >= _MEMO_MAX_ENTRIES:
                     self._memo.clear()
-                self._memo[key] = (entry, now + min(ttl, left))
+                self._memo[key] = (entry, now + min(self._ttl, left))
         return entry
 
     def forget(self, principal: Principal) -> None:
@@ -103,12 +105,20 @@ class Forwarder:
             probe_timeout_sec=settings.total_timeout_sec,
             stats=stats,
         )
+        self._operations: dict[tuple[str, str], str] = {}
+        # The first attempt's bounds (the whole deadline still ahead), built once.
+        self._first = Timeouts(
+            connect=min(settings.connect_timeout_sec, settings.total_timeout_sec),
+            read=min(settings.read_timeout_sec, settings.total_timeout_sec),
+            total=settings.total_timeout_sec,
+        )
 
     async def forward(self, p: Prepared) -> UpstreamResponse:
         """Vluna's answer to the prepared call (any status but a 401), or a ``BffError``."""
-        scopes = p.match.route.route.scopes
+        route = p.match.route.route
+        scopes = route.scopes
         entry = await self.tokens.token(p.principal, scopes)
-        operation = f"proxy {p.method} {p.match.route.route.path}"
+        operation = self._operation(p.method, route.path)
         resp = await self._attempts(operation, p, self._path_and_query(p, entry), self._headers(p, entry))
         if resp.status == 401:
             # The cached token is no longer accepted (revoked, key rotated): drop it, get a new
@@ -123,14 +133,20 @@ class Forwarder:
                 raise UpstreamRejected("the billing service does not accept this service's tokens")
         return resp
 
+    def _operation(self, method: str, path: str) -> str:
+        # The metric label of a route, built once per route (a bounded set: the allowlist's).
+        key = (method, path)
+        operation = self._operations.get(key)
+        if operation is None:
+            operation = self._operations[key] = f"proxy {method} {path}"
+        return operation
+
     def _headers(self, p: Prepared, entry: TokenEntry) -> dict[str, str]:
         # Built from scratch: the client contributes only the vetted headers in p.headers.
-        headers = {
-            **p.headers,
-            "Authorization": f"Bearer {entry.access_token}",
-            "X-Realm-Id": self._realm,
-            "User-Agent": "vluna-bff",
-        }
+        headers = p.headers.copy()
+        headers["Authorization"] = "Bearer " + entry.access_token
+        headers["X-Realm-Id"] = self._realm
+        headers["User-Agent"] = "vluna-bff"
         if entry.billing_account_id:
             headers["X-Billing-Account-ID"] = entry.billing_account_id
         if tracing.enabled():
@@ -139,12 +155,15 @@ class Forwarder:
 
     @staticmethod
     def _path_and_query(p: Prepared, entry: TokenEntry) -> str:
-        query = list(p.query)
         if p.match.route.route.account_query:
             if not entry.billing_account_id:
                 raise UpstreamRejected("no billing account is known for this user")
-            query.append(("billing_account_id", entry.billing_account_id))
-        return p.path_and_query + ("?" + urlencode(query) if query else "")
+            return (
+                p.path_and_query
+                + "?"
+                + urlencode([*p.query, ("billing_account_id", entry.billing_account_id)])
+            )
+        return p.path_and_query + "?" + urlencode(p.query) if p.query else p.path_and_query
 
     async def _attempts(
         self, operation: str, p: Prepared, path_and_query: str, headers: Mapping[str, str]
@@ -162,14 +181,17 @@ class Forwarder:
                     retry_after=exc.retry_after,
                     code="upstream_unavailable",
                 ) from None
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise GatewayTimeout("the billing service did not answer in time")
-            timeouts = Timeouts(
-                connect=min(s.connect_timeout_sec, remaining),
-                read=min(s.read_timeout_sec, remaining),
-                total=remaining,
-            )
+            if attempt == 0:
+                timeouts = self._first
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise GatewayTimeout("the billing service did not answer in time")
+                timeouts = Timeouts(
+                    connect=min(s.connect_timeout_sec, remaining),
+                    read=min(s.read_timeout_sec, remaining),
+                    total=remaining,
+                )
             self._stats.inc("proxy.upstream.requests")
             failure: BffError | None = None
             resp: UpstreamResponse | None = None

@@ -36,7 +36,7 @@ _ACCEPT = re.compile(r"^[A-Za-z0-9*/+.,;= -]{1,256}$")
 _decode = msgspec.json.Decoder()
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     method: str
     match: Match
@@ -47,34 +47,81 @@ class Prepared:
     headers: dict[str, str]  # from the client's allowlist, plus the request id
 
 
+# The request headers a proxied call reads, as ASGI gives them (lower-case bytes).
+_WANTED = frozenset(
+    {
+        b"accept",
+        b"accept-language",
+        b"x-request-id",
+        b"idempotency-key",
+        b"content-length",
+        b"transfer-encoding",
+        b"content-type",
+    }
+)
+_MATCH_MEMO_MAX = 4096
+
+
+def _client_headers(scope: Mapping[str, Any]) -> dict[bytes, str]:
+    """The headers of ``_WANTED`` the client sent, first value of each (what Litestar's
+    ``request.headers.get`` answers), read from the ASGI scope without building a header map."""
+    out: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED or name.lower() in _WANTED:
+            key = name.lower()
+            if key not in out:
+                out[key] = value.decode("latin-1")
+    return out
+
+
 class RequestPreparer:
     def __init__(self, settings: ProxySettings, *, limiter: RateLimiter, stats: Stats) -> None:
         self.settings = settings
         self.allowlist = Allowlist(settings)
         self._limiter = limiter
         self._stats = stats
+        # (method, raw sub-path) -> the allowlist's match: matching is a pure function of the
+        # path, and a page calls the same few paths over and over. Refusals are not kept.
+        self._matches: dict[tuple[str, str], tuple[Match, str]] = {}
+
+    def _match(self, method: str, scope: Mapping[str, Any]) -> tuple[Match, str]:
+        raw = scope.get("raw_path")
+        key = (method, raw.decode("latin-1") if isinstance(raw, bytes) else str(scope.get("path", "")))
+        found = self._matches.get(key)
+        if found is None:
+            try:
+                match = self.allowlist.match(method, sub_path(scope))
+            except PathRefused:
+                self._stats.inc("proxy.refused")
+                raise
+            found = (match, match.upstream_path)
+            if len(self._matches) >= _MATCH_MEMO_MAX:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
 
     async def prepare(self, request: Request[Any, Any, Any], principal: Principal) -> Prepared:
         """Allowlist, then the caller's rate limit, then the request's parts; raises a
         ``BffError`` (4xx) for anything refused."""
-        method = request.method.upper()
-        try:
-            match = self.allowlist.match(method, sub_path(request.scope))
-        except PathRefused:
-            self._stats.inc("proxy.refused")
-            raise
-        try:
-            await self._limiter.check(
-                self._limiter.subject(principal.principal_id, principal.user_id),
-                write=method in WRITE_METHODS,
-            )
-        except RateLimited as exc:
-            raise TooManyRequests("too many requests", retry_after=exc.retry_after) from None
-        query = self._query(request, match)
-        headers = self._headers(request)
+        scope = request.scope
+        method = scope["method"].upper()
+        match, upstream_path = self._match(method, scope)
+        write = method in WRITE_METHODS
+        limiter = self._limiter
+        if limiter.enabled:
+            subject = limiter.subject(principal.principal_id, principal.user_id)
+            # A slot already leased to this process is spent without a suspension point.
+            if not limiter.spend_leased(subject, write=write):
+                try:
+                    await limiter.check(subject, write=write)
+                except RateLimited as exc:
+                    raise TooManyRequests("too many requests", retry_after=exc.retry_after) from None
+        h = _client_headers(scope)
+        query = self._query(scope, match)
+        headers = self._headers(h)
         body: bytes | None = None
-        if method in WRITE_METHODS:
-            key = request.headers.get("idempotency-key")
+        if write:
+            key = h.get(b"idempotency-key")
             if key is not None and not _TOKENISH.match(key):
                 raise BadRequest(
                     "Idempotency-Key: 1-128 of A-Z a-z 0-9 _ . : -", code="invalid_idempotency_key"
@@ -85,42 +132,43 @@ class RequestPreparer:
             if body:
                 headers["Content-Type"] = "application/json"
         else:
-            length = request.headers.get("content-length")
-            if (length and length.strip() != "0") or request.headers.get("transfer-encoding"):
+            length = h.get(b"content-length")
+            if (length and length.strip() != "0") or h.get(b"transfer-encoding"):
                 raise BadRequest("this call takes no request body", code="unexpected_body")
-        return Prepared(method, match, principal, match.upstream_path, query, body, headers)
+        return Prepared(method, match, principal, upstream_path, query, body, headers)
 
-    def _query(self, request: Request[Any, Any, Any], match: Match) -> list[tuple[str, str]]:
-        raw_query = request.scope.get("query_string", b"")
+    def _query(self, scope: Mapping[str, Any], match: Match) -> list[tuple[str, str]]:
+        raw_query = scope.get("query_string", b"")
+        if not raw_query:
+            return []
         if len(raw_query) > self.settings.max_query_length:
             raise UriTooLong("the query string is too long", code="query_too_long")
         allowed = match.route.query
         query: list[tuple[str, str]] = []
-        if raw_query:
-            try:
-                pairs = parse_qsl(raw_query.decode("ascii"), keep_blank_values=True, strict_parsing=False)
-            except (UnicodeDecodeError, ValueError):
-                raise BadRequest("the query string is malformed", code="invalid_query") from None
-            for name, value in pairs:
-                if name in allowed and not any(c in value for c in "\r\n\x00"):
-                    query.append((name, value))
+        try:
+            pairs = parse_qsl(raw_query.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("the query string is malformed", code="invalid_query") from None
+        for name, value in pairs:
+            if name in allowed and not any(c in value for c in "\r\n\x00"):
+                query.append((name, value))
         return query
 
     @staticmethod
-    def _headers(request: Request[Any, Any, Any]) -> dict[str, str]:
-        h = request.headers
-        headers: dict[str, str] = {}
+    def _headers(h: dict[bytes, str]) -> dict[str, str]:
         # The request id of this request (the observability middleware's, which also puts it on
         # the answer), or one of our own when that middleware is not installed.
         rid = current_request_id()
         if rid is None:
-            rid = h.get("x-request-id")
+            rid = h.get(b"x-request-id")
             if not (rid and _TOKENISH.match(rid)):
                 rid = secrets.token_hex(16)
-        headers["X-Request-Id"] = rid
-        accept = h.get("accept")
-        headers["Accept"] = accept if accept and _ACCEPT.match(accept) else "application/json"
-        lang = h.get("accept-language")
+        accept = h.get(b"accept")
+        headers = {
+            "X-Request-Id": rid,
+            "Accept": accept if accept and _ACCEPT.match(accept) else "application/json",
+        }
+        lang = h.get(b"accept-language")
         if lang and _LANGUAGE.match(lang):
             headers["Accept-Language"] = lang
         return headers

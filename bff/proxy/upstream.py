@@ -27,6 +27,7 @@ from yarl import URL
 # Upstream response headers a client may see; everything else (Set-Cookie, tracing and
 # server-internal headers) stays here.
 PASS_RESPONSE_HEADERS = ("retry-after", "idempotent-replayed")
+_URL_MEMO_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,34 @@ class AiohttpUpstream:
         self._keepalive = keepalive_timeout
         self._max = max_response_bytes
         self._session: aiohttp.ClientSession | None = None
+        # Built once and reused: the URL of each upstream path (the allowlist's, a bounded set
+        # but for path ids; the memo is bounded too), and the aiohttp timeout of the last bounds
+        # asked for (the forwarder passes the same bounds to every first attempt).
+        self._urls: dict[str, URL] = {}
+        self._timeout: tuple[Timeouts, aiohttp.ClientTimeout] | None = None
 
     def __repr__(self) -> str:
         return f"AiohttpUpstream({self.base_url!r})"
+
+    def _url(self, path_and_query: str) -> URL:
+        url = self._urls.get(path_and_query)
+        if url is None:
+            # encoded=True: the path was built from checked characters only; no re-quoting.
+            url = URL(self.base_url + path_and_query, encoded=True)
+            if len(self._urls) >= _URL_MEMO_MAX:
+                self._urls.clear()
+            self._urls[path_and_query] = url
+        return url
+
+    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        last = self._timeout
+        if last is not None and last[0] is timeouts:
+            return last[1]
+        timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._timeout = (timeouts, timeout)
+        return timeout
 
     async def start(self) -> None:
         if self._session is not None:
@@ -123,14 +149,11 @@ class AiohttpUpstream:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        # encoded=True: the path was built from checked characters only; no re-quoting.
-        url = URL(self.base_url + path_and_query, encoded=True)
-        timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
-        )
+        url = self._url(path_and_query)
+        timeout = self._client_timeout(timeouts)
         try:
             async with self._session.request(
-                method, url, headers=dict(headers), data=body, timeout=timeout, allow_redirects=False
+                method, url, headers=headers, data=body, timeout=timeout, allow_redirects=False
             ) as resp:
                 length = resp.content_length
                 if length is not None and length > self._max:
