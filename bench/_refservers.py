@@ -14,18 +14,20 @@ factory by name in its worker process:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.types import ControllerRouterHandler
+
+    from bff.redis_client import RedisClient
 
 Scope = dict[str, Any]
 
 
-def litestar_refs() -> Any:
-    import redis.asyncio as aioredis
-    from litestar import Litestar, get
-
-    redis_url = os.environ.get("BENCH_REDIS_URL")
-    key = os.environ.get("BENCH_REF_KEY", "bench-ref")
-    redis = aioredis.Redis.from_url(redis_url, max_connections=64) if redis_url else None
+def reference_routes(redis: RedisClient | None, key: str) -> list[ControllerRouterHandler]:
+    """GET /bench/json (bare Litestar JSON) and GET /bench/redis-get (one Redis GET of `key`)."""
+    from litestar import get
 
     @get("/bench/json")
     async def bare() -> dict[str, Any]:
@@ -37,16 +39,36 @@ def litestar_refs() -> Any:
         value = await redis.get(key)
         return {"ok": True, "len": len(value or b"")}
 
+    return [bare, one_get]
+
+
+async def seed_reference(redis: RedisClient | None, key: str) -> None:
+    """The value GET /bench/redis-get reads (300 bytes, an hour)."""
+    if redis is not None:
+        await redis.set(key, b"v" * 300, ex=3600)
+
+
+def litestar_refs() -> Litestar:
+    import redis.asyncio as aioredis
+    from litestar import Litestar
+
+    redis_url = os.environ.get("BENCH_REDIS_URL")
+    key = os.environ.get("BENCH_REF_KEY", "bench-ref")
+    redis = aioredis.Redis.from_url(redis_url, max_connections=64) if redis_url else None
+
     async def seed() -> None:
-        if redis is not None:
-            await redis.set(key, b"v" * 300, ex=3600)
+        await seed_reference(redis, key)
 
     async def close() -> None:
         if redis is not None:
             await redis.aclose()
 
     return Litestar(
-        [bare, one_get], on_startup=[seed], on_shutdown=[close], openapi_config=None, logging_config=None
+        reference_routes(redis, key),
+        on_startup=[seed],
+        on_shutdown=[close],
+        openapi_config=None,
+        logging_config=None,
     )
 
 

@@ -338,6 +338,38 @@ def code_for_status(status: int) -> str:
     return _STATUS_CODES.get(status, "SERVER.UNEXPECTED" if status >= 500 else "EMULATOR.INJECTED_FAULT")
 
 
+@dataclass
+class HttpRequest:
+    """An HTTP request as both flavours' ASGI entry reads it (whole body, lower-case headers)."""
+
+    method: str
+    path: str  # raw_path as received (percent-encoding kept), else root_path + path
+    query_string: str
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_request(scope: Scope, receive: Receive) -> HttpRequest | None:
+    """The request of an ASGI ``http`` scope, body included; None when the client went away."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("root_path", "") + scope["path"]
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return HttpRequest(
+        method=scope["method"].upper(),
+        path=path,
+        query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+        body=b"".join(chunks),
+    )
+
+
 class RouteTemplate(Protocol):
     """What a flavour's route says about itself to its host: the path template it serves."""
 
@@ -528,22 +560,14 @@ class EmulatorCore(CoreBase):
     # --- ASGI -------------------------------------------------------------------------------
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else scope.get("root_path", "") + scope["path"]
-        query_string = scope.get("query_string", b"").decode("latin-1")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        method = scope["method"].upper()
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        request = await read_request(scope, receive)
+        if request is None:
+            return
+        method, headers = request.method, request.headers
         trace_id = f"emu-{next(self._trace):010x}"
-        status, body_out, extra = await self.handle(method, path, query_string, headers, body, trace_id)
+        status, body_out, extra = await self.handle(
+            method, request.path, request.query_string, headers, request.body, trace_id
+        )
         out_headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body_out)).encode()),

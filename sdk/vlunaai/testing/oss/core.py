@@ -28,6 +28,7 @@ from ..core import (
     Send,
     legacy_canonical_string,
     parse_timestamp,
+    read_request,
 )
 from ..errors import ApiError
 from ..faults import ConnectionDropped
@@ -100,21 +101,12 @@ class OssCore(CoreBase):
     # --- ASGI -------------------------------------------------------------------------------
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else scope.get("root_path", "") + scope["path"]
-        path = path.split("?", 1)[0]
-        query_string = scope.get("query_string", b"").decode("latin-1")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        method = scope["method"].upper()
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        status, body, extra = await self.handle(method, path, query_string, headers, b"".join(chunks))
+        request = await read_request(scope, receive)
+        if request is None:
+            return
+        method, headers = request.method, request.headers
+        path = request.path.split("?", 1)[0]
+        status, body, extra = await self.handle(method, path, request.query_string, headers, request.body)
         out: list[tuple[bytes, bytes]] = []
         if body is not None:
             out.append((b"content-type", JSON_TYPE))
