@@ -75,8 +75,20 @@ class IssuanceLimiter:
         self._replica_count = 0
         self._local_users: dict[tuple[str, str], int] = {}
 
-    async def spend(self, principal_id: str, user_id: str) -> None:
-        """Counts one issuance for this user; raises ``IssuanceLimited`` when over a limit."""
+    def user_counter(self, principal_id: str, user_id: str) -> tuple[str, int, int] | None:
+        """The user's Redis counter for an issuance now: (key, expiry in seconds, window), for
+        the caller to increment in a round trip it makes anyway (bff/tokens/lock.py) and hand
+        back to ``spend`` as ``counted``; None when it is not to be counted in Redis."""
+        s = self._s
+        if not s.per_user or self._redis is None or not self._breaker.closed:
+            return None
+        window = int(self._clock() // s.window_sec)
+        return self._keys.issuances(principal_id, user_id, window), s.window_sec + 1, window
+
+    async def spend(self, principal_id: str, user_id: str, *, counted: tuple[int, int] | None = None) -> None:
+        """Counts one issuance for this user; raises ``IssuanceLimited`` when over a limit.
+        ``counted``: (window, count) when the caller already incremented the user's counter
+        (``user_counter``); used if the window is still the current one."""
         s = self._s
         now = self._clock()
         window = int(now // s.window_sec)
@@ -86,7 +98,10 @@ class IssuanceLimiter:
             self._local_users.clear()
         retry_after = max(1, math.ceil((window + 1) * s.window_sec - now))
         if s.per_user:
-            count = await self._count(self._keys.issuances(principal_id, user_id, window))
+            if counted is not None and counted[0] == window:
+                count: int | None = counted[1]
+            else:
+                count = await self._count(self._keys.issuances(principal_id, user_id, window))
             if count is None:
                 count = self._count_locally((principal_id, user_id))
             if count > s.per_user:

@@ -13,6 +13,12 @@ expiry. Releasing deletes the lock only if it is still ours and announces it:
 
 Either way waiters wake as soon as the token is in the cache instead of polling; while the
 subscriptions are down (``connected`` False) they re-check every 50 ms.
+
+Outside a Cluster (``scripted``) the holder's work around its one Vluna call is two round trips,
+each one script: ``acquire_and_read`` takes the lock, re-reads the cache and counts the issuance
+for the user's limit (bff/tokens/limits.py); ``store_and_release`` checks the sign-out marker,
+stores the entry, frees the lock and publishes. On a Cluster those keys live in different slots
+(their names are HMACs, without hash tags), so there they are separate commands.
 """
 
 from __future__ import annotations
@@ -47,12 +53,86 @@ return 1
 """
 
 
+# Lock, then (only if ours) re-read the token and, when absent, count the issuance it announces.
+_ACQUIRE = """
+if not redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+local v = redis.call('get', KEYS[2])
+local n = false
+if not v and #KEYS > 2 then
+  n = redis.call('incr', KEYS[3])
+  redis.call('expire', KEYS[3], ARGV[3])
+end
+return {1, v, n}
+"""
+
+# Store the entry unless the user signed out since the issuance started (the marker holds the
+# sign-out's time), then release as _RELEASE does. 0 when the sign-out kept it out.
+_STORE_AND_RELEASE = """
+local out = tonumber(redis.call('get', KEYS[3]) or '')
+local stored = 1
+if out and out >= tonumber(ARGV[4]) then
+  stored = 0
+elseif tonumber(ARGV[2]) > 0 then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end
+redis.call('publish', ARGV[5], '1')
+return stored
+"""
+
+
 class RedisLock:
     def __init__(self, redis: Any, keys: CacheKeys, *, sharded: bool = False) -> None:
         self._redis = redis
         self._keys = keys
         self._sharded = sharded
         self._release = redis.register_script(_RELEASE_QUIET if sharded else _RELEASE)
+        self._acquire = None if sharded else redis.register_script(_ACQUIRE)
+        self._store_and_release = None if sharded else redis.register_script(_STORE_AND_RELEASE)
+
+    @property
+    def scripted(self) -> bool:
+        """The holder's work runs as the two scripts (one Redis or Sentinel, not a Cluster)."""
+        return not self._sharded
+
+    async def acquire_and_read(
+        self, lock_key: str, ttl_sec: float, token_key: str, counter: tuple[str, int] | None
+    ) -> tuple[str | None, bytes | None, int | None]:
+        """(owner, the cached value, the counter's new value) once the lock is ours, else (None,
+        None, None). ``counter`` (key, expiry in seconds) is incremented only when the value is
+        absent, that is when an issuance follows."""
+        assert self._acquire is not None
+        owner = secrets.token_hex(16)
+        keys = [lock_key, token_key]
+        args: list[Any] = [owner, max(1, int(ttl_sec * 1000))]
+        if counter is not None:
+            keys.append(counter[0])
+            args.append(counter[1])
+        reply = await self._acquire(keys=keys, args=args)
+        if not int(reply[0]):
+            return None, None, None
+        value, count = reply[1], reply[2]
+        return owner, bytes(value) if value is not None else None, int(count) if count is not None else None
+
+    async def store_and_release(
+        self,
+        lock_key: str,
+        owner: str,
+        token_key: str,
+        value: bytes,
+        ttl_sec: float,
+        marker_key: str,
+        since: float,
+    ) -> bool:
+        """Stores ``value`` (for ``ttl_sec``; not at all if <= 0) unless the sign-out marker holds a
+        time >= ``since``, then frees the lock (if still ours) and tells the waiters. False when
+        the sign-out kept the value out."""
+        assert self._store_and_release is not None
+        stored = await self._store_and_release(
+            keys=[token_key, lock_key, marker_key],
+            args=[value, int(ttl_sec * 1000), owner, repr(since), self._keys.channel(token_key)],
+        )
+        return bool(int(stored))
 
     async def acquire(self, lock_key: str, ttl_sec: float) -> str | None:
         owner = secrets.token_hex(16)

@@ -1,0 +1,148 @@
+"""What a cold issuance and concurrent reads cost in Redis round trips (one Redis, real server at
+127.0.0.1:6379): the lock, the re-check and the user's issuance count in one script; the sign-out
+check, the store, the release and its announcement in another; concurrent requests for one key
+sharing one read and one fill."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from bff.principals import Principal
+from bff.tokens.lock import RedisLock
+from tests.support.waiting import until
+
+from .support import REDIS_URL, FakeIssuer, Keys, redis_dump, redis_settings, running_services
+
+ALICE = Principal("org:acme", "alice")
+BOB = Principal("org:acme", "bob")
+BOTH = ("checkout", "portal")
+BACKGROUND = {"PUBLISH", "PING"}  # the first level's heartbeats; the breaker's probes
+
+
+class CountingRedis(aioredis.Redis):
+    """Records the name of every command sent outside pub/sub (a script call is one EVALSHA, a
+    pipeline is not used on these paths)."""
+
+    sent: list[str]
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]).upper())
+        return await super().execute_command(*args, **options)
+
+    def commands(self) -> list[str]:
+        return [c for c in self.sent if c not in BACKGROUND]
+
+
+def counting_client() -> CountingRedis:
+    client = CountingRedis.from_url(REDIS_URL)
+    client.sent = []
+    return client
+
+
+async def test_a_cold_issuance_is_three_round_trips(keys: Keys, prefix: str, issuer: FakeIssuer) -> None:
+    """Two requests at once for a user without a token: one GET (the second request waits for
+    the first's read, then joins its fill), the lock script, the store script."""
+    client = counting_client()
+    try:
+        async with running_services(redis_settings(keys, prefix), issuer, client) as svc:
+            await svc.broker.get_token(BOB, BOTH)  # the scripts are loaded (SCRIPT LOAD) by now
+            client.sent.clear()
+            a, b = await asyncio.gather(svc.broker.get_token(ALICE, BOTH), svc.broker.get_token(ALICE, BOTH))
+            assert client.commands() == ["GET", "EVALSHA", "EVALSHA"]
+            assert a.access_token == b.access_token and len(issuer.calls) == 2
+            assert svc.stats.get("single_flight_waits") == 1
+            key = svc.broker._keys.token(ALICE.principal_id, ALICE.user_id, BOTH)
+            # Stored, the lock freed, the user's issuance counted once (bff/tokens/limits.py).
+            dump = await redis_dump(client, prefix)
+            assert key.encode() in dump and svc.broker._keys.lock(key).encode() not in dump
+            counters = [v for k, v in dump.items() if k.startswith(f"{prefix}iss:".encode())]
+            assert sorted(counters) == [b"1", b"1"]  # Bob's and Alice's
+            # Served from the cache afterwards: no second issuance.
+            client.sent.clear()
+            assert (await svc.broker.get_token(ALICE, BOTH)).access_token == a.access_token
+            assert len(issuer.calls) == 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_failed_store_script_falls_back_to_separate_commands(
+    keys: Keys, prefix: str, issuer: FakeIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store script fails (here: the connection drops under it): the sign-out check, the store
+    and the release are then sent one by one, each tried as the cache does; nothing is lost."""
+    failed: list[str] = []
+
+    async def dropped(self: RedisLock, *args: Any) -> bool:
+        failed.append("store_and_release")
+        raise RedisConnectionError("connection dropped")
+
+    monkeypatch.setattr(RedisLock, "store_and_release", dropped)
+    client = counting_client()
+    try:
+        async with running_services(redis_settings(keys, prefix), issuer, client) as svc:
+            await svc.broker.get_token(BOB, BOTH)  # the scripts are loaded (SCRIPT LOAD) by now
+            client.sent.clear()
+            entry = await svc.broker.get_token(ALICE, BOTH)
+            assert len(failed) == 2 and svc.stats.get("redis_errors") == 2
+            assert svc.breaker.closed
+            # The read, the lock script; then the marker, the store, the release.
+            assert client.commands() == ["GET", "EVALSHA", "GET", "SET", "EVALSHA"]
+            key = svc.broker._keys.token(ALICE.principal_id, ALICE.user_id, BOTH)
+            dump = await redis_dump(client, prefix)
+            assert key.encode() in dump and svc.broker._keys.lock(key).encode() not in dump
+        other = FakeIssuer()
+        async with running_services(redis_settings(keys, prefix), other, client) as svc:
+            assert (await svc.broker.get_token(ALICE, BOTH)).access_token == entry.access_token
+        assert other.calls == []
+    finally:
+        await client.aclose()
+
+
+async def test_concurrent_hits_share_one_read_through_the_first_level(
+    keys: Keys, prefix: str, issuer: FakeIssuer
+) -> None:
+    """Requests arriving while a read of their key is under way wait for it and take the entry it
+    put into the first level: one Redis read for all of them."""
+    async with running_services(redis_settings(keys, prefix), issuer) as a:
+        token = await a.broker.get_token(ALICE, BOTH)
+    client = counting_client()
+    try:
+        async with running_services(redis_settings(keys, prefix), FakeIssuer(), client) as b:
+            l1 = b.l1
+            assert l1 is not None
+            await l1.start()
+            try:
+                await until(lambda: l1.usable)
+                client.sent.clear()
+                served = await asyncio.gather(*[b.broker.get_token(ALICE, BOTH) for _ in range(20)])
+                assert {s.access_token for s in served} == {token.access_token}
+                assert client.commands() == ["GET"]
+                assert b.stats.get("l1_hits") == 19 and b.stats.get("cache_hits") == 20
+            finally:
+                await l1.stop()
+    finally:
+        await client.aclose()
+
+
+async def test_without_a_first_level_concurrent_hits_read_redis_themselves(
+    keys: Keys, prefix: str, issuer: FakeIssuer
+) -> None:
+    """Without the first level nothing proves that a value read before a request arrived was not
+    signed out since: after waiting for that read, a request that found it there reads again."""
+    async with running_services(redis_settings(keys, prefix), issuer) as a:
+        token = await a.broker.get_token(ALICE, BOTH)
+    client = counting_client()
+    try:
+        async with running_services(redis_settings(keys, prefix), FakeIssuer(), client) as b:
+            assert b.l1 is not None and not b.l1.usable  # not started: never serves
+            client.sent.clear()
+            served = await asyncio.gather(*[b.broker.get_token(ALICE, BOTH) for _ in range(5)])
+            assert {s.access_token for s in served} == {token.access_token}
+            assert client.commands() == ["GET"] * 5
+    finally:
+        await client.aclose()
