@@ -48,7 +48,7 @@ class RoundTrips:
             self.count += 1
             await original(conn, command, check_health)
 
-        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = counted  # type: ignore[method-assign,assignment]
 
 
 async def call(app: Any, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> None:
