@@ -11,7 +11,8 @@ Scenarios (``--only``, comma-separated; default ``token``):
   measures it (rate limits off), and with rate limits on (default leases), against the aiohttp
   pass-through (bench._refservers ``pass_through``); both call the emulator (another process,
   whose CPU is not counted), so the difference is the proxy's own work per call; and with a
-  canned upstream (answers from memory: the proxy's cost without its HTTP client or socket).
+  canned upstream (answers from memory: the proxy's cost without its HTTP client or socket),
+  also with the JSON access log on (to /dev/null; the bench runs with it off).
 
 No server and no sockets on the client side: each app is called as ASGI with a prepared scope
 (the service app built by create_app from the bench configuration; the references from
@@ -129,6 +130,13 @@ class CannedUpstream:
         return UpstreamResponse(200, "application/json", {}, self.body)
 
 
+def _log_to_devnull() -> None:
+    """The service's JSON log handler, writing to /dev/null (a real write per line)."""
+    from bff.observability.logging import configure_logging
+
+    configure_logging("INFO", "json", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives with the process)
+
+
 def _app(emulator_url: str, pem: str, prefix: str, upstream: Any = None, **sections: Any) -> Any:
     import yaml
 
@@ -180,9 +188,22 @@ async def main(only: set[str], rounds: int = 2) -> None:
             canned = _app(
                 emulator.url, keys.pem(), prefix, CannedUpstream(), rate_limit={"enabled": False}, proxy=off
             )
-            stops += [await lifespan(plain), await lifespan(limited), await lifespan(canned)]
+            # The same with the JSON access log on (the production default; the bench turns it
+            # off), written to /dev/null.
+            logged = _app(
+                emulator.url,
+                keys.pem(),
+                prefix,
+                CannedUpstream(),
+                rate_limit={"enabled": False},
+                proxy=off,
+                observability={"access_log": True, "log_format": "json"},
+            )
+            _log_to_devnull()
+            stops += [await lifespan(app) for app in (plain, limited, canned, logged)]
             token = await one(plain, "/vluna/token", auth)
             await one(canned, "/vluna/token", auth)
+            await one(logged, "/vluna/token", auth)
             os.environ["BENCH_UPSTREAM"] = emulator.url
             os.environ["BENCH_TOKEN"] = json.loads(token[1]["body"])["access_token"]
             os.environ["BENCH_REALM"] = "realm_demo"
@@ -193,6 +214,7 @@ async def main(only: set[str], rounds: int = 2) -> None:
                 ("proxied catalog GET", plain, catalog, auth, True),
                 ("proxied, rate limits on", limited, catalog, auth, False),
                 ("proxied, canned upstream", canned, catalog, auth, False),
+                ("canned upstream, access log on", logged, catalog, auth, False),
             ]
         results: dict[str, list[float]] = {}
         for round_ in range(rounds):
