@@ -12,7 +12,9 @@ Scenarios (``--only``, comma-separated; default ``token``):
 - ``proxy``: ``GET /vluna/api/v1/catalog/products``, public cache off, as ``python -m bench``
   measures it (rate limits off), and with rate limits on (default leases), against the aiohttp
   pass-through (bench._refservers ``pass_through``); both call the emulator (another process,
-  whose CPU is not counted), so the difference is the proxy's own work per call.
+  whose CPU is not counted), so the difference is the proxy's own work per call; and with a
+  canned upstream (answers from memory: the proxy's cost without its HTTP client or socket),
+  also with the JSON access log on (to /dev/null; the bench runs with it off).
 
 No server and no sockets on the client side: each app is called as ASGI with a prepared scope
 (the service app built by create_app from the bench configuration; the references from
@@ -109,7 +111,35 @@ async def measure(app: Any, path: str, headers: list[tuple[bytes, bytes]], n: in
     return (time.process_time() - started) / (each * CONCURRENCY) * 1e6
 
 
-def _app(emulator_url: str, pem: str, prefix: str, **sections: Any) -> Any:
+class CannedUpstream:
+    """An upstream that answers at once from memory (the proxy's ``Upstream`` protocol): what
+    the proxy costs without its HTTP client and without waiting on a socket."""
+
+    base_url = "http://canned/api/v1"
+    body = (
+        b'{"data":[' + b",".join(b'{"id":"prod_%d","name":"Product %d"}' % (i, i) for i in range(10)) + b"]}"
+    )
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def send(self, method: str, path_and_query: str, headers: Any, body: Any, timeouts: Any) -> Any:
+        from bff.proxy.upstream import UpstreamResponse
+
+        return UpstreamResponse(200, "application/json", {}, self.body)
+
+
+def _log_to_devnull() -> None:
+    """The service's JSON log handler, writing to /dev/null (a real write per line)."""
+    from bff.observability.logging import configure_logging
+
+    configure_logging("INFO", "json", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives with the process)
+
+
+def _app(emulator_url: str, pem: str, prefix: str, upstream: Any = None, **sections: Any) -> Any:
     import yaml
 
     from bff.app import create_app
@@ -122,7 +152,7 @@ def _app(emulator_url: str, pem: str, prefix: str, **sections: Any) -> Any:
         settings = load_settings(f.name, environ={})
     finally:
         os.unlink(f.name)
-    return create_app(settings)
+    return create_app(settings, proxy_upstream=upstream)
 
 
 async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | None = PROFILE) -> None:
@@ -161,8 +191,25 @@ async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | No
             plain = _app(emulator.url, keys.pem(), prefix, rate_limit={"enabled": False}, proxy=off)
             # The default lease size and window, with a limit this run never reaches.
             limited = _app(emulator.url, keys.pem(), prefix, rate_limit={"requests": 10**9}, proxy=off)
-            stops += [await lifespan(plain), await lifespan(limited)]
+            canned = _app(
+                emulator.url, keys.pem(), prefix, CannedUpstream(), rate_limit={"enabled": False}, proxy=off
+            )
+            # The same with the JSON access log on (the production default; the bench turns it
+            # off), written to /dev/null.
+            logged = _app(
+                emulator.url,
+                keys.pem(),
+                prefix,
+                CannedUpstream(),
+                rate_limit={"enabled": False},
+                proxy=off,
+                observability={"access_log": True, "log_format": "json"},
+            )
+            _log_to_devnull()
+            stops += [await lifespan(app) for app in (plain, limited, canned, logged)]
             token = await one(plain, "/vluna/token", auth)
+            await one(canned, "/vluna/token", auth)
+            await one(logged, "/vluna/token", auth)
             os.environ["BENCH_UPSTREAM"] = emulator.url
             os.environ["BENCH_TOKEN"] = json.loads(token[1]["body"])["access_token"]
             os.environ["BENCH_REALM"] = "realm_demo"
@@ -172,6 +219,8 @@ async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | No
                 ("aiohttp pass-through", passthru, "/api/v1/catalog/products", [], False),
                 ("proxied catalog GET", plain, catalog, auth, True),
                 ("proxied, rate limits on", limited, catalog, auth, False),
+                ("proxied, canned upstream", canned, catalog, auth, False),
+                ("canned upstream, access log on", logged, catalog, auth, False),
             ]
         results: dict[str, list[float]] = {}
         for round_ in range(rounds):

@@ -38,7 +38,19 @@ _PATTERNS = [
     (re.compile(r"(://[^:/@\s]*:)[^@\s/]+@"), rf"\1{REDACTED}@"),
 ]
 
+# Every pattern above needs one of these (case-insensitive) to match at all: text without any of
+# them is left as it is without running the patterns (most log values: ids, hashes, routes).
+_TRIGGER = re.compile(
+    r"eyJ|bearer|basic|svc-auth|token|secret|passw|api_key|authorization|cookie|signature|://", re.I
+)
+
 _secrets: set[str] = set()
+_secrets_longest_first: tuple[str, ...] = ()
+# Texts found clean before (log values repeat: messages, routes, methods, identity hashes);
+# bounded, and emptied whenever the set of secrets changes.
+_redacted: dict[str, str] = {}
+_REDACTED_MAX = 2048
+_MEMO_MAX_LEN = 256
 
 # LogRecord attributes that are not extras.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -51,12 +63,15 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 def register_secret(value: str | None) -> None:
     """A value that must never appear in a log line (shorter than 6 characters: ignored)."""
+    global _secrets_longest_first
     if value and len(value) >= 6:
         _secrets.add(value)
         # An encryption key spec "<id>:<base64>": its key part alone is the secret too.
         tail = value.split(":", 1)[1] if ":" in value else ""
         if len(tail) >= 6:
             _secrets.add(tail)
+        _secrets_longest_first = tuple(sorted(_secrets, key=len, reverse=True))
+        _redacted.clear()
 
 
 def register_settings_secrets(settings: BaseModel) -> None:
@@ -80,12 +95,22 @@ def _walk_secrets(node: Any) -> Iterable[str]:
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+    done = _redacted.get(text)
+    if done is not None:
+        return done
+    out = text
+    for secret in _secrets_longest_first:
+        if secret in out:
+            out = out.replace(secret, REDACTED)
+    if _TRIGGER.search(out):
+        for pattern, replacement in _PATTERNS:
+            out = pattern.sub(replacement, out)
+    if out == text and len(text) <= _MEMO_MAX_LEN:
+        # Only texts with nothing to redact are kept: no credential is held here longer.
+        if len(_redacted) >= _REDACTED_MAX:
+            _redacted.clear()
+        _redacted[text] = out
+    return out
 
 
 def _clean(value: Any) -> Any:
@@ -100,11 +125,24 @@ def _clean(value: Any) -> Any:
     return redact(str(value))
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
+def _second(epoch: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` (UTC) of ``epoch``, formatted once per second."""
+    global _last_second
+    last = _last_second
+    if last[0] == epoch:
+        return last[1]
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch))
+    _last_second = (epoch, text)
+    return text
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _second(int(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact(record.getMessage()),

@@ -374,6 +374,32 @@ def test_redaction_catches_credentials_by_shape_and_by_value() -> None:
     assert "redis://user:" in text and "@redis:6379/0" in text
 
 
+def test_redaction_skips_no_pattern_and_forgets_nothing_a_new_secret_covers() -> None:
+    # redact() runs the patterns only on text holding one of their trigger words, and remembers
+    # results: every shape still goes, in any case, repeated or not, and a secret registered
+    # after a text was first redacted is redacted from it the next time.
+    shapes = [
+        "x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl y",
+        "BEARER abcdefgh12345678",
+        "Basic dXNlcjpwYXNzd29yZA==",
+        "SVC-AUTH-V2 abcdefgh12345678",
+        "Access_Token: abcd1234",
+        "'Secret'='abcd1234'",
+        "PASSWD=abcd1234",
+        "Api_Key:abcd1234",
+        "set-COOKIE: sid=abcd1234",
+        "Signature = abcd1234",
+        "https://u:abcd1234@host/",
+    ]
+    for text in shapes * 2:
+        out = redact(text)
+        assert "[REDACTED]" in out and "abcd1234" not in out and "12345678" not in out, out
+    plain = "0123456789abcdef-late-secret-value"
+    assert redact(plain) == plain
+    register_secret("late-secret-value")
+    assert redact(plain) == "0123456789abcdef-[REDACTED]"
+
+
 # -- tracing --------------------------------------------------------------------------------------
 
 
