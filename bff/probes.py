@@ -98,8 +98,7 @@ async def _on_one_node(client: RedisClient, *args: str) -> Any:
     arguments (ACL DRYRUN's) to pick a node, and fail; it is sent to any one node instead."""
     if isinstance(client, RedisCluster):
         return await client.execute_command(*args, target_nodes=RedisCluster.RANDOM)
-    # (redis-py leaves redis.asyncio.Redis.execute_command unannotated)
-    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+    return await client.execute_command(*args)
 
 
 def _is_noperm(exc: BaseException) -> bool:
@@ -140,7 +139,7 @@ async def _exercise(
                         await pubsub.punsubscribe(args[1])
                     finally:
                         with contextlib.suppress(Exception):
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]  # (unannotated in redis-py)
+                            await pubsub.aclose()
                 continue
             if name in ("ssubscribe", "sunsubscribe"):
                 if name == "ssubscribe":

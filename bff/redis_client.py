@@ -82,9 +82,7 @@ def make_redis(s: RedisSettings, **extra: Any) -> RedisClient:
             for k in ("password", "username", "db"):
                 if k in parsed:
                     master_kwargs[k] = parsed[k]
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            hosts, sentinel_kwargs=sentinel_kwargs, socket_timeout=s.socket_timeout_sec
-        )
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, socket_timeout=s.socket_timeout_sec)
         master: Redis = sentinel.master_for(s.sentinel_service, **master_kwargs)
         return master
     assert s.url is not None

@@ -36,7 +36,7 @@ from bff.stats import Stats
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # ``*_created`` series double the series count for little use.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -283,7 +283,7 @@ def reap_dead_workers(path: str) -> list[int]:
         if pid_text.isdigit() and not _pid_alive(int(pid_text)):
             dead.add(int(pid_text))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid, path)
     return sorted(dead)
 
 
@@ -292,11 +292,11 @@ class _MultiProcess(Collector):
         from prometheus_client.multiprocess import MultiProcessCollector
 
         self._path = path
-        self._inner = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+        self._inner = MultiProcessCollector(None, path=path)
 
     def collect(self) -> Iterable[Metric]:
         reap_dead_workers(self._path)
-        metrics: Iterable[Metric] = self._inner.collect()  # type: ignore[no-untyped-call]
+        metrics: Iterable[Metric] = self._inner.collect()
         return metrics
 
 
@@ -321,4 +321,4 @@ def mark_this_worker_dead() -> None:
         from prometheus_client import multiprocess
 
         with contextlib.suppress(Exception):
-            multiprocess.mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+            multiprocess.mark_process_dead(os.getpid(), path)

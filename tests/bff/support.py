@@ -26,6 +26,7 @@ from vlunaai.testing import VlunaEmulator
 from bff.app import Services, build_services, create_app
 from bff.settings import Settings, validate_settings
 from bff.tokens.issuer import IssuedToken, IssuerUnavailable, SdkTokenIssuer
+from tests.support.asgi import asgi_transport
 from tests.support.emulator import EMULATOR_SECRET
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.service import deep_update
@@ -283,7 +284,7 @@ async def client_for(
     app = create_app(settings, issuer=issuer, redis=redis, **kw)
     async with (
         app.lifespan(),
-        AppClient(transport=httpx.ASGITransport(app=app), base_url="http://bff.test") as client,
+        AppClient(transport=asgi_transport(app), base_url="http://bff.test") as client,
     ):
         client.app = app
         yield client

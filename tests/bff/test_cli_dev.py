@@ -17,6 +17,7 @@ import yaml
 from bff.cli import main
 from bff.dev import DevRuntime, DevSignIn, create_dev_app
 from bff.settings import DevSettings, load_settings
+from tests.support.asgi import asgi_transport
 from tests.support.ports import free_port
 from tests.support.processes import REPO, stop
 
@@ -65,9 +66,7 @@ async def dev_client() -> AsyncIterator[tuple[httpx.AsyncClient, DevRuntime]]:
     runtime = create_dev_app(settings)
     async with (
         runtime.app.lifespan(),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=runtime.app), base_url="http://127.0.0.1"
-        ) as client,
+        httpx.AsyncClient(transport=asgi_transport(runtime.app), base_url="http://127.0.0.1") as client,
     ):
         yield client, runtime
 

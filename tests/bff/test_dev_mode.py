@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+from litestar.types import Scope
 from vlunaai import (
     BearerClientOptions,
     RequestContext,
@@ -34,6 +35,9 @@ from bff.dev_emulator import confined_hosted_path
 from bff.observability.logging import configure_logging
 from bff.settings import load_settings
 from examples import mobile_app
+from tests.support.asgi import asgi_transport
+from tests.support.emulator import core_of
+from tests.support.envelopes import data_of
 from tests.support.processes import REPO
 from tests.support.service import start_dev
 
@@ -44,7 +48,7 @@ BASE = "http://127.0.0.1:18080"  # what the in-process dev app believes its addr
 async def dev_app() -> AsyncIterator[tuple[httpx.AsyncClient, DevRuntime, Any]]:
     settings = load_settings(REPO / "config/bff.dev.yaml", environ={}, overrides={"dev": {"enabled": True}})
     runtime = create_dev_app(settings, base_url=BASE)
-    transport = httpx.ASGITransport(app=runtime.app)
+    transport = asgi_transport(runtime.app)
     async with runtime.app.lifespan(), httpx.AsyncClient(transport=transport, base_url=BASE) as client:
         yield client, runtime, transport
 
@@ -100,12 +104,12 @@ async def test_the_sdk_calls_the_dev_ports_api_with_the_token_and_the_service_ke
         assert launch.startswith(f"{BASE}/hosted/checkout/{checkout.data.checkout_id}")
         page = await client.get(launch)
         assert page.status_code == 200 and "Checkout (emulated)" in page.text
-        assert portal.data.portal_url.startswith(f"{BASE}/hosted/portal/")
-        assert "Billing portal (emulated)" in (await client.get(portal.data.portal_url)).text
+        assert data_of(portal).portal_url.startswith(f"{BASE}/hosted/portal/")
+        assert "Billing portal (emulated)" in (await client.get(data_of(portal).portal_url)).text
         # Paying on the hosted page completes the checkout and sends the browser back.
         paid = await client.post(f"{launch}/complete")
         assert paid.status_code == 303 and paid.headers["location"] == "https://app.example/done"
-        assert runtime.emulator.core.state.checkouts[str(checkout.data.checkout_id)].status == "completed"
+        assert core_of(runtime.emulator).state.checkouts[str(checkout.data.checkout_id)].status == "completed"
 
         # The service API (/mgt/v1) too, with the emulator's own key (printed by the banner).
         emulator = runtime.emulator
@@ -161,7 +165,7 @@ async def test_api_calls_are_logged_and_counted_by_operation_template() -> None:
     ],
 )
 def test_hosted_paths_are_confined_to_the_hosted_pages(path: str, raw: bytes, allowed: bool) -> None:
-    got = confined_hosted_path({"path": path, "raw_path": raw})
+    got = confined_hosted_path(cast("Scope", {"path": path, "raw_path": raw}))
     assert got == (path if allowed else None)
 
 

@@ -101,7 +101,7 @@ async def test_tampered_payload_is_rejected(keys: Keys) -> None:
 async def test_alg_none_is_rejected_even_if_allowlisted(keys: Keys) -> None:
     v, _ = verifier(keys, IdP(keys.jwks()), algorithms=["RS256", "none"])
     unsigned = jwt.encode(
-        {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "exp": 4102444800}, None, algorithm="none"
+        {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "exp": 4102444800}, "", algorithm="none"
     )
     await assert_rejected(v, unsigned, "algorithm not allowed")
     header = b64(json.dumps({"alg": "None", "typ": "JWT"}).encode())

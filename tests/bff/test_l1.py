@@ -17,10 +17,11 @@ from bff.tokens.l1 import L1Cache
 from tests.support.emulator import CONTROL
 from tests.support.ports import free_port
 from tests.support.processes import await_url, stop
+from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 from tests.support.redis_servers import start_redis
 from tests.support.service import spawn_serve
 
-from .support import REDIS_URL, Keys, serve_config
+from .support import Keys, serve_config
 
 
 def entry(token: str = "tok-1", now: float = 1_000.0) -> TokenEntry:

@@ -106,4 +106,4 @@ def test_principal_lives_in_principals() -> None:
     from bff.tokens import broker
 
     assert principals.Principal.__module__ == "bff.principals"
-    assert "Principal" not in vars(broker) or broker.Principal is principals.Principal
+    assert "Principal" not in vars(broker) or vars(broker)["Principal"] is principals.Principal

@@ -252,9 +252,9 @@ async def test_upstream_error_and_redis_fallback_metrics(keys: Keys, prefix: str
 
 
 async def test_breaker_state_gauge() -> None:
-    from prometheus_client import generate_latest
+    from prometheus_client import REGISTRY, generate_latest
 
-    from bff.telemetry.metrics import PROXY_BREAKER, REGISTRY, MeteredStats, set_breaker_state
+    from bff.telemetry.metrics import PROXY_BREAKER, MeteredStats, set_breaker_state
 
     stats = MeteredStats()
     stats.inc("proxy.breaker.open")

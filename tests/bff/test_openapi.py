@@ -16,6 +16,7 @@ import pytest
 from bff.cli import main
 from bff.openapi import document
 from bff.settings import SettingsError, validate_settings
+from tests.support.asgi import asgi_transport
 
 from .support import HMAC_KEY, SERVICE_SECRET, FakeIssuer, Keys, client_for, make_settings
 
@@ -55,7 +56,7 @@ async def test_on_by_default_in_dev_mode(keys: Keys) -> None:
     app = create_dev_app(settings).app
     async with (
         app.lifespan(),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        httpx.AsyncClient(transport=asgi_transport(app), base_url="http://t") as c,
     ):
         r = await c.get(DOC)
     assert r.status_code == 200 and "/vluna/token" in r.json()["paths"]

@@ -16,6 +16,7 @@ from bff.cli import main
 from bff.dev import create_dev_app
 from bff.principals import PrincipalMapper
 from bff.settings import Settings, SettingsError, load_settings
+from tests.support.asgi import asgi_transport
 from tests.support.ports import free_port
 from tests.support.processes import stop
 from tests.support.service import spawn_serve
@@ -28,7 +29,7 @@ SECRETS = {
     "VLUNA_BFF__CACHE__HMAC_KEY": HMAC_KEY,
 }
 # What the operator wrote: realm, key id, JWKS URL, issuer, audience (secrets from env).
-SIX_LINES = {
+SIX_LINES: dict[str, dict[str, Any]] = {
     "vluna": {"realm_id": "realm_prod", "service_key_id": "pk-prod"},
     "auth": {
         "jwt": {
@@ -111,7 +112,7 @@ async def test_readyz_has_no_warning_in_dev_mode() -> None:
     dev = create_dev_app(load_settings(None, environ={}, overrides=overrides))
     async with (
         dev.app.lifespan(),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=dev.app), base_url="http://127.0.0.1") as client,
+        httpx.AsyncClient(transport=asgi_transport(dev.app), base_url="http://127.0.0.1") as client,
     ):
         body = (await client.get("/readyz")).json()
     assert "warnings" not in body and body["checks"]["redis"] == "not_used"

@@ -11,6 +11,7 @@ from bff.proxy.breaker import BreakerOpen, CircuitBreaker
 from bff.proxy.paths import Allowlist, PathRefused
 from bff.settings import ProxySettings, SettingsError, derive_upstream_base, load_settings, validate_settings
 from bff.stats import Stats
+from tests.support.asgi import asgi_transport
 
 
 def allowlist(**kw: Any) -> Allowlist:
@@ -162,7 +163,7 @@ async def test_dev_mode_proxies_to_the_embedded_emulator() -> None:
     rt = create_dev_app(settings)
     async with (
         rt.app.lifespan(),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=rt.app), base_url="http://d") as c,
+        httpx.AsyncClient(transport=asgi_transport(rt.app), base_url="http://d") as c,
     ):
         h = {"Authorization": f"Bearer {rt.signin.mint('alice', 'acme')}"}
         r = await c.get("/vluna/api/v1/catalog/products", headers=h)

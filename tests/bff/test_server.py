@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from redis.asyncio import Redis
 
 from bff.errors import RequestTimeout
 from bff.http_guard import RequestGuard
@@ -57,6 +58,7 @@ def test_host_names_are_resolved_and_bad_ones_named() -> None:
 
 async def test_redis_replies_are_parsed_by_hiredis() -> None:
     client = make_redis(RedisSettings(url=SecretStr("redis://127.0.0.1:6379/0")))
+    assert isinstance(client, Redis)
     try:
         assert await client.ping()
         conn = await client.connection_pool.get_connection()
@@ -120,7 +122,7 @@ async def run(guard: RequestGuard, sc: Message, chunks: list[bytes], stall: bool
     return sent
 
 
-def status_and_body(sent: list[Message]) -> tuple[int, Message, dict[str, bytes]]:
+def status_and_body(sent: list[Message]) -> tuple[int, Message, dict[bytes, bytes]]:
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return start["status"], json.loads(body) if body != b"ok" else {}, dict(start["headers"])
@@ -218,6 +220,10 @@ async def test_requests_without_a_body_are_not_wrapped() -> None:
         return {"type": "http.request", "body": b"", "more_body": False}
 
     guard = RequestGuard(app, max_header_bytes=16384, body_read_timeout_sec=0.3)
+
+    async def send(message: Message) -> None:
+        raise AssertionError(f"nothing is sent here: {message}")
+
     for headers in ([], [(b"content-length", b"0")]):
-        await guard(scope(headers), receive, None)
+        await guard(scope(headers), receive, send)
     assert seen == [receive, receive]

@@ -121,16 +121,21 @@ def test_cors_grants_listed_origins_only(context: BrowserContext, service: Servi
 
     # What the service answers: the listed origin echoed, the unlisted one never.
     headers = {"Authorization": f"Bearer {jwt}"}
-    for origin, granted in ((service.allowed.url, True), (service.other.url, False), ("null", False)):
+    origins: list[tuple[str, bool]] = [
+        (service.allowed.url, True),
+        (service.other.url, False),
+        ("null", False),
+    ]
+    for origin_url, granted in origins:
         preflight = httpx.options(
             f"{service.url}/vluna/token",
             headers={
-                "Origin": origin,
+                "Origin": origin_url,
                 "Access-Control-Request-Method": "GET",
                 "Access-Control-Request-Headers": "authorization",
             },
         )
-        actual = httpx.get(f"{service.url}/vluna/token", headers={**headers, "Origin": origin})
+        actual = httpx.get(f"{service.url}/vluna/token", headers={**headers, "Origin": origin_url})
         for r in (preflight, actual):
             acao = r.headers.get("access-control-allow-origin")
-            assert acao == (origin if granted else None), (origin, r.request.method, acao)
+            assert acao == (origin_url if granted else None), (origin_url, r.request.method, acao)

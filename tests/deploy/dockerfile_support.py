@@ -65,6 +65,12 @@ class Stage:
         found = self.all(keyword)
         return found[-1] if found else None
 
+    def last_of(self, keyword: str) -> Instruction:
+        """The last instruction of ``keyword``, failing the test when the stage has none."""
+        found = self.last(keyword)
+        assert found is not None, f"no {keyword} in stage {self.name}"
+        return found
+
     def env(self) -> dict[str, str]:
         """ENV lines in order (later wins); ``$VAR``/``${VAR}`` refer to earlier values."""
         out: dict[str, str] = {}

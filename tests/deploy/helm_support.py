@@ -88,4 +88,5 @@ def settings_config_map(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def app_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return one(docs, "Deployment")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = one(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec

@@ -27,6 +27,7 @@ from .dockerfile_support import (
     DOCKERFILE,
     IMAGE_BASE_PATH,
     Replay,
+    Stage,
     build_context,
     find_uv,
     is_ignored,
@@ -46,7 +47,7 @@ def _hadolint() -> str:
     return found
 
 
-def _stages():
+def _stages() -> tuple[Stage, Stage]:
     _, stages = load()
     builder = next(s for s in stages if s.name == "builder")
     return builder, stages[-1]
@@ -131,9 +132,9 @@ def test_final_stage_runtime_settings() -> None:
     assert final.instructions.index(user) > max(final.instructions.index(i) for i in final.all("RUN")), (
         "USER comes after every RUN"
     )
-    assert final.last("EXPOSE") is not None and final.last("EXPOSE").value == "8080"
-    assert final.last("ENTRYPOINT").exec_form() == ["vluna-bff"]
-    assert final.last("CMD").exec_form() == ["serve"]
+    assert final.last_of("EXPOSE").value == "8080"
+    assert final.last_of("ENTRYPOINT").exec_form() == ["vluna-bff"]
+    assert final.last_of("CMD").exec_form() == ["serve"]
     hc = final.last("HEALTHCHECK")
     assert hc is not None
     flags, rest = hc.flags_and_rest()
@@ -293,10 +294,10 @@ def test_image_starts_answers_health_and_stops_on_sigterm(image: Replay, tmp_pat
     assert config.is_relative_to(image.path("/etc/vluna-bff"))
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(_minimal_config())
-    workdir = image.path(final.last("WORKDIR").value)
+    workdir = image.path(final.last_of("WORKDIR").value)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    argv = final.last("ENTRYPOINT").exec_form() + final.last("CMD").exec_form()
+    argv = final.last_of("ENTRYPOINT").exec_form() + final.last_of("CMD").exec_form()
     exe = shutil.which(argv[0], path=env["PATH"])
     assert exe is not None and Path(exe).is_relative_to(image.path("/opt/venv")), exe
     before = _snapshot(image.root, skip=image.path("/tmp"))
@@ -318,7 +319,7 @@ def test_image_starts_answers_health_and_stops_on_sigterm(image: Replay, tmp_pat
         assert status == 200, f"/healthz answered {status}:\n{output}"
 
         # The image's HEALTHCHECK command, run as Docker would (same environment).
-        _, hc_rest = final.last("HEALTHCHECK").flags_and_rest()
+        _, hc_rest = final.last_of("HEALTHCHECK").flags_and_rest()
         hc = _healthcheck_cmd(hc_rest)
         hc_exe = shutil.which(hc[0], path=env["PATH"])
         assert hc_exe is not None

@@ -273,7 +273,8 @@ def test_service_and_selectors_match_the_pods(rendered: tuple[str, list[dict[str
 
 
 def _config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return yaml.safe_load(settings_config_map(docs)["data"]["bff.yaml"])
+    config: dict[str, Any] = yaml.safe_load(settings_config_map(docs)["data"]["bff.yaml"])
+    return config
 
 
 def _secret_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, str], str | None, list[str]]:
@@ -378,7 +379,8 @@ def test_no_secret_at_all_by_default(helm: str) -> None:
 def test_config_change_rolls_the_pods(helm: str) -> None:
     def checksums(*sets: str) -> dict[str, str]:
         docs = render(helm, VALUE_SETS["minimal"], *sets)
-        return one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        annotations: dict[str, str] = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return annotations
 
     base = checksums()
     assert checksums("config.tokens.session_ttl_sec=600")["checksum/config"] != base["checksum/config"]

@@ -42,7 +42,7 @@ def peak_rss_per_process() -> float:
     service = [r for r in rows if r["scenario"] in {"token", "workers", "cold", "proxy"}]
     peaks = [r["peak_rss_mb"] for r in service if "(reference)" not in r["name"]]
     assert len(peaks) >= 4, "the benchmark figures lost the service's rows"
-    return max(peaks)
+    return float(max(peaks))
 
 
 def test_one_worker_per_container_everywhere() -> None:

@@ -133,7 +133,10 @@ class FailoverLoad:
 
     def summary(self, t_event: float, t_healthy: float) -> dict[str, Any]:
         """Figures relative to the failover (seconds after `t_event`)."""
-        rel = lambda t: round(t - t_event, 2)  # noqa: E731
+
+        def rel(t: float) -> float:
+            return round(t - t_event, 2)
+
         bad = [r for r in self.reqs if r.status != 200]
         tokens = self.cold_tokens()
         dup = {u: len(t) for u, t in tokens.items() if len(t) > 1}

@@ -24,7 +24,7 @@ from tests.support.keys import UserKeys
 from tests.support.ports import LOOPBACK
 from tests.support.processes import Proc
 from tests.support.redis_topologies import RedisCluster, start_cluster
-from tests.support.service import bff_config
+from tests.support.service import ServiceStarter, bff_config
 
 from .failover_load import FailoverLoad, check_promises, events, process_figures
 
@@ -45,7 +45,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
         topo.stop()
 
 
-def start_three(start_service, cluster: RedisCluster, **sections: object) -> list[Proc]:
+def start_three(start_service: ServiceStarter, cluster: RedisCluster, **sections: object) -> list[Proc]:
     cache = {"redis": {"cluster": True}}
     procs: list[Proc] = start_service.many(3, redis_url=cluster.url, cache=cache, **sections)
     return procs
@@ -56,7 +56,7 @@ def bearer(user_keys: UserKeys, user: str) -> dict[str, str]:
 
 
 async def test_cluster_token_sign_out_proxy_and_limits_across_three_processes(
-    cluster: RedisCluster, emulator: Emulator, start_service, user_keys: UserKeys
+    cluster: RedisCluster, emulator: Emulator, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     limit = 40
     procs = start_three(
@@ -129,7 +129,7 @@ TAIL_USERS = 8
 
 
 async def test_cluster_master_killed_under_load(
-    cluster: RedisCluster, emulator: Emulator, start_service, user_keys: UserKeys
+    cluster: RedisCluster, emulator: Emulator, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     procs = start_three(start_service, cluster, rate_limit={"enabled": False})
     emulator.fault("issue_platform_token", latency_seconds=0.3, times=None)

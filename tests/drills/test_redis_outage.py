@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import cast
 
 import httpx
 import redis
@@ -14,12 +15,13 @@ from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
 from tests.support.processes import Proc
 from tests.support.redis_servers import start_redis
+from tests.support.service import ServiceStarter
 
 OUTAGE_SEC = 10.0
 
 
 async def test_redis_stopped_for_10s_under_load(
-    emulator: Emulator, own_redis: Proc, start_service, user_keys: UserKeys
+    emulator: Emulator, own_redis: Proc, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     bff = start_service(redis_url=own_redis.url, cache={"redis": {"probe_interval_sec": 1}})
     users = [{"Authorization": f"Bearer {user_keys.token(f'r{i}', org=f'r{i}')}"} for i in range(12)]
@@ -30,7 +32,7 @@ async def test_redis_stopped_for_10s_under_load(
         for h in users:  # every user has a cached token before the outage
             assert (await client.get("/vluna/token", headers=h)).status_code == 200
         r = redis.Redis.from_url(own_redis.url)
-        assert r.dbsize() > 0
+        assert dbsize(r) > 0
 
         async def steady(h: dict[str, str]) -> None:
             while not stop.is_set():
@@ -63,7 +65,7 @@ async def test_redis_stopped_for_10s_under_load(
                 async def lands_in_redis() -> bool:
                     resp = await client.get("/vluna/token", headers=after)
                     assert resp.status_code == 200
-                    return r2.dbsize() > 0
+                    return dbsize(r2) > 0
 
                 deadline = time.monotonic() + 15
                 while not await lands_in_redis():
@@ -93,7 +95,7 @@ async def test_redis_stopped_for_10s_under_load(
 
 
 async def test_replicas_converge_after_redis_returns(
-    emulator: Emulator, own_redis: Proc, start_service, user_keys: UserKeys
+    emulator: Emulator, own_redis: Proc, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     """Two replicas; Redis stopped; replica B issues a token for a user and keeps it in its own
     memory (its breaker open); Redis starts again (empty); once B's breaker has closed, the user
@@ -141,3 +143,8 @@ async def test_replicas_converge_after_redis_returns(
             assert len(seen) == 1  # one new token, shared by both replicas through Redis
         finally:
             restarted.stop()
+
+
+def dbsize(client: redis.Redis) -> int:
+    """DBSIZE (redis-py types its blocking and asyncio answers alike: this one is an int)."""
+    return int(cast("int", client.dbsize()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -20,6 +20,7 @@ from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
 from tests.support.processes import Proc
 from tests.support.redis_topologies import RedisSentinel, start_sentinel
+from tests.support.service import ServiceStarter
 
 from .failover_load import FailoverLoad, check_promises, process_figures
 
@@ -40,7 +41,12 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel
 
 
 async def _phase(
-    name: str, procs: list[Proc], emulator: Emulator, user_keys: UserKeys, trigger, wait_promoted
+    name: str,
+    procs: list[Proc],
+    emulator: Emulator,
+    user_keys: UserKeys,
+    trigger: Callable[[], object],
+    wait_promoted: Callable[[], object],
 ) -> dict[str, object]:
     async with FailoverLoad(procs, user_keys, tag=name) as load:
         await load.warm_up()
@@ -65,7 +71,7 @@ async def _phase(
 
 
 async def test_sentinel_failovers_under_load(
-    sentinel: RedisSentinel, emulator: Emulator, start_service, user_keys: UserKeys
+    sentinel: RedisSentinel, emulator: Emulator, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     procs: list[Proc] = start_service.many(
         3,

@@ -13,6 +13,7 @@ from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
 from tests.support.ports import LOOPBACK
 from tests.support.redis_servers import SHARED_REDIS_URL
+from tests.support.service import ServiceStarter
 from tests.support.waiting import poll_until
 
 
@@ -27,7 +28,7 @@ def _refused(port: int) -> bool:
 
 
 async def test_sigterm_lets_requests_in_flight_finish(
-    emulator: Emulator, start_service, user_keys: UserKeys
+    emulator: Emulator, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     bff = start_service(
         redis_url=SHARED_REDIS_URL,

@@ -17,6 +17,7 @@ from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
 from tests.support.ports import LOOPBACK
 from tests.support.processes import Proc
+from tests.support.service import ServiceStarter
 
 USERS = 20
 PER_USER = 500
@@ -79,7 +80,7 @@ async def _get(port: int, jwt: str) -> tuple[int, str | None]:
 # was read and were closed without an answer (5,000+ empty replies with a CPU hog on both cores).
 # That bound is for slow clients, which this drill is not about.
 async def test_three_processes_one_redis_exact_issuances(
-    emulator: Emulator, own_redis: Proc, start_service, user_keys: UserKeys
+    emulator: Emulator, own_redis: Proc, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     procs = start_service.many(3, redis_url=own_redis.url, server={"header_read_timeout_sec": 60})
     jwts = [user_keys.token(f"u{i}", org=f"o{i}") for i in range(USERS)]

@@ -14,6 +14,7 @@ import httpx
 from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
 from tests.support.redis_servers import SHARED_REDIS_URL
+from tests.support.service import ServiceStarter
 
 PHASE_SEC = 15.0  # x 2 phases = the 30 s outage
 VLUNA_TIMEOUT = 1.0
@@ -35,7 +36,9 @@ class Rec:
     token: str | None = None
 
 
-async def test_vluna_down_for_30s(emulator: Emulator, start_service, user_keys: UserKeys) -> None:
+async def test_vluna_down_for_30s(
+    emulator: Emulator, start_service: ServiceStarter, user_keys: UserKeys
+) -> None:
     bff = start_service(
         redis_url=SHARED_REDIS_URL,
         vluna={"timeout_sec": VLUNA_TIMEOUT, "max_retries": 0},

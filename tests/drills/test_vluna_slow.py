@@ -17,6 +17,7 @@ import httpx
 from tests.support.emulator import Emulator
 from tests.support.keys import UserKeys
 from tests.support.redis_servers import SHARED_REDIS_URL
+from tests.support.service import ServiceStarter
 
 VLUNA_TIMEOUT = 1.0  # vluna.timeout_sec, max_retries 0: an issuance gives up after 1 s
 WAIT_TIMEOUT = 1.5  # tokens.wait_timeout_sec: a request waiting on another's issuance
@@ -25,7 +26,7 @@ SLOW_UPSTREAM = 30.0  # seconds Vluna takes to answer: 20x the longest deadline
 
 
 async def test_vluna_slow_never_holds_a_request_past_the_deadline(
-    emulator: Emulator, start_service, user_keys: UserKeys
+    emulator: Emulator, start_service: ServiceStarter, user_keys: UserKeys
 ) -> None:
     bff = start_service(
         redis_url=SHARED_REDIS_URL,

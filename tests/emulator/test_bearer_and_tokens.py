@@ -11,6 +11,9 @@ import pytest
 from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator
 
+from tests.support.emulator import core_of
+from tests.support.envelopes import data_of
+
 from .support import Raw, assert_error
 
 PRODUCTS = "/api/v1/catalog/products"
@@ -206,9 +209,11 @@ async def test_quickstart_flows_with_the_sdk(vluna_emulator: VlunaEmulator) -> N
     commit = await svc.gate_commit(
         body={"lease": lease, "feature_code": "openai.gpt-4o", "quantity_minor": "12345"}, context=ctx
     )
-    assert commit.ok and commit.data.amount_xusd == "62"
+    assert commit.ok and data_of(commit).amount_xusd == "62"
     balance = await svc.get_credit_balance(context=ctx)
-    assert balance.data.available_balance.xusd == str(5_000_000 - 62)
+    available = data_of(balance).available_balance
+    assert available is not None
+    assert available.xusd == str(5_000_000 - 62)
     token_envelope = await svc.issue_platform_token(
         body={
             "principal_id": "org:quickstart",
@@ -237,10 +242,10 @@ async def test_quickstart_flows_with_the_sdk(vluna_emulator: VlunaEmulator) -> N
     legacy = await svc.gate_authorize(
         body={"feature_code": "openai.gpt5.2", "feature_family_code": "llm.premium"}, context=ctx
     )
-    assert legacy.data.lease_token == legacy.data.lease
+    assert data_of(legacy).lease_token == data_of(legacy).lease
     commit = await svc.gate_commit(
         body={
-            "lease_token": legacy.data.lease_token,
+            "lease_token": data_of(legacy).lease_token,
             "feature_code": "openai.gpt5.2",
             "quantity_minor": "12345",
         },
@@ -302,4 +307,4 @@ async def test_api_ignores_spoofed_identity_headers(raw: Raw) -> None:
     balance = (await raw.send("GET", "/api/v1/wallet/balance", spoofed)).json()["data"]
     assert balance["billing_account_id"] == mine["billing_account_id"]
     assert balance["billing_user_id"] == mine["billing_user_id"]
-    assert all(a.principal_id != "org:victim" for a in raw.emu.core.state.accounts.values())
+    assert all(a.principal_id != "org:victim" for a in core_of(raw.emu).state.accounts.values())

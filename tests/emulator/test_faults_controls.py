@@ -7,6 +7,9 @@ import pytest
 from vlunaai import RequestContext, VlunaAIError
 from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE, VlunaEmulator
 
+from tests.support.emulator import core_of
+from tests.support.envelopes import data_of
+
 from .support import Raw, assert_error
 
 CTX = RequestContext(principal_id="org:faults", user_id="user:faults")
@@ -18,7 +21,7 @@ async def test_counters_per_operation_and_reset(vluna_emulator: VlunaEmulator) -
     await svc.list_catalog_products()
     issued = await svc.issue_platform_token(body={"principal_id": "org:c", "user_id": "u"})
     bearer = vluna_emulator.bearer_client()
-    await bearer.list_catalog_products(context=RequestContext(access_token=issued.data.access_token))
+    await bearer.list_catalog_products(context=RequestContext(access_token=data_of(issued).access_token))
     assert vluna_emulator.calls("service.list_catalog_products") == 2
     assert vluna_emulator.calls("bearer.list_catalog_products") == 1
     assert vluna_emulator.calls("list_catalog_products") == 3
@@ -99,7 +102,7 @@ async def test_dropped_write_is_retried_with_the_same_idempotency_key(vluna_emul
     svc = vluna_emulator.service_client()
     issued = await svc.issue_platform_token(body={"principal_id": "org:w", "user_id": "u"})
     bearer = vluna_emulator.bearer_client()
-    ctx = RequestContext(access_token=issued.data.access_token)
+    ctx = RequestContext(access_token=data_of(issued).access_token)
     # Dropped after the write happened? Either way the retry must not create a second checkout.
     vluna_emulator.inject_fault("create_checkout", drop_connection=True)
     body = {
@@ -109,7 +112,7 @@ async def test_dropped_write_is_retried_with_the_same_idempotency_key(vluna_emul
     result = await bearer.create_checkout(body=body, context=ctx)
     assert result.ok is True
     assert vluna_emulator.calls("create_checkout") == 2
-    assert len(vluna_emulator.core.state.checkouts) == 1
+    assert len(core_of(vluna_emulator).state.checkouts) == 1
 
 
 async def test_control_endpoints(vluna_emulator: VlunaEmulator) -> None:
@@ -175,7 +178,7 @@ async def test_controls_refuse_calls_without_the_control_header(vluna_emulator: 
         assert vluna_emulator.calls() == calls_before
         assert len(vluna_emulator.core.faults.list()) == 1
         assert vluna_emulator.core.time_offset == offset_before
-        assert vluna_emulator.core.state.accounts_by_id  # the reset did not happen
+        assert core_of(vluna_emulator).state.accounts_by_id  # the reset did not happen
 
 
 async def test_controls_are_off_unless_enabled() -> None:
@@ -208,21 +211,21 @@ async def test_flaky_account_creation_is_survived_by_retries() -> None:
         assert issued.ok is True
         assert emu.calls("issue_platform_token") == 2
         again = await svc.issue_platform_token(body={"principal_id": "org:new", "user_id": "u2"})
-        assert again.ok is True and again.data.billing_account_id == issued.data.billing_account_id
+        assert again.ok is True and data_of(again).billing_account_id == data_of(issued).billing_account_id
         assert emu.calls("issue_platform_token") == 3
 
 
 async def test_drop_after_processing_then_retry_replays_the_write(vluna_emulator: VlunaEmulator) -> None:
     svc = vluna_emulator.service_client()
-    lease = (await svc.gate_authorize(body={"feature_code": "openai.gpt-4o"}, context=CTX)).data.lease
+    lease = data_of(await svc.gate_authorize(body={"feature_code": "openai.gpt-4o"}, context=CTX)).lease
     vluna_emulator.inject_fault("gate_commit", drop_connection=True, after_processing=True)
     commit = await svc.gate_commit(
         body={"lease": lease, "feature_code": "openai.gpt-4o", "quantity_minor": "1000"}, context=CTX
     )
     # The first attempt committed (and used the lease); the retry got the stored answer.
-    assert commit.ok is True and commit.data.amount_xusd == "5"
+    assert commit.ok is True and data_of(commit).amount_xusd == "5"
     assert vluna_emulator.calls("gate_commit") == 2
-    assert len(vluna_emulator.core.state.commits) == 1
+    assert len(core_of(vluna_emulator).state.commits) == 1
 
 
 async def test_ready_clients_on_the_handle(vluna_emulator: VlunaEmulator) -> None:

@@ -11,6 +11,8 @@ from vlunaai import GatePreflightError, GatePreflightSuccess, RequestContext
 from vlunaai.testing import VlunaEmulator, load_seed
 from vlunaai.testing.seed import Feature, Quota, RateLimit
 
+from tests.support.envelopes import data_of
+
 from .support import Raw, assert_error
 
 CTX = RequestContext(principal_id="org:gate", user_id="user:gate")
@@ -132,7 +134,7 @@ async def test_preflight_through_the_sdk(gate: tuple[VlunaEmulator, Raw]) -> Non
     svc = emu.service_client()
     ok = await svc.gate_preflight(body={"feature_code": "tiny.quota"}, context=CTX)
     assert isinstance(ok, GatePreflightSuccess) and ok.data.feature_family_code == "llm.standard"
-    lease = (await svc.gate_authorize(body={"feature_code": "tiny.quota"}, context=CTX)).data.lease
+    lease = data_of(await svc.gate_authorize(body={"feature_code": "tiny.quota"}, context=CTX)).lease
     await svc.gate_commit(
         body={"lease": lease, "feature_code": "tiny.quota", "quantity_minor": "150"}, context=CTX
     )
@@ -216,7 +218,7 @@ async def test_feature_limits_show_usage(gate: tuple[VlunaEmulator, Raw]) -> Non
     svc = emu.service_client()
     limits = await svc.gate_list_feature_limits(query={"feature_family_code": "llm.standard"}, context=CTX)
     by_code = {item.feature_code: item for item in limits.data or []}
-    assert by_code["tiny.quota"].quotas[0].used_minor == "0"  # CTX is another principal
+    assert (by_code["tiny.quota"].quotas or [])[0].used_minor == "0"  # CTX is another principal
     mine = await raw.svc("GET", "/mgt/v1/gate/limits?feature_code=tiny.quota")
     quota = mine.json()["data"][0]["quotas"][0]
     assert (quota["limit_minor"], quota["used_minor"]) == ("100", "40")

@@ -6,6 +6,9 @@ import httpx
 from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator, load_seed
 
+from tests.support.emulator import core_of
+from tests.support.envelopes import data_of
+
 from .support import Raw, assert_error
 
 CHECKOUT = {
@@ -26,7 +29,7 @@ async def test_same_key_same_body_replays(raw: Raw) -> None:
     assert first.status_code == second.status_code == 201
     assert first.content == second.content
     assert second.headers["idempotent-replayed"] == "true"
-    assert len(raw.emu.core.state.checkouts) == 1
+    assert len(core_of(raw.emu).state.checkouts) == 1
     third = await raw.bearer("POST", "/api/v1/checkouts", token, CHECKOUT, idem="b" * 32)
     assert third.json()["data"]["checkout_id"] != first.json()["data"]["checkout_id"]
 
@@ -104,7 +107,7 @@ async def test_hosted_checkout_completion_credits_the_wallet(vluna_emulator: Vlu
     svc = vluna_emulator.service_client()
     issued = await svc.issue_platform_token(body={"principal_id": "org:buyer", "user_id": "u"})
     bearer = vluna_emulator.bearer_client()
-    ctx = RequestContext(access_token=issued.data.access_token)
+    ctx = RequestContext(access_token=data_of(issued).access_token)
     checkout = await bearer.create_checkout(body=CHECKOUT, context=ctx)
     launch = str(checkout.data.launch_url)
     path = launch[len(vluna_emulator.settings.public_url) :]
@@ -116,7 +119,9 @@ async def test_hosted_checkout_completion_credits_the_wallet(vluna_emulator: Vlu
     again = await bearer.get_checkout(str(checkout.data.checkout_id), context=ctx)
     assert again.data.status == "completed"
     balance = await bearer.get_credit_balance(context=ctx)
-    assert balance.data.available_balance.xusd == str(5_000_000 + 2 * 10_000_000)
+    available = data_of(balance).available_balance
+    assert available is not None
+    assert available.xusd == str(5_000_000 + 2 * 10_000_000)
 
 
 async def test_get_checkout_of_another_account_is_not_found(raw: Raw) -> None:

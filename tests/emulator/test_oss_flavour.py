@@ -11,6 +11,8 @@ from vlunaai import RequestContext
 from vlunaai.testing import VlunaEmulator
 from vlunaai.testing.app import CONTROL_HEADER, CONTROL_HEADER_VALUE
 
+from tests.support.envelopes import data_of, extra
+
 from .support import BASE, start_cli, stop_cli, wait_ready
 
 WHO = RequestContext(principal_id="org:oss", user_id="user:oss")
@@ -19,7 +21,7 @@ WHO = RequestContext(principal_id="org:oss", user_id="user:oss")
 async def _token(emu: VlunaEmulator) -> str:
     issued = await emu.service.issue_platform_token(body={"principal_id": "org:oss", "user_id": "user:oss"})
     assert issued.ok, issued
-    return str(issued.data.access_token)
+    return str(data_of(issued).access_token)
 
 
 async def test_the_sdk_round_trip_against_the_open_source_server() -> None:
@@ -35,12 +37,13 @@ async def test_the_sdk_round_trip_against_the_open_source_server() -> None:
         plain = await emu.bearer.list_catalog_products(context=RequestContext(access_token=token))
         assert all(p.default_price is None for p in plain.data.root)  # no expand, no price
         authz = await emu.service.gate_authorize(body={"feature_code": "llm.x"}, context=WHO)
-        lease = authz.data.lease_token
+        lease = data_of(authz).lease_token
+        assert lease is not None
         assert lease.startswith("lease.")
         refused = await emu.service.gate_commit(
             body={"lease": lease, "feature_code": "llm.x", "quantity_minor": "3"}, context=WHO
         )
-        assert refused.status == 422 and not refused.ok
+        assert extra(refused, "status") == 422 and not refused.ok
         commit = await emu.service.gate_commit(
             body={"lease_token": lease, "feature_code": "llm.x", "quantity_minor": "3"}, context=WHO
         )
@@ -111,7 +114,7 @@ async def test_faults_counters_and_envelopes_in_the_servers_style() -> None:
     async with VlunaEmulator(flavor="oss") as emu:
         emu.inject_fault("list_feature_families", status=503, retry_after=0, times=1)
         raw = await emu.service_client(max_retries=0).list_feature_families()
-        assert raw.status == 503 and raw.code == "SERVER.UNAVAILABLE"
+        assert extra(raw, "status") == 503 and raw.code == "SERVER.UNAVAILABLE"
         assert (await emu.service.list_feature_families()).ok
         assert emu.calls("service.list_feature_families") == 2
         async with httpx.AsyncClient(transport=emu.transport(), base_url=BASE) as http:

@@ -10,7 +10,7 @@ import secrets
 import string
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import httpx
@@ -112,7 +112,7 @@ def test_odd_but_short_methods_are_other_too(observed: Observed) -> None:
 
 
 def test_random_paths_queries_and_headers_add_no_series(observed: Observed) -> None:
-    shapes = [
+    shapes: list[Callable[[], str]] = [
         lambda: f"/{secrets.token_hex(8)}/{secrets.token_hex(4)}",
         lambda: f"{P}/{secrets.token_hex(6)}",
         lambda: f"{P}/checkouts/{secrets.token_hex(6)}",

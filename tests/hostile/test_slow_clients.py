@@ -92,7 +92,7 @@ def wait_all_closed(watch: Watch, ordinary: httpx.Client, headers: dict[str, str
         while sel.get_map():
             assert time.monotonic() < deadline, f"{len(sel.get_map())} stalled connections never closed"
             for key, _ in sel.select(timeout=0.05):
-                s: Stalled = key.data
+                s = key.data  # a Stalled, registered above
                 try:
                     chunk = s.sock.recv(65536)
                 except BlockingIOError:

@@ -92,7 +92,7 @@ def _client(kind: str, recorder: Recorder) -> Any:
         options = vlunaai.ServiceClientOptions(
             config=config, service_key=vlunaai.ServiceKeyCredentials(key_id=KEY_ID, secret=SECRET)
         )
-        client = vlunaai.create_service_client(options)
+        client: vlunaai.ServiceClient | vlunaai.BearerClient = vlunaai.create_service_client(options)
     else:
         client = vlunaai.create_bearer_client(vlunaai.BearerClientOptions(config=config))
     # The published clients build their own httpx client; give it ours (same base URL and timeout).

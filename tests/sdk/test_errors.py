@@ -28,6 +28,8 @@ from vlunaai import (
     VlunaAIError,
 )
 
+from tests.support.envelopes import extra
+
 from .support import ACCESS_TOKEN, SERVICE_BASE, ScriptedTransport, error
 
 ServiceFactory = Callable[..., ServiceClient]
@@ -69,9 +71,9 @@ async def test_result_mode_returns_an_error_envelope(
     assert result.data is None
     assert result.code == code
     assert result.message == f"failed with {status}"
-    assert result.status == status  # type: ignore[attr-defined]
-    assert result.request_id == f"req-{status}"  # type: ignore[attr-defined]
-    assert result.trace_id == f"trace-{status}"  # type: ignore[attr-defined]
+    assert extra(result, "status") == status
+    assert result.request_id == f"req-{status}"
+    assert result.trace_id == f"trace-{status}"
 
 
 @pytest.mark.parametrize(("status", "code", "cls"), STATUS_CLASSES)
@@ -119,7 +121,7 @@ async def test_non_json_error_body(service: ServiceFactory, mode: str) -> None:
     if mode == "result":
         result = await client.get_meter("m")
         assert result.ok is False
-        assert result.status == 502  # type: ignore[attr-defined]
+        assert extra(result, "status") == 502
         assert "Bad Gateway" in (result.message or "")
     else:
         with pytest.raises(InternalServerError) as info:
@@ -133,7 +135,7 @@ async def test_empty_error_body(service: ServiceFactory) -> None:
     client = service(ScriptedTransport(httpx.Response(404)), max_retries=0)
     result = await client.get_meter("m")
     assert result.ok is False
-    assert result.status == 404  # type: ignore[attr-defined]
+    assert extra(result, "status") == 404
 
 
 async def test_result_mode_never_raises_validation_error_on_odd_error_bodies(service: ServiceFactory) -> None:
@@ -152,7 +154,7 @@ async def test_result_mode_never_raises_validation_error_on_odd_error_bodies(ser
         except ValidationError as exc:  # pragma: no cover - the failure this test guards against
             pytest.fail(f"ValidationError for {body!r}: {exc}")
         assert result.ok is False
-        assert result.status == 400  # type: ignore[attr-defined]
+        assert extra(result, "status") == 400
 
 
 async def test_preflight_auth_failure_raises_in_raise_mode(service: ServiceFactory) -> None:

@@ -20,6 +20,8 @@ from vlunaai.generated import admin_models, billing_mgt_models, billing_models, 
 from vlunaai.generated import billing_models as billing
 from vlunaai.generated import gate_models as gate
 
+from tests.support.envelopes import extra
+
 SCHEMAS = Path(__file__).resolve().parents[2] / "spec" / "vluna-api"
 MODULES = {
     "admin": admin_models,
@@ -111,7 +113,8 @@ def _minimal_model(model: type[BaseModel]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         if field.is_required():
-            tp = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            annotated = (field.annotation, *field.metadata)
+            tp = Annotated[annotated] if field.metadata else field.annotation
             out[field.alias or name] = _minimal(tp)
     for a, _b in getattr(model, "__vluna_require_one_of__", ()):
         out[a] = _minimal(_non_null(model.model_fields[a].annotation))
@@ -142,8 +145,9 @@ def test_envelope_parses_minimal_success(name: str, model: type[VlunaModel]) -> 
         data = _minimal(_non_null(model.model_fields["data"].annotation))
     envelope = {"ok": True, "code": "OK", "data": data}
     strict = model.model_validate(envelope, context={"vluna_response": True})
-    assert strict.ok is True
-    assert strict.code == "OK"
+    dumped = strict.model_dump(by_alias=True)
+    assert dumped["ok"] is True
+    assert dumped["code"] == "OK"
     assert parse_response(model, envelope) == strict
 
 
@@ -281,8 +285,8 @@ def test_response_missing_required_field_keeps_extra() -> None:
     env = parse_response(gate.AuthorizeEnvelope, payload)
     assert env.data is not None
     assert env.data.feature_code is None
-    assert env.data.brand_new == "kept"  # type: ignore[attr-defined]
-    assert env.server_version == "9"  # type: ignore[attr-defined]
+    assert env.data.brand_new == "kept"
+    assert env.server_version == "9"
     assert env.data.window_start == dt.datetime(2026, 11, 24, 19, 20, 31, tzinfo=dt.timezone.utc)
 
 
@@ -295,11 +299,12 @@ def test_nested_models_are_built_leniently() -> None:
     env = parse_response(billing.InvoiceListEnvelope, payload)
     assert env.data is not None
     assert isinstance(env.data, billing.InvoiceList)
-    assert env.hints is not None
+    assert extra(env, "hints") is not None
 
 
 def test_request_serializes_json_names() -> None:
-    time_range = gate.GateReportTimeRange(
+    # (the pydantic plugin knows the field by its alias "from" only; the model takes from_ too)
+    time_range = gate.GateReportTimeRange(  # type: ignore[call-arg]
         from_=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), to=NOW, granularity="day"
     )
     dumped = time_range.model_dump(mode="json", by_alias=True, exclude_none=True)

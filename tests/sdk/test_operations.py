@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 from vlunaai import BearerClient, GatePreflightSuccess, RequestContext, ServiceClient, VlunaAIError
 from vlunaai.generated.operations import OPERATIONS
 
@@ -76,7 +77,7 @@ def test_method_signature_matches_published(op: dict[str, Any]) -> None:
         assert has_default == (not p["required"]), f"{op['name']}.{p['name']}"
 
 
-def _returns_class(returns: str) -> type:
+def _returns_class(returns: str) -> type[BaseModel]:
     if returns == "GatePreflightResult":
         return GatePreflightSuccess
     module, name = returns.split(".")
@@ -143,7 +144,7 @@ async def test_operation_request_on_the_wire(op: dict[str, Any]) -> None:
         assert req.headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
         assert "x-principal-id" not in req.headers
     assert isinstance(result, _returns_class(op["returns"]))
-    assert result.ok is True
+    assert result.model_dump(by_alias=True)["ok"] is True
 
 
 @pytest.mark.parametrize("op", [o for o in SPEC if o["client"] == "bearer"], ids=_op_id)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import random
 import time
 from collections.abc import Callable
 
@@ -178,7 +179,7 @@ async def test_backoff_is_exponential_with_full_jitter(
         bounds.append((low, high))
         return high / 2
 
-    monkeypatch.setattr(vlunaai._http.random, "uniform", uniform)
+    monkeypatch.setattr(random, "uniform", uniform)  # the one vlunaai._http draws from
     transport = ScriptedTransport(error(503))
     sleeps = SleepRecorder()
     client = service(transport, sleep=sleeps, max_retries=4)

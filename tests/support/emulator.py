@@ -7,7 +7,8 @@ import subprocess
 from typing import Any
 
 import httpx
-from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE
+from vlunaai.testing import CONTROL_HEADER, CONTROL_HEADER_VALUE, VlunaEmulator
+from vlunaai.testing.core import EmulatorCore
 
 from tests.support.ports import LOOPBACK
 from tests.support.processes import PY, REPO, Proc, read_listening
@@ -70,3 +71,10 @@ def start_emulator(*args: str, secret: str = EMULATOR_SECRET) -> Emulator:
     )
     _, url = read_listening(popen)
     return Emulator("emulator", popen, url=url, port=int(url.rsplit(":", 1)[1]))
+
+
+def core_of(emulator: VlunaEmulator) -> EmulatorCore:
+    """The in-process emulator's core, as the 0.3.2 flavour (the default) it is in these tests."""
+    core = emulator.core
+    assert isinstance(core, EmulatorCore), f"a {type(core).__name__}, not the 0.3.2 flavour"
+    return core

@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -81,7 +81,8 @@ def _client(port: int) -> redis.Redis:
 def _info(port: int, section: str) -> dict[str, Any]:
     c = _client(port)
     try:
-        return dict(c.info(section))
+        # (redis-py types its blocking and asyncio answers alike: this one is a dict)
+        return dict(cast("dict[str, Any]", c.info(section)))
     finally:
         c.close()
 
@@ -167,7 +168,7 @@ class RedisCluster:
     def replica_of(self, master_port: int) -> int:
         nodes = self.cluster_nodes()
         mid = next(n["id"] for n in nodes if n["port"] == master_port)
-        return next(n["port"] for n in nodes if n["master_id"] == mid)
+        return int(next(n["port"] for n in nodes if n["master_id"] == mid))
 
     def master_of_key(self, key: str) -> int:
         """The port of the master serving `key`'s slot."""

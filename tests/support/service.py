@@ -9,14 +9,15 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.support.emulator import EMULATOR_SECRET
-from tests.support.keys import AUDIENCE, ISSUER
+from tests.support.emulator import EMULATOR_SECRET, Emulator
+from tests.support.keys import AUDIENCE, ISSUER, UserKeys
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.processes import PY, READY_TIMEOUT_SEC, REPO, Proc, read_listening, wait_http
-from tests.support.redis_servers import SHARED_REDIS_URL
+from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
 
 
 def deep_update(target: dict[str, Any], values: Mapping[str, Any]) -> None:
@@ -139,3 +140,58 @@ def start_dev(*args: str, env: Mapping[str, str] | None = None, stderr: Any = su
     )
     banner, url = read_listening(popen, timeout=60)
     return Proc("dev", popen, url=url, port=int(url.rsplit(":", 1)[1]), extra={"banner": banner})
+
+
+class ServiceStarter:
+    """Starts `vluna-bff serve` processes against the emulator (the fixture `start_service`);
+    `stop_all` stops every one and removes their Redis keys."""
+
+    def __init__(self, emulator: Emulator, user_keys: UserKeys, tmp_path: Path) -> None:
+        self._emulator = emulator
+        self._user_keys = user_keys
+        self._tmp_path = tmp_path
+        self._procs: list[Proc] = []
+        self._prefixes: list[tuple[str, str]] = []
+
+    def __call__(
+        self,
+        *,
+        redis_url: str = "",
+        workers: int = 1,
+        like: Proc | None = None,
+        ready_timeout: float = 60,
+        **sections: Any,
+    ) -> Proc:
+        """A new service; `like=other` starts a replica with other's exact configuration."""
+        if like is not None:
+            data = like.extra["config"]
+        else:
+            data = bff_config(self._emulator.url, self._user_keys.pem(), redis_url=redis_url, **sections)
+            self._prefixes.append((data["cache"]["key_prefix"], redis_url))
+        # Its stderr in a file of the test's own: what a drill quotes when a promise fails.
+        log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (the child's, open while it runs)
+            "w+", dir=self._tmp_path, prefix="bff-", suffix=".log", delete=False
+        )
+        proc = start_bff(
+            write_config(data, self._tmp_path), workers=workers, ready_timeout=ready_timeout, stderr=log
+        )
+        proc.extra["config"] = data
+        proc.extra["log"] = Path(log.name)
+        self._procs.append(proc)
+        return proc
+
+    def many(self, count: int, **kwargs: Any) -> list[Proc]:
+        """`count` replicas of one configuration, started side by side (each start-up is
+        mostly imports and checks, which take long on a busy machine)."""
+        # Generous: on a machine busy with other test runs, a start-up has taken over 60 s.
+        first = self(ready_timeout=180, **kwargs)
+        with ThreadPoolExecutor(count - 1) as pool:
+            others = list(pool.map(lambda _: self(like=first, ready_timeout=180), range(count - 1)))
+        return [first, *others]
+
+    def stop_all(self) -> None:
+        for p in self._procs:
+            p.stop()
+        for prefix, url in self._prefixes:
+            if url:  # none: a Sentinel or Cluster of the test's own, stopped with it
+                cleanup_prefix(prefix, url)
