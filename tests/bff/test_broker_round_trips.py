@@ -14,9 +14,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bff.principals import Principal
 from bff.tokens.lock import RedisLock
+from tests.support.redis_servers import SHARED_REDIS_URL
 from tests.support.waiting import until
 
-from .support import REDIS_URL, FakeIssuer, Keys, redis_dump, redis_settings, running_services
+from .support import FakeIssuer, Keys, redis_dump, redis_settings, running_services
 
 ALICE = Principal("org:acme", "alice")
 BOB = Principal("org:acme", "bob")
@@ -32,14 +33,14 @@ class CountingRedis(aioredis.Redis):
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         self.sent.append(str(args[0]).upper())
-        return await super().execute_command(*args, **options)
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
     def commands(self) -> list[str]:
         return [c for c in self.sent if c not in BACKGROUND]
 
 
 def counting_client() -> CountingRedis:
-    client = CountingRedis.from_url(REDIS_URL)
+    client: CountingRedis = CountingRedis.from_url(SHARED_REDIS_URL)
     client.sent = []
     return client
 
