@@ -448,3 +448,15 @@ async def test_tracing_off_means_no_traceparent(keys: Keys, emulator: VlunaEmula
     async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
         assert (await client.get("/vluna/token", headers=auth(keys, "tr-2"))).status_code == 200
     assert record.seen and all("traceparent" not in h for _, h in record.seen)
+
+
+def test_span_with_tracing_off_is_one_shared_no_op_that_lets_errors_through() -> None:
+    assert not tracing.enabled()
+    first = tracing.span("a", kind="server", attributes={"k": "v"}, parent_headers={"traceparent": "x"})
+    assert first is tracing.span("b")
+    with first as sp:
+        sp.set_attribute("k", "v")
+        sp.update_name("c")
+        sp.set_status_error("d")
+    with pytest.raises(KeyError), tracing.span("e"):
+        raise KeyError("raised inside the span")
