@@ -39,6 +39,8 @@ class Principal:
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_ID_LEN = 256
 MAX_TRAIT_LEN = 1024
+# Rules-based mappings remembered per claims object (see PrincipalMapper.map).
+MEMO_MAX_ENTRIES = 4096
 _MAX_SAFE_INT = 2**53  # what every JSON reader keeps exact
 
 
@@ -89,6 +91,13 @@ class PrincipalMapper:
         self._s = settings
         self._hook = hook
         self._separators = [separators(rule.template) for rule in settings.principal]
+        # id(claims) -> (claims, principal). The verifiers' caches (JWT, introspection) hand the
+        # same claims object back for the same credential, so a request of a known caller finds
+        # its principal without running the rules. The entry holds the claims object itself and
+        # a hit needs that very object (``is``): while it is held here its id cannot be reused by
+        # another caller's claims. Only rules are remembered (a hook may answer differently each
+        # time), only successes, and a bounded number (the oldest dropped first).
+        self._memo: dict[int, tuple[Mapping[str, Any], Principal]] = {}
 
     async def map(self, identity: Identity) -> Principal:
         if self._hook is not None:
@@ -113,7 +122,17 @@ class PrincipalMapper:
             raise TypeError(
                 "mapping hook must return a Principal, a mapping with principal_id and user_id, or None"
             )
-        return self._checked(self._by_rules(identity.claims))
+        claims = identity.claims
+        key = id(claims)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is claims:
+            return hit[1]
+        principal = self._checked(self._by_rules(claims))
+        memo = self._memo
+        if len(memo) >= MEMO_MAX_ENTRIES:
+            del memo[next(iter(memo))]
+        memo[key] = (claims, principal)
+        return principal
 
     def _by_rules(self, claims: Mapping[str, Any]) -> Principal:
         principal_id: str | None = None

@@ -27,6 +27,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    values,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -158,21 +159,82 @@ def initialise_series() -> None:
     START_TIME.set(time.time())
 
 
+class _Tally:
+    """One event's count as a plain int, shared by the Prometheus children that report it (the
+    token-cache or other specific counter and ``vluna_bff_events_total``): an event is one
+    unlocked addition, the scrape reads the int. Single-process mode only (the value interface
+    of prometheus_client's ``MutexValue``); with ``PROMETHEUS_MULTIPROC_DIR`` the children keep
+    their own values, written to the workers' files."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def inc(self, amount: float) -> None:
+        self.value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self.value = value
+
+    def get(self) -> float:
+        return self.value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        pass
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+# Event name -> its tally, once every child of the name reads it (single-process mode). Names
+# admitted to their own events label are process-wide (the series bound is per process).
+_TALLIES: dict[str, _Tally] = {}
+_EVENT_NAMES: set[str] = set()
+
+
+def _plain_values() -> bool:
+    """True when this process's metric values are in-memory (not multi-process files)."""
+    return values.ValueClass is values.MutexValue
+
+
+def _share_tally(name: str, children: tuple[Any, ...]) -> _Tally | None:
+    """Point every child of ``name`` at one tally, when each is a plain in-memory counter value
+    holding the same count (else None: the children are incremented one by one)."""
+    current = [getattr(child, "_value", None) for child in children]
+    if not all(type(v) is values.MutexValue for v in current):
+        return None
+    counts = {v.get() for v in current}  # type: ignore[union-attr]
+    if len(counts) != 1:
+        return None
+    tally = _Tally(counts.pop())
+    for child in children:
+        child._value = tally
+    return tally
+
+
 class MeteredStats(Stats):
     """The process counters, mirrored into Prometheus as they are incremented."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._names: set[str] = set()
         # The Prometheus children each name increments, resolved once per name (labels()
-        # validates and locks on every call): a cache hit increments two counters per request.
+        # validates and locks on every call); used when a name has no shared tally.
         self._children: dict[str, tuple[Any, ...]] = {}
 
     def inc(self, name: str, n: int = 1) -> None:
-        super().inc(name, n)
+        self._counts[name] += n
+        tally = _TALLIES.get(name)
+        if tally is not None:
+            tally.value += n
+            return
         children = self._children.get(name)
         if children is None:
             children = self._resolve(name)
+            tally = _TALLIES.get(name)
+            if tally is not None:
+                tally.value += n
+                return
         for child in children:
             child.inc(n)
 
@@ -199,16 +261,20 @@ class MeteredStats(Stats):
             cacheable = False
         # The catch-all: bounded, so a name built from data can never blow up the series count.
         label = name
-        if name not in self._names:
-            if len(self._names) >= _MAX_EVENT_NAMES or not _EVENT_NAME.match(name):
+        if name not in _EVENT_NAMES:
+            if len(_EVENT_NAMES) >= _MAX_EVENT_NAMES or not _EVENT_NAME.match(name):
                 label = "other"
                 cacheable = False
             else:
-                self._names.add(name)
+                _EVENT_NAMES.add(name)
         children.append(EVENTS.labels(event=label))
         resolved = tuple(children)
         if cacheable:
             self._children[name] = resolved
+            if _plain_values() and name not in _TALLIES:
+                tally = _share_tally(name, resolved)
+                if tally is not None:
+                    _TALLIES[name] = tally
         return resolved
 
 

@@ -105,15 +105,42 @@ def shutdown_tracing() -> None:
             provider.force_flush()
 
 
-@contextlib.contextmanager
+class _NoSpanContext:
+    """What ``span()`` returns while tracing is off: one shared, stateless context manager."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NoSpan:
+        return _NO_SPAN
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN_CONTEXT = _NoSpanContext()
+
+
 def span(
     name: str,
     kind: SpanKind = "internal",
     attributes: Mapping[str, Any] | None = None,
     parent_headers: Mapping[str, str] | None = None,
+) -> contextlib.AbstractContextManager[_NoSpan | _Span]:
+    """``with span(...) as sp:``; with tracing off, a shared no-op (no generator, no allocation)."""
+    if _tracer is None:
+        return _NO_SPAN_CONTEXT
+    return _traced_span(name, kind, attributes, parent_headers)
+
+
+@contextlib.contextmanager
+def _traced_span(
+    name: str,
+    kind: SpanKind,
+    attributes: Mapping[str, Any] | None,
+    parent_headers: Mapping[str, str] | None,
 ) -> Iterator[_NoSpan | _Span]:
     tracer = _tracer
-    if tracer is None:
+    if tracer is None:  # shut down between span() and the with statement
         yield _NO_SPAN
         return
     from opentelemetry.trace import SpanKind as OtelKind

@@ -448,3 +448,53 @@ async def test_tracing_off_means_no_traceparent(keys: Keys, emulator: VlunaEmula
     async with client_for(settings, None, vluna=emulator_client(emulator, record=record)) as client:
         assert (await client.get("/vluna/token", headers=auth(keys, "tr-2"))).status_code == 200
     assert record.seen and all("traceparent" not in h for _, h in record.seen)
+
+
+def test_span_with_tracing_off_is_one_shared_no_op_that_lets_errors_through() -> None:
+    assert not tracing.enabled()
+    first = tracing.span("a", kind="server", attributes={"k": "v"}, parent_headers={"traceparent": "x"})
+    assert first is tracing.span("b")
+    with first as sp:
+        sp.set_attribute("k", "v")
+        sp.update_name("c")
+        sp.set_status_error("d")
+    with pytest.raises(KeyError), tracing.span("e"):
+        raise KeyError("raised inside the span")
+
+
+def test_an_event_is_one_tally_read_by_its_series_at_scrape_time() -> None:
+    from prometheus_client import generate_latest
+
+    from bff.telemetry.metrics import EVENTS, REGISTRY, TOKEN_CACHE, MeteredStats
+
+    def lines() -> list[str]:
+        text = generate_latest(REGISTRY).decode()
+        wanted = (
+            'vluna_bff_token_cache_events_total{event="hit"}',
+            'vluna_bff_events_total{event="cache_hits"}',
+        )
+        return [line for line in text.splitlines() if line.startswith(wanted)]
+
+    def counts() -> tuple[float, float, float]:
+        text = generate_latest(REGISTRY).decode()
+        return (
+            sample(text, "vluna_bff_token_cache_events_total", {"event": "hit"}),
+            sample(text, "vluna_bff_events_total", {"event": "cache_hits"}),
+            sample(text, "vluna_bff_events_total", {"event": "obs.tally_probe"}),
+        )
+
+    before = counts()
+    one, two = MeteredStats(), MeteredStats()  # the Prometheus series are the process's
+    for stats in (one, two, one):
+        stats.inc("cache_hits")
+        stats.inc("obs.tally_probe", 2)
+    after = counts()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3, 6]
+    assert (one.get("cache_hits"), two.get("cache_hits"), two.get("obs.tally_probe")) == (2, 1, 2)
+    # The exposition is the plain counters' (names, labels, float values), one line per series.
+    assert lines() == [
+        f'vluna_bff_token_cache_events_total{{event="hit"}} {after[0]!r}',
+        f'vluna_bff_events_total{{event="cache_hits"}} {after[1]!r}',
+    ]
+    # Single-process mode: both series of the event read one count (one addition per event).
+    assert TOKEN_CACHE.labels(event="hit")._value is EVENTS.labels(event="cache_hits")._value

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import jwt
 import pytest
 
+from bff import principals
 from bff.auth.identity import Identity
+from bff.auth.jwt import JwtVerifier
 from bff.errors import Forbidden
-from bff.principals import Principal, PrincipalMapper
+from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
 from bff.settings import MappingSettings
+from bff.telemetry import context
+from bff.telemetry.context import IdHasher, RequestInfo, current_request
 
 RULES = MappingSettings.model_validate(
     {
@@ -100,3 +106,79 @@ async def test_traits_are_bounded_scalars() -> None:
     assert p.traits == {}
     p = await mapped({"sub": "u1", "email": "a@x", "name": 2**53, "is_admin": 1.5})
     assert p.traits == {"email": "a@x", "name": 2**53, "admin": 1.5}
+
+
+# -- the rules' memo -------------------------------------------------------------------------------
+
+
+async def test_memo_keeps_users_apart_and_each_request_still_records_its_hashes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tokens verified through the verifier's cache (the same claims object per token): each
+    request gets its own user's principal, the rules run once per user, and every request's log
+    identity is recorded."""
+    secret = b"a-test-hmac-secret-of-32-bytes!!"
+    verifier = JwtVerifier(algorithms=["HS256"], issuers=[], audiences=[], key_source=None, hs_secret=secret)
+    exp = int(time.time()) + 600
+    tokens = {
+        user: jwt.encode({"sub": user, "org_id": f"org-{user}", "exp": exp}, secret, algorithm="HS256")
+        for user in ("alice", "bob")
+    }
+    mapper = ObservedPrincipalMapper(RULES)
+    runs: list[str] = []
+    by_rules = mapper._by_rules
+
+    def counted(claims: Any) -> Principal:
+        runs.append(claims["sub"])
+        return by_rules(claims)
+
+    monkeypatch.setattr(mapper, "_by_rules", counted)
+    hasher = IdHasher(b"k" * 32)
+    monkeypatch.setattr(context, "_hasher", hasher)  # restored afterwards
+    for _ in range(3):
+        for user in ("alice", "bob", "bob", "alice"):
+            info = RequestInfo(request_id="r", method="GET")
+            reset = current_request.set(info)
+            try:
+                claims = await verifier.verify(tokens[user])
+                p = await mapper.map(Identity(claims=claims, method="bearer"))
+            finally:
+                current_request.reset(reset)
+            assert (p.principal_id, p.user_id) == (f"org:org-{user}", user)
+            assert (info.principal, info.user) == (hasher.hash(f"org:org-{user}"), hasher.hash(user))
+    assert sorted(runs) == ["alice", "bob"]  # remembered after the first request of each
+
+
+async def test_memo_never_confuses_claims_objects_that_come_and_go() -> None:
+    # Fresh claims each time, the previous one dropped: a memo keyed by id() alone would hand
+    # user i the principal of user i-1 (CPython reuses the freed object's id).
+    mapper = PrincipalMapper(RULES)
+    for i in range(200):
+        p = await mapper.map(Identity(claims={"sub": f"u{i}"}, method="bearer"))
+        assert (p.principal_id, p.user_id) == (f"user:u{i}", f"u{i}")
+
+
+async def test_memo_is_bounded_and_keeps_no_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(principals, "MEMO_MAX_ENTRIES", 8)
+    mapper = PrincipalMapper(RULES)
+    kept = [{"sub": f"u{i}"} for i in range(20)]
+    for claims in kept:
+        await mapper.map(Identity(claims=claims, method="bearer"))
+    assert len(mapper._memo) == 8
+    for i, claims in enumerate(kept):  # the dropped ones are mapped again, correctly
+        assert (await mapper.map(Identity(claims=claims, method="bearer"))).user_id == f"u{i}"
+    bad: dict[str, Any] = {"email": "no-sub@x"}
+    for _ in range(2):
+        with pytest.raises(Forbidden):
+            await mapper.map(Identity(claims=bad, method="bearer"))
+
+
+async def test_hook_results_are_never_remembered() -> None:
+    answers = iter(["p1", "p2", "p3"])
+
+    async def hook(identity: Identity) -> Any:
+        return {"principal_id": next(answers), "user_id": identity.claims["sub"]}
+
+    mapper = PrincipalMapper(RULES, hook)
+    identity = Identity(claims={"sub": "u"}, method="hook")
+    assert [(await mapper.map(identity)).principal_id for _ in range(3)] == ["p1", "p2", "p3"]
