@@ -463,9 +463,9 @@ def test_span_with_tracing_off_is_one_shared_no_op_that_lets_errors_through() ->
 
 
 def test_an_event_is_one_tally_read_by_its_series_at_scrape_time() -> None:
-    from prometheus_client import generate_latest
+    from prometheus_client import REGISTRY, generate_latest
 
-    from bff.telemetry.metrics import EVENTS, REGISTRY, TOKEN_CACHE, MeteredStats
+    from bff.telemetry.metrics import EVENTS, TOKEN_CACHE, MeteredStats
 
     def lines() -> list[str]:
         text = generate_latest(REGISTRY).decode()
