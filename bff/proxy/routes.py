@@ -71,8 +71,8 @@ def build_proxy(
 @dataclass(slots=True)  # (not frozen: built per request, and a frozen __init__ costs 2.5x)
 class CallerProxy:
     """The proxy route's dependency ``proxy``: the proxy as the signed-in caller uses it (the
-    dependency ``principal``, resolved first: one dependency per batch, see
-    ``bff.routes.token.CallerTokens``)."""
+    caller authenticated and mapped while the dependency is resolved; see
+    ``bff.app.dependencies``)."""
 
     service: ProxyService
     principal: Principal
