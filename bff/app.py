@@ -41,7 +41,7 @@ from bff.http_guard import RequestGuard
 from bff.observability.health import Readiness
 from bff.observability.setup import instrument
 from bff.openapi import openapi_config
-from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
+from bff.principals import ObservedPrincipalMapper, PrincipalMapper
 from bff.proxy.routes import CallerProxy
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
@@ -357,12 +357,10 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
         derived=services.derived,
     )
 
-    async def principal_of(request: Request[Any, Any, Any]) -> Principal:
-        # Authentication and mapping failures are BffErrors (401, 403, 503), answered as such.
-        return await mapper.map(await auth.authenticate(request))
-
+    # The caller authenticated and mapped in the provider itself (no coroutine between: this is
+    # every request's path). Failures are BffErrors (401, 403, 503), answered as such.
     async def provide_tokens(request: Request[Any, Any, Any]) -> CallerTokens:
-        return CallerTokens(tokens, await principal_of(request))
+        return CallerTokens(tokens, await mapper.map(await auth.authenticate(request)))
 
     def provide_proxy_service() -> ProxyService | None:
         return proxy
@@ -378,7 +376,7 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
     if proxy is not None:
 
         async def provide_proxy(request: Request[Any, Any, Any]) -> CallerProxy:
-            return CallerProxy(proxy, await principal_of(request))
+            return CallerProxy(proxy, await mapper.map(await auth.authenticate(request)))
 
         provided["proxy"] = Provide(provide_proxy)
     assert set(provided) <= set(DEPENDENCY_NAMES)
