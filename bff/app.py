@@ -23,7 +23,6 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.params import SkipValidation
 from litestar.types import ASGIApp, ControllerRouterHandler, Method
 from redis.asyncio.cluster import RedisCluster
 from vlunaai import ServiceClient
@@ -42,7 +41,7 @@ from bff.http_guard import RequestGuard
 from bff.observability.health import Readiness
 from bff.observability.setup import instrument
 from bff.openapi import openapi_config
-from bff.principals import ObservedPrincipalMapper, Principal, PrincipalMapper
+from bff.principals import ObservedPrincipalMapper, PrincipalMapper
 from bff.proxy.routes import CallerProxy
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
@@ -339,14 +338,17 @@ class BffApp(Litestar):
 
 
 def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
-    """What handlers receive by name. Per request: the caller's ``principal`` (authenticated and
-    mapped), then what the routes serve it with, bound to it: ``tokens`` (``CallerTokens``) and
-    ``proxy`` (``CallerProxy``, when the proxy is on). For the probe and metrics routes: the
-    ``readiness`` state and the ``proxy_service``.
+    """What handlers receive by name. Per request, what the routes serve the caller with, bound
+    to the caller's principal (authenticated and mapped while the dependency is resolved):
+    ``tokens`` (``CallerTokens``: the broker's work for this caller) and ``proxy``
+    (``CallerProxy``, when the proxy is on). For the probe and metrics routes: the ``readiness``
+    state and the ``proxy_service``.
 
-    Each caller-bound dependency takes the principal, so a handler's dependencies resolve one per
-    batch, in order: Litestar resolves two or more of one batch in a task group per request,
-    which cost a proxied public-cache hit ~40% of its CPU in an in-process A/B."""
+    One dependency per handler, the principal inside it: Litestar resolves two or more
+    dependencies of one batch in a task group per request (a principal beside the broker cost a
+    proxied public-cache hit ~40% of its CPU in an in-process A/B), and a principal resolved as a
+    dependency of its own, before a caller-bound one, cost ~2 us more per request (one more
+    resolution: ~3% of a cache hit in bench.hit_cpu)."""
     auth, mapper, proxy = services.auth, services.mapper, services.proxy
     tokens = TokenService(
         broker=services.broker,
@@ -355,12 +357,10 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
         derived=services.derived,
     )
 
-    async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-        # Authentication and mapping failures are BffErrors (401, 403, 503), answered as such.
-        return await mapper.map(await auth.authenticate(request))
-
-    def provide_tokens(principal: SkipValidation[Principal]) -> CallerTokens:
-        return CallerTokens(tokens, principal)
+    # The caller authenticated and mapped in the provider itself (no coroutine between: this is
+    # every request's path). Failures are BffErrors (401, 403, 503), answered as such.
+    async def provide_tokens(request: Request[Any, Any, Any]) -> CallerTokens:
+        return CallerTokens(tokens, await mapper.map(await auth.authenticate(request)))
 
     def provide_proxy_service() -> ProxyService | None:
         return proxy
@@ -369,22 +369,21 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
         return readiness
 
     provided = {
-        "principal": Provide(provide_principal),
-        "tokens": Provide(provide_tokens, sync_to_thread=False),
+        "tokens": Provide(provide_tokens),
         "proxy_service": Provide(provide_proxy_service, use_cache=True, sync_to_thread=False),
         "readiness": Provide(provide_readiness, use_cache=True, sync_to_thread=False),
     }
     if proxy is not None:
 
-        def provide_proxy(principal: SkipValidation[Principal]) -> CallerProxy:
-            return CallerProxy(proxy, principal)
+        async def provide_proxy(request: Request[Any, Any, Any]) -> CallerProxy:
+            return CallerProxy(proxy, await mapper.map(await auth.authenticate(request)))
 
-        provided["proxy"] = Provide(provide_proxy, sync_to_thread=False)
+        provided["proxy"] = Provide(provide_proxy)
     assert set(provided) <= set(DEPENDENCY_NAMES)
     return provided
 
 
-DEPENDENCY_NAMES = ("principal", "tokens", "proxy", "proxy_service", "readiness")
+DEPENDENCY_NAMES = ("tokens", "proxy", "proxy_service", "readiness")
 
 
 def dependency_placeholders() -> dict[str, Provide]:

@@ -100,8 +100,9 @@ class TokenService:
 
 @dataclass(slots=True)  # (not frozen: built per request, and a frozen __init__ costs 2.5x)
 class CallerTokens:
-    """The token routes' dependency ``tokens``: the signed-in caller's principal (the dependency
-    ``principal``, resolved first) with the service that gets and forgets its tokens."""
+    """The token routes' dependency ``tokens``: the signed-in caller's principal (authenticated
+    and mapped while the dependency is resolved) with the service that gets and forgets its
+    tokens."""
 
     service: TokenService
     principal: Principal
@@ -138,10 +139,8 @@ class CallerTokens:
         await self.service.broker.forget(self.principal)
 
 
-# (The caller-bound service is what keeps a request to one dependency per batch: ``principal``,
-# then ``tokens``, which depends on it. Litestar resolves two or more dependencies of one batch
-# in a task group per request, which cost a proxied public-cache hit ~40% of its CPU in an
-# in-process A/B, so the routes do not take the broker and the principal side by side.)
+# (One caller-bound dependency per route, not the principal beside the broker: Litestar resolves
+# two or more dependencies of one batch in a task group per request; see bff.app.dependencies.)
 
 
 @get(
@@ -166,7 +165,7 @@ async def get_token(
         str | None, QueryParameter(description="comma-separated subset of tokens.allowed_scopes")
     ] = None,
 ) -> Response[TokenBody]:
-    # The caller is authenticated before this runs (``tokens`` needs the principal): an anonymous
+    # The caller is authenticated before this runs (resolving ``tokens`` does it): an anonymous
     # caller learns nothing about the configured scopes.
     return Response(await tokens.get(scopes), headers=NO_STORE)
 

@@ -432,8 +432,8 @@ async def test_an_ambiguous_session_is_refused(keys: Keys, issuer: FakeIssuer) -
 
 async def test_each_handler_resolves_its_dependencies_one_per_batch(keys: Keys, issuer: FakeIssuer) -> None:
     # Litestar resolves two or more dependencies of one batch in a task group per request (a
-    # proxied cache hit paid ~40% more CPU for it): the caller-bound dependencies (tokens, proxy)
-    # take the principal, so every batch holds one dependency.
+    # proxied cache hit paid ~40% more CPU for it): each route takes one caller-bound dependency
+    # (tokens, proxy), which authenticates the caller itself.
     from litestar.routes import HTTPRoute
 
     async with client_for(make_settings(keys), issuer) as client:
@@ -445,9 +445,9 @@ async def test_each_handler_resolves_its_dependencies_one_per_batch(keys: Keys, 
                 batches = [sorted(d.key for d in batch) for batch in kwargs_model.dependency_batches]
                 seen[f"{method} {route.path}"] = batches
                 assert all(len(batch) == 1 for batch in batches), (method, route.path, batches)
-        assert seen["GET /vluna/token"] == [["principal"], ["tokens"]]
-        assert seen["DELETE /vluna/token"] == [["principal"], ["tokens"]]
-        assert seen["GET /vluna/api/v1/{sub:path}"] == [["principal"], ["proxy"]]
+        assert seen["GET /vluna/token"] == [["tokens"]]
+        assert seen["DELETE /vluna/token"] == [["tokens"]]
+        assert seen["GET /vluna/api/v1/{sub:path}"] == [["proxy"]]
         assert seen["GET /readyz"] == [["readiness"]]
 
 
