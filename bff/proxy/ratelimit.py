@@ -34,9 +34,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from bff.redis_client import REDIS_ERRORS, RedisBreaker
+from bff.redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 from bff.settings import RateLimitSettings
 from bff.stats import Stats
 
@@ -72,7 +71,9 @@ class SharedCounters:
     """The window counters in Redis (INCRBY with an expiry, one round trip), behind the shared
     Redis breaker; ``None`` from ``incr`` when Redis failed."""
 
-    def __init__(self, redis: Any | None, breaker: RedisBreaker | None, stats: Stats, ttl_sec: int) -> None:
+    def __init__(
+        self, redis: RedisClient | None, breaker: RedisBreaker | None, stats: Stats, ttl_sec: int
+    ) -> None:
         self._redis = redis
         # Shared with the token cache and lock: one view of whether Redis is down. None (unit
         # tests): Redis is always tried.
@@ -263,7 +264,7 @@ class RateLimiter:
         self,
         settings: RateLimitSettings,
         *,
-        redis: Any | None,
+        redis: RedisClient | None,
         hmac_key: bytes,
         prefix: str,
         realm_id: str,
