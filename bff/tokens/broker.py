@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bff.principals import Principal
 from bff.redis_client import RedisBreaker
@@ -74,9 +76,7 @@ class TokenBroker:
     ) -> None:
         self._clock = clock
         self._l1 = l1
-        self._cache = cache
         self._keys = keys
-        self._breaker = breaker
         self.stats = stats
         self._store = EntryStore(
             config=config, cache=cache, cipher=cipher, keys=keys, stats=stats, l1=l1, clock=clock
@@ -107,8 +107,8 @@ class TokenBroker:
         self._sign_out = SignOut(cache=cache, keys=keys, l1=l1, breaker=breaker, stats=stats, clock=clock)
         self._config = config
         self._renewals = Renewals(self._flight, stats)
-        # key -> done once the shared-cache read under way for it has finished (see _lookup)
-        self._reading: dict[str, asyncio.Future[None]] = {}
+        # key -> the shared-cache read under way for it (see _lookup)
+        self._reading: dict[str, asyncio.Future[Any]] = {}
 
     def __repr__(self) -> str:
         return f"TokenBroker(realm={self._config.realm_id!r})"
@@ -120,7 +120,8 @@ class TokenBroker:
     @_cfg.setter
     def _cfg(self, config: BrokerConfig) -> None:
         # One configuration for every part (tests change it on a running broker).
-        self._config = self._store.cfg = self._issuance.cfg = self._flight.cfg = config
+        self._config = self._store.cfg = self._issuance.cfg = config
+        self._flight.configure(config)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -141,6 +142,10 @@ class TokenBroker:
         scopes_c = canonical_scopes(scopes)
         key = self._keys.token(principal.principal_id, principal.user_id, scopes_c)
         now = self._clock()
+        # The request's context without the cache span: a read or fill started for this request
+        # runs in it, so the issuance's span is the request's child, as it was before reads and
+        # fills became tasks (one copy of the context: cheap, and the hit path needs no more).
+        outer = contextvars.copy_context()
         with span("bff.token_cache.get") as sp:
             # The first level (bff/tokens/l1.py): served only before the entry's refresh point.
             entry = self._l1.get(key, now) if self._l1 is not None else None
@@ -150,7 +155,7 @@ class TokenBroker:
                 self.stats.inc("cache_hits")
                 self.stats.inc("l1_hits")
                 return entry
-            found = await self._lookup(key, principal, scopes_c, now)
+            found = await self._lookup(key, principal, scopes_c, now, outer)
             sp.set_attribute("bff.cache.hit", isinstance(found, TokenEntry))
         if isinstance(found, TokenEntry):
             self.stats.inc("cache_hits")
@@ -163,7 +168,12 @@ class TokenBroker:
         return await asyncio.shield(found)
 
     async def _lookup(
-        self, key: str, principal: Principal, scopes: tuple[str, ...], now: float
+        self,
+        key: str,
+        principal: Principal,
+        scopes: tuple[str, ...],
+        now: float,
+        context: contextvars.Context,
     ) -> TokenEntry | asyncio.Future[TokenEntry]:
         """The entry in the shared cache, else the fill that every request for it awaits.
 
@@ -174,25 +184,28 @@ class TokenBroker:
         if no sign-out was heard since the read began, bff/tokens/l1.py); else it reads itself."""
         reading = self._reading.get(key)
         if reading is not None and self._flight.missing(key) is None:
-            await asyncio.shield(reading)
+            await asyncio.wait({reading})
             entry = self._l1.get(key, self._clock()) if self._l1 is not None else None
             if entry is not None:
                 self.stats.inc("l1_hits")
                 return entry
-        if self._flight.missing(key) is None:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._reading.setdefault(key, done)
-            try:
-                entry = await self._store.read(key, now)
-                if entry is not None:
-                    return entry
-                # Started before the requests waiting on this read resume, so they find it.
-                return self._flight.start(key, principal, scopes, refresh=False)
-            finally:
-                if self._reading.get(key) is done:
-                    del self._reading[key]
-                done.set_result(None)
-        return self._flight.start(key, principal, scopes, refresh=False)
+        if self._flight.missing(key) is not None:
+            return self._flight.start(key, principal, scopes, refresh=False)
+        # A task of its own: the read may take the lock for the fill, which a caller that
+        # disconnects must not leave unused. Its fill is started before it completes, so the
+        # requests waiting on it find that fill.
+        # (Created in ``context``: the task copies it, and a fill the read starts copies the read's.)
+        task = context.run(asyncio.ensure_future, self._flight.read_or_fill(key, principal, scopes, now))
+        if key not in self._reading:
+            self._reading[key] = task
+            task.add_done_callback(lambda t: self._read_done(key, t))
+        return await asyncio.shield(task)
+
+    def _read_done(self, key: str, task: asyncio.Future[Any]) -> None:
+        if self._reading.get(key) is task:
+            del self._reading[key]
+        if not task.cancelled():
+            task.exception()  # its caller may have gone: retrieved, so it is not logged as lost
 
     async def forget(self, principal: Principal, *, strict: bool = True) -> None:
         """Sign-out: drop every cached token of this identity, whatever its scopes

@@ -18,8 +18,9 @@ from typing import Any
 from bff.principals import Principal
 from bff.redis_client import REDIS_ERRORS, RedisBreaker
 from bff.stats import Stats
+from bff.tokens.claim import Held, LockClaims
 from bff.tokens.entry import BrokerConfig, TokenEntry, TokenRejected, TokenUnavailable
-from bff.tokens.issuance import Held, Issuance
+from bff.tokens.issuance import Issuance
 from bff.tokens.keys import CacheKeys
 from bff.tokens.limits import IssuanceLimited, IssuanceLimiter
 from bff.tokens.lock import RedisLock, Waiters
@@ -47,15 +48,31 @@ class SingleFlight:
         self._keys = keys
         self._breaker = breaker
         self.stats = stats
-        self._lock = lock
-        self._notifier = notifier
-        self._limiter = limiter
         self._clock = clock
+        self._claims = None  # without Redis
+        if lock is not None:
+            self._claims = LockClaims(
+                config=config,
+                store=store,
+                keys=keys,
+                breaker=breaker,
+                stats=stats,
+                lock=lock,
+                notifier=notifier,
+                limiter=limiter,
+                clock=clock,
+            )
         # key -> (the fill every request for it awaits, whether it renews a served entry)
         self._inflight: dict[str, tuple[asyncio.Future[TokenEntry], bool]] = {}
+        self._spares: set[asyncio.Future[None]] = set()  # releases of locks taken for nothing
 
     def __repr__(self) -> str:
         return f"SingleFlight(inflight={len(self._inflight)})"
+
+    def configure(self, config: BrokerConfig) -> None:
+        self.cfg = config
+        if self._claims is not None:
+            self._claims.cfg = config
 
     def running(self, key: str) -> bool:
         return key in self._inflight
@@ -67,17 +84,46 @@ class SingleFlight:
         return item[0] if item is not None and not item[1] else None
 
     def start(
-        self, key: str, principal: Principal, scopes: tuple[str, ...], *, refresh: bool
+        self,
+        key: str,
+        principal: Principal,
+        scopes: tuple[str, ...],
+        *,
+        refresh: bool,
+        held: Held | None = None,
     ) -> asyncio.Future[TokenEntry]:
-        """The fill for ``key``: the one under way, else a new one."""
+        """The fill for ``key``: the one under way, else a new one (as the holder of ``held``)."""
         item = self._inflight.get(key)
         if item is not None:
             self.stats.inc("single_flight_waits")
+            if held is not None:  # not needed after all: freed at once
+                self._spare(asyncio.ensure_future(self._issuance.release(held, key)))
             return item[0]
-        fut = asyncio.ensure_future(self._fill(key, principal, scopes, refresh=refresh))
+        fut = asyncio.ensure_future(self._fill(key, principal, scopes, refresh=refresh, held=held))
         self._inflight[key] = (fut, refresh)
         fut.add_done_callback(lambda f: self._settle(key, f))
         return fut
+
+    async def read_or_fill(
+        self, key: str, principal: Principal, scopes: tuple[str, ...], now: float
+    ) -> TokenEntry | asyncio.Future[TokenEntry]:
+        """The entry in the shared cache, else its fill (started). Outside a Cluster, with Redis in
+        use and no fill under way, one round trip reads it and, when it is missing, takes the
+        lock, so that the fill starts as its holder (bff/tokens/issuance.py)."""
+        claims = self._claims
+        if claims is not None and claims.scripted and self._breaker.closed and key not in self._inflight:
+            try:
+                entry, held = await claims.read_or_acquire(key, principal, now)
+            except REDIS_ERRORS as exc:
+                self._breaker.failed(exc)  # then the cache's own read, with its retries
+            else:
+                return entry or self.start(key, principal, scopes, refresh=False, held=held)
+        entry = await self._store.read(key, now)
+        return entry or self.start(key, principal, scopes, refresh=False)
+
+    def _spare(self, task: asyncio.Future[None]) -> None:
+        self._spares.add(task)
+        task.add_done_callback(self._spares.discard)
 
     def _settle(self, key: str, fut: asyncio.Future[Any]) -> None:
         item = self._inflight.get(key)
@@ -87,16 +133,19 @@ class SingleFlight:
             fut.exception()  # retrieved, so an unawaited failure is not reported as lost
 
     async def _fill(
-        self, key: str, principal: Principal, scopes: tuple[str, ...], *, refresh: bool
+        self, key: str, principal: Principal, scopes: tuple[str, ...], *, refresh: bool, held: Held | None
     ) -> TokenEntry:
         deadline = time.monotonic() + self.cfg.wait_timeout_sec
         lock_key = self._keys.lock(key)
         pause = 0.05
+        claims = self._claims
         while True:
-            if self._lock is None or not self._breaker.closed:
+            if held is None and (claims is None or not self._breaker.closed):
                 return await self._issuance.run(key, principal, scopes, refresh, None)
+            assert claims is not None
             try:
-                held = await self._acquire(self._lock, key, lock_key, principal, refresh)
+                if held is None:
+                    held = await claims.acquire(key, lock_key, principal, refresh)
             except REDIS_ERRORS as exc:
                 self._breaker.failed(exc)
                 if await self._breaker.verdict():
@@ -119,62 +168,9 @@ class SingleFlight:
                 current = await self._store.read(key, self._clock())
                 if current is not None:
                     return current
-            entry = await self._wait_for_other(self._lock, key, lock_key, deadline)
+            entry = await claims.wait_for_other(key, lock_key, deadline)
             if entry is not None:
                 return entry
-
-    async def _acquire(
-        self, lock: RedisLock, key: str, lock_key: str, principal: Principal, refresh: bool
-    ) -> Held | None:
-        if not lock.scripted:
-            owner = await lock.acquire(lock_key, self.cfg.lock_ttl_sec)
-            return Held(owner, lock_key) if owner is not None else None
-        counter = None
-        if self._limiter is not None and not refresh:
-            counter = self._limiter.user_counter(principal.principal_id, principal.user_id)
-        epoch = self._store.l1_epoch()
-        owner, blob, count = await lock.acquire_and_read(
-            lock_key, self.cfg.lock_ttl_sec, key, counter[:2] if counter is not None else None
-        )
-        self._breaker.succeeded()
-        if owner is None:
-            return None
-        # Another replica may have filled the key between our miss and our lock.
-        current = self._store.decode(key, blob, self._clock(), epoch)
-        counted = (counter[2], count) if counter is not None and count is not None else None
-        return Held(owner, lock_key, read=True, current=current, counted=counted)
-
-    async def _wait_for_other(
-        self, lock: RedisLock, key: str, lock_key: str, deadline: float
-    ) -> TokenEntry | None:
-        """Wait until the holder publishes (or its lock expires); None means: try to lock again."""
-        notifier = self._notifier
-        with notifier.subscription(key) if notifier else contextlib.nullcontext(asyncio.Event()) as woke:
-            while True:
-                entry = await self._store.read(key, self._clock())
-                if entry is not None:
-                    self.stats.inc("waited_for_other")
-                    return entry
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self.stats.inc("wait_timeouts")
-                    raise TokenUnavailable("timed out waiting for a token", self.cfg.retry_after_sec)
-                try:
-                    lock_left = await lock.remaining_sec(lock_key)
-                except REDIS_ERRORS as exc:
-                    # None: lock again (which waits while Redis is unsure, see _fill).
-                    self._breaker.failed(exc)
-                    return None
-                if lock_left <= 0:
-                    return None
-                connected = notifier is not None and notifier.connected
-                step = min(left, lock_left, self.cfg.recheck_interval_sec if connected else 0.05)
-                woke.clear()
-                try:
-                    await asyncio.wait_for(woke.wait(), step)
-                    self.stats.inc("lock_wakeups")
-                except asyncio.TimeoutError:
-                    pass
 
 
 class Renewals:

@@ -2,8 +2,8 @@
 issuance against the limits, call Vluna, and store the token unless its user signed out since
 the call began.
 
-Holding the lock outside a Cluster, the re-check and the user's count came with the lock (one
-round trip, ``RedisLock.acquire_and_read``) and the store goes with the release
+Holding the lock outside a Cluster, the (re-)read and the user's count came with the lock (one
+round trip, bff/tokens/claim.py) and the store goes with the release
 (``RedisLock.store_and_release``): two round trips around the Vluna call. Otherwise, or when that
 script fails, each is a command of its own.
 """
@@ -11,29 +11,17 @@ script fails, each is a command of its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from bff.principals import Principal
 from bff.redis_client import REDIS_ERRORS, RedisBreaker
 from bff.stats import Stats
+from bff.tokens.claim import Held
 from bff.tokens.entry import BrokerConfig, TokenEntry, TokenRejected, TokenUnavailable
 from bff.tokens.issuer import IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import RedisLock
 from bff.tokens.store import EntryStore
-
-
-@dataclass
-class Held:
-    """The cross-replica lock, ours. ``read``: the cache was re-read with it (``current``) and
-    the user's issuance counted (``counted``: window and count), in the same round trip."""
-
-    owner: str
-    lock_key: str
-    read: bool = False
-    current: TokenEntry | None = None
-    counted: tuple[int, int] | None = None
 
 
 class Issuance:
@@ -123,7 +111,7 @@ class Issuance:
             marker = self._keys.signed_out(principal.principal_id, principal.user_id)
             try:
                 stored = await self._lock.store_and_release(
-                    held.lock_key, held.owner, key, blob, ttl, marker, started
+                    held.lock_key, held.owner, key, blob, ttl, marker, started, self._store.l1_channel
                 )
             except REDIS_ERRORS as exc:
                 self._breaker.failed(exc)  # then command by command, each tried as the cache does

@@ -7,7 +7,9 @@ sign-out:
 
 - Every sign-out (``TokenBroker.forget``) publishes the deleted keys on one channel,
   ``<prefix>l1:inval``, after deleting them in Redis; every replica subscribes to it and drops
-  those keys (and counts an invalidation epoch).
+  those keys (and counts an invalidation epoch). Every token stored publishes its key there too
+  (bff/tokens/lock.py ``store_and_release``, bff/tokens/store.py): when a key is filled twice (two
+  issuances during a Redis failover), no replica keeps serving the token Redis no longer holds.
 - Every ``heartbeat_sec`` each replica publishes the time it sent the heartbeat on a channel of
   its own, received on the *same* subscription connection. Redis delivers a connection's
   messages in the order it executed the PUBLISHes, so a heartbeat sent at ``t`` and received

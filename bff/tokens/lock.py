@@ -14,10 +14,11 @@ expiry. Releasing deletes the lock only if it is still ours and announces it:
 Either way waiters wake as soon as the token is in the cache instead of polling; while the
 subscriptions are down (``connected`` False) they re-check every 50 ms.
 
-Outside a Cluster (``scripted``) the holder's work around its one Vluna call is two round trips,
-each one script: ``acquire_and_read`` takes the lock, re-reads the cache and counts the issuance
-for the user's limit (bff/tokens/limits.py); ``store_and_release`` checks the sign-out marker,
-stores the entry, frees the lock and publishes. On a Cluster those keys live in different slots
+Outside a Cluster (``scripted``) a cold issuance is two round trips, each one script:
+``read_or_acquire`` reads the cache and, when the token is missing, takes the lock and counts the
+issuance for the user's limit (bff/tokens/limits.py; ``acquire_and_read`` does the same for a
+fill that did not read first); ``store_and_release`` checks the sign-out marker, stores the entry,
+frees the lock and publishes. On a Cluster those keys live in different slots
 (their names are HMACs, without hash tags), so there they are separate commands.
 """
 
@@ -65,8 +66,22 @@ end
 return {1, v, n}
 """
 
+# Read the token; only when it is absent, lock, and count the issuance that follows.
+_READ_OR_ACQUIRE = """
+local v = redis.call('get', KEYS[1])
+if v then return {0, v} end
+if not redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0} end
+local n = false
+if #KEYS > 2 then
+  n = redis.call('incr', KEYS[3])
+  redis.call('expire', KEYS[3], ARGV[3])
+end
+return {1, false, n}
+"""
+
 # Store the entry unless the user signed out since the issuance started (the marker holds the
-# sign-out's time), then release as _RELEASE does. 0 when the sign-out kept it out.
+# sign-out's time), telling the first levels (ARGV[6], when given) to drop what they hold under the
+# key, then release as _RELEASE does. 0 when the sign-out kept it out.
 _STORE_AND_RELEASE = """
 local out = tonumber(redis.call('get', KEYS[3]) or '')
 local stored = 1
@@ -74,6 +89,7 @@ if out and out >= tonumber(ARGV[4]) then
   stored = 0
 elseif tonumber(ARGV[2]) > 0 then
   redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if ARGV[6] then redis.call('publish', ARGV[6], KEYS[1]) end
 end
 if redis.call('get', KEYS[2]) == ARGV[3] then redis.call('del', KEYS[2]) end
 redis.call('publish', ARGV[5], '1')
@@ -88,6 +104,7 @@ class RedisLock:
         self._sharded = sharded
         self._release = redis.register_script(_RELEASE_QUIET if sharded else _RELEASE)
         self._acquire = None if sharded else redis.register_script(_ACQUIRE)
+        self._read_or_acquire = None if sharded else redis.register_script(_READ_OR_ACQUIRE)
         self._store_and_release = None if sharded else redis.register_script(_STORE_AND_RELEASE)
 
     @property
@@ -114,6 +131,25 @@ class RedisLock:
         value, count = reply[1], reply[2]
         return owner, bytes(value) if value is not None else None, int(count) if count is not None else None
 
+    async def read_or_acquire(
+        self, token_key: str, lock_key: str, ttl_sec: float, counter: tuple[str, int] | None
+    ) -> tuple[str | None, bytes | None, int | None]:
+        """(None, the cached value, None) when the cache has one; else (owner, None, the counter's
+        new value) once the lock is ours, or (None, None, None) when another holds it."""
+        assert self._read_or_acquire is not None
+        owner = secrets.token_hex(16)
+        keys = [token_key, lock_key]
+        args: list[Any] = [owner, max(1, int(ttl_sec * 1000))]
+        if counter is not None:
+            keys.append(counter[0])
+            args.append(counter[1])
+        reply = await self._read_or_acquire(keys=keys, args=args)
+        if not int(reply[0]):
+            value = reply[1] if len(reply) > 1 else None
+            return None, bytes(value) if value is not None else None, None
+        count = reply[2]
+        return owner, None, int(count) if count is not None else None
+
     async def store_and_release(
         self,
         lock_key: str,
@@ -123,15 +159,17 @@ class RedisLock:
         ttl_sec: float,
         marker_key: str,
         since: float,
+        l1_channel: str | None = None,
     ) -> bool:
         """Stores ``value`` (for ``ttl_sec``; not at all if <= 0) unless the sign-out marker holds a
-        time >= ``since``, then frees the lock (if still ours) and tells the waiters. False when
-        the sign-out kept the value out."""
+        time >= ``since`` (and when stored, publishes the key on ``l1_channel``: every first level
+        drops what it holds under it, bff/tokens/l1.py), then frees the lock (if still ours) and
+        tells the waiters. False when the sign-out kept the value out."""
         assert self._store_and_release is not None
-        stored = await self._store_and_release(
-            keys=[token_key, lock_key, marker_key],
-            args=[value, int(ttl_sec * 1000), owner, repr(since), self._keys.channel(token_key)],
-        )
+        args = [value, int(ttl_sec * 1000), owner, repr(since), self._keys.channel(token_key)]
+        if l1_channel is not None:
+            args.append(l1_channel)
+        stored = await self._store_and_release(keys=[token_key, lock_key, marker_key], args=args)
         return bool(int(stored))
 
     async def acquire(self, lock_key: str, ttl_sec: float) -> str | None:

@@ -3,9 +3,11 @@ and kept in the first level (bff/tokens/l1.py) only when Redis itself answered."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from bff.principals import Principal
+from bff.redis_client import REDIS_ERRORS
 from bff.stats import Stats
 from bff.tokens.cache import ResilientCache, SharedCacheUnavailable
 from bff.tokens.crypto import TokenCipher
@@ -39,6 +41,13 @@ class EntryStore:
 
     def l1_epoch(self) -> int:
         return self._l1.epoch if self._l1 is not None else 0
+
+    @property
+    def l1_channel(self) -> str | None:
+        """Where a stored entry is announced, for every first level to drop its copy of the key
+        (a token stored twice, as during a Redis failover, must not leave replicas serving the
+        one Redis no longer holds)."""
+        return self._l1.channel if self._l1 is not None else None
 
     async def read(self, key: str, now: float) -> TokenEntry | None:
         epoch = self.l1_epoch()
@@ -85,7 +94,12 @@ class EntryStore:
 
     async def store(self, key: str, entry: TokenEntry) -> None:
         blob, ttl = self.seal(key, entry)
+        shared = self._cache.uses_redis
         await self._cache.set(key, blob, ttl)
+        if self._l1 is not None and shared and self._cache.uses_redis:
+            # Best effort: a copy held elsewhere is served at most until its own bound anyway.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._l1.invalidate([key])
 
     async def shared_get(self, key: str) -> bytes | None:
         try:
