@@ -72,6 +72,7 @@ class ObservabilityMiddleware:
         self._quiet = PROBE_ROUTES | {metrics_path}
         # Metric children by label values: labels() validates and locks on every call.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._in_flight = metrics.fast(metrics.HTTP_IN_FLIGHT)
 
     def _incoming_id(self, scope: Scope) -> str:
         if self._trust:
@@ -102,7 +103,7 @@ class ObservabilityMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        in_flight = metrics.HTTP_IN_FLIGHT
+        in_flight = self._in_flight
         in_flight.inc()
         started = time.perf_counter()
         try:
@@ -162,8 +163,12 @@ class ObservabilityMiddleware:
             if len(self._children) >= _MAX_SERIES:
                 self._children.clear()
             children = self._children[key] = (
-                metrics.HTTP_REQUESTS.labels(method=method, route=route, status=metrics.status_label(status)),
-                metrics.HTTP_LATENCY.labels(method=method, route=route),
+                metrics.fast(
+                    metrics.HTTP_REQUESTS.labels(
+                        method=method, route=route, status=metrics.status_label(status)
+                    )
+                ),
+                metrics.fast_histogram(metrics.HTTP_LATENCY.labels(method=method, route=route)),
             )
         children[0].inc()
         children[1].observe(elapsed)

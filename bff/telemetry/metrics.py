@@ -10,6 +10,7 @@ operation or event name chosen by the code. Never a user, principal, token or se
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import glob
 import os
@@ -171,8 +172,11 @@ class _Tally:
     def __init__(self, value: float) -> None:
         self.value = value
 
-    def inc(self, amount: float) -> None:
+    def inc(self, amount: float = 1) -> None:
         self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
 
     def set(self, value: float, timestamp: float | None = None) -> None:
         self.value = value
@@ -211,6 +215,58 @@ def _share_tally(name: str, children: tuple[Any, ...]) -> _Tally | None:
     for child in children:
         child._value = tally
     return tally
+
+
+def _as_tally(value: Any) -> _Tally | None:
+    if type(value) is _Tally:
+        return value
+    if type(value) is values.MutexValue and _plain_values():
+        return _Tally(value.get())  # type: ignore[no-untyped-call]
+    return None
+
+
+def fast(child: Any) -> Any:
+    """What to call ``inc()`` (and, for a gauge, ``dec()``) on for a resolved counter or gauge
+    child: in single-process mode its value as a plain tally (no validation, no lock; the scrape
+    reads it the same), else the child itself."""
+    tally = _as_tally(getattr(child, "_value", None))
+    if tally is None:
+        return child
+    child._value = tally
+    return tally
+
+
+class _FastHistogram:
+    """``observe()`` on a histogram child's plain tallies: the sum and the one bucket the amount
+    falls in (the first upper bound not below it, as prometheus_client's own observe)."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, bounds: list[float], buckets: list[_Tally], total: _Tally) -> None:
+        self._bounds = bounds
+        self._buckets = buckets
+        self._sum = total
+
+    def observe(self, amount: float) -> None:
+        self._sum.value += amount
+        if amount == amount:
+            self._buckets[bisect.bisect_left(self._bounds, amount)].value += 1
+
+
+def fast_histogram(child: Any) -> Any:
+    """What to call ``observe()`` on for a resolved histogram child (see ``fast``)."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        return child
+    tallies = [_as_tally(v) for v in (*buckets, total)]
+    if any(t is None for t in tallies):
+        return child
+    plain = [t for t in tallies if t is not None]
+    child._buckets = plain[:-1]
+    child._sum = plain[-1]
+    return _FastHistogram(list(bounds), plain[:-1], plain[-1])
 
 
 class MeteredStats(Stats):
@@ -300,8 +356,8 @@ def observe_upstream(operation: str, outcome: str, seconds: float, error_kind: s
         if len(_UPSTREAM_CHILDREN) >= _MAX_EVENT_NAMES:
             _UPSTREAM_CHILDREN.clear()
         children = _UPSTREAM_CHILDREN[(operation, outcome)] = (
-            UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome),
-            UPSTREAM_LATENCY.labels(operation=operation),
+            fast(UPSTREAM_REQUESTS.labels(operation=operation, outcome=outcome)),
+            fast_histogram(UPSTREAM_LATENCY.labels(operation=operation)),
         )
     children[0].inc()
     children[1].observe(seconds)

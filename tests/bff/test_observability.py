@@ -498,3 +498,41 @@ def test_an_event_is_one_tally_read_by_its_series_at_scrape_time() -> None:
     ]
     # Single-process mode: both series of the event read one count (one addition per event).
     assert TOKEN_CACHE.labels(event="hit")._value is EVENTS.labels(event="cache_hits")._value
+
+
+def test_fast_children_expose_what_the_locked_ones_do() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    from bff.telemetry import metrics
+
+    def made(prefix: str) -> tuple[CollectorRegistry, Any, Any, Any]:
+        registry = CollectorRegistry()
+        counter = Counter(f"{prefix}_calls", "calls", ["route"], registry=registry)
+        gauge = Gauge(f"{prefix}_busy", "busy", registry=registry)
+        hist = Histogram(
+            f"{prefix}_seconds", "seconds", ["route"], buckets=metrics._LATENCY_BUCKETS, registry=registry
+        )
+        return registry, counter.labels(route="/a"), gauge, hist.labels(route="/a")
+
+    plain_reg, plain_counter, plain_gauge, plain_hist = made("m")
+    fast_reg, fast_counter_child, fast_gauge_metric, fast_hist_child = made("m")
+    fast_counter = metrics.fast(fast_counter_child)
+    fast_gauge = metrics.fast(fast_gauge_metric)
+    fast_hist = metrics.fast_histogram(fast_hist_child)
+    assert fast_counter is not fast_counter_child and fast_hist is not fast_hist_child  # made fast
+    assert metrics.fast(fast_counter_child) is fast_counter  # resolved again: the same tally
+    amounts = [0.0, 0.001, 0.0010001, 0.005, 0.3, 2.5, 30.0, 31.0, 1e9, -1.0, float("nan"), 0.05]
+    for amount in amounts:
+        for counter, gauge, hist in (
+            (plain_counter, plain_gauge, plain_hist),
+            (fast_counter, fast_gauge, fast_hist),
+        ):
+            counter.inc()
+            gauge.inc()
+            hist.observe(amount)
+            gauge.dec()
+    plain_gauge.inc(2)
+    fast_gauge.inc(2)
+    assert generate_latest(fast_reg) == generate_latest(plain_reg)
+    assert metrics.fast_histogram(fast_hist_child).observe(0.2) is None
+    assert generate_latest(fast_reg) != generate_latest(plain_reg)  # and the scrape sees it
