@@ -24,6 +24,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, ControllerRouterHandler, Method
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from vlunaai import ServiceClient
 
@@ -206,7 +207,7 @@ def build_services(
     cluster = isinstance(redis, RedisCluster)
     lock = RedisLock(redis, keys, sharded=cluster) if redis is not None else None
     notifier: Waiters | None = None
-    if cluster:
+    if isinstance(redis, RedisCluster):
         notifier = ShardedNotifier(redis, keys)
     elif redis is not None:
         notifier = Notifier(redis, keys)
@@ -228,7 +229,7 @@ def build_services(
         )
         # Not on a Redis Cluster: its pub/sub crosses nodes, and the heartbeat's proof needs one
         # server ordering the invalidations and the heartbeats (redis-py has no cluster pub/sub).
-        if c.l1.enabled and redis is not None and not c.redis.cluster and hasattr(redis, "pubsub")
+        if c.l1.enabled and isinstance(redis, Redis) and not c.redis.cluster
         else None
     )
     if vluna is None:

@@ -221,7 +221,7 @@ def _as_tally(value: Any) -> _Tally | None:
     if type(value) is _Tally:
         return value
     if type(value) is values.MutexValue and _plain_values():
-        return _Tally(value.get())  # type: ignore[no-untyped-call]
+        return _Tally(value.get())
     return None
 
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from bff.redis_client import REDIS_ERRORS, RedisBreaker
+from bff.redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 
 __all__ = ["REDIS_ERRORS", "CacheBackend", "MemoryCache", "RedisCache", "ResilientCache"]
 
@@ -62,7 +62,7 @@ class MemoryCache:
 
 
 class RedisCache:
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def get(self, key: str) -> bytes | None:

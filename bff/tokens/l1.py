@@ -39,7 +39,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from redis.asyncio import Redis
 
 from bff.redis_client import REDIS_ERRORS
 from bff.stats import Stats
@@ -56,7 +58,7 @@ _ALL = b"*"
 class L1Cache:
     def __init__(
         self,
-        redis: Any,
+        redis: Redis,
         prefix: str,
         stats: Stats,
         *,

@@ -22,10 +22,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 from bff.errors import TooManyRequests
-from bff.redis_client import REDIS_ERRORS, RedisBreaker
+from bff.redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 from bff.settings import IssuanceLimitSettings
 from bff.stats import Stats
 from bff.tokens.keys import CacheKeys
@@ -59,7 +58,7 @@ class IssuanceLimiter:
         self,
         settings: IssuanceLimitSettings,
         *,
-        redis: Any | None,
+        redis: RedisClient | None,
         keys: CacheKeys,
         breaker: RedisBreaker,
         stats: Stats,

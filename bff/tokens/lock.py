@@ -31,12 +31,13 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException
 
-from bff.redis_client import REDIS_ERRORS
+from bff.redis_client import REDIS_ERRORS, RedisClient
 from bff.tokens.keys import CacheKeys
 
 log = logging.getLogger("bff.lock")
@@ -97,15 +98,21 @@ return stored
 """
 
 
+def _script(redis: RedisClient, text: str) -> AsyncScript:
+    # redis-py annotates register_script for Redis only; RedisCluster has it too (ScriptCommands),
+    # and runs a script on the node that serves its keys.
+    return redis.register_script(text)  # type: ignore[misc]
+
+
 class RedisLock:
-    def __init__(self, redis: Any, keys: CacheKeys, *, sharded: bool = False) -> None:
+    def __init__(self, redis: RedisClient, keys: CacheKeys, *, sharded: bool = False) -> None:
         self._redis = redis
         self._keys = keys
         self._sharded = sharded
-        self._release = redis.register_script(_RELEASE_QUIET if sharded else _RELEASE)
-        self._acquire = None if sharded else redis.register_script(_ACQUIRE)
-        self._read_or_acquire = None if sharded else redis.register_script(_READ_OR_ACQUIRE)
-        self._store_and_release = None if sharded else redis.register_script(_STORE_AND_RELEASE)
+        self._release = _script(redis, _RELEASE_QUIET if sharded else _RELEASE)
+        self._acquire = None if sharded else _script(redis, _ACQUIRE)
+        self._read_or_acquire = None if sharded else _script(redis, _READ_OR_ACQUIRE)
+        self._store_and_release = None if sharded else _script(redis, _STORE_AND_RELEASE)
 
     @property
     def scripted(self) -> bool:
@@ -166,7 +173,13 @@ class RedisLock:
         drops what it holds under it, bff/tokens/l1.py), then frees the lock (if still ours) and
         tells the waiters. False when the sign-out kept the value out."""
         assert self._store_and_release is not None
-        args = [value, int(ttl_sec * 1000), owner, repr(since), self._keys.channel(token_key)]
+        args: list[bytes | str | int] = [
+            value,
+            int(ttl_sec * 1000),
+            owner,
+            repr(since),
+            self._keys.channel(token_key),
+        ]
         if l1_channel is not None:
             args.append(l1_channel)
         stored = await self._store_and_release(keys=[token_key, lock_key, marker_key], args=args)
@@ -198,7 +211,7 @@ STOP_TIMEOUT_SEC = 2.0
 class Waiters:
     """Waiters of this process by token key, woken by whatever subscription a subclass runs."""
 
-    def __init__(self, redis: Any, keys: CacheKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: CacheKeys) -> None:
         self._redis = redis
         self._keys = keys
         self._events: dict[str, set[asyncio.Event]] = {}
@@ -252,8 +265,9 @@ class Notifier(Waiters):
     are closed (idle ones at once; on the next two checks also those still in use, which by then
     are subscriptions, such as the first-level cache's) and this subscription is opened again."""
 
-    def __init__(self, redis: Any, keys: CacheKeys) -> None:
+    def __init__(self, redis: Redis, keys: CacheKeys) -> None:
         super().__init__(redis, keys)
+        self._plain = redis  # (typed: pub/sub is a Redis client's, not a cluster client's)
         pool = getattr(redis, "connection_pool", None)
         self._sentinel_pool = pool if isinstance(pool, SentinelConnectionPool) else None
         self._master: tuple[str, int] | None = None
@@ -299,7 +313,7 @@ class Notifier(Waiters):
     async def _run(self) -> None:
         backoff = 0.1
         while True:
-            pubsub = self._redis.pubsub()
+            pubsub = self._plain.pubsub()
             try:
                 await pubsub.psubscribe(self._keys.channel_pattern())
                 self.connected = True
@@ -368,8 +382,9 @@ class ShardedNotifier(Waiters):
     (``sunsubscribe``, sent on a failover or resharding), all are closed and the slot owners
     are read again (``CLUSTER SLOTS``), with a growing pause while that fails."""
 
-    def __init__(self, redis: Any, keys: CacheKeys) -> None:
+    def __init__(self, redis: RedisCluster, keys: CacheKeys) -> None:
         super().__init__(redis, keys)
+        self._cluster = redis
         self._subscribed_nodes: set[int] = set()
         self._node_count = 0
         self._failed_before = False
@@ -407,12 +422,14 @@ class ShardedNotifier(Waiters):
         """Shard channels by the master serving each one's slot, from the cluster client's own
         view of the cluster (read again after a failure: the failover may have moved them)."""
         if refresh:
-            await self._redis.nodes_manager.initialize()
+            await self._cluster.nodes_manager.initialize()
         else:
-            await self._redis.initialize()
+            await self._cluster.initialize()
         owners: dict[str, tuple[Any, list[str]]] = {}
         for channel in self._keys.shard_channels():
-            node = self._redis.get_node_from_key(channel)
+            node = self._cluster.get_node_from_key(channel)
+            if node is None:
+                raise RedisClusterException(f"no node serves the slot of {channel}")
             owners.setdefault(node.name, (node, []))[1].append(channel)
         return list(owners.values())
 
