@@ -39,7 +39,7 @@ class Principal:
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_ID_LEN = 256
 MAX_TRAIT_LEN = 1024
-# Rules-based mappings remembered per claims object (see PrincipalMapper.map).
+# Rules-based mappings remembered by the claim values they read (see PrincipalMapper.map).
 MEMO_MAX_ENTRIES = 4096
 _MAX_SAFE_INT = 2**53  # what every JSON reader keeps exact
 
@@ -91,13 +91,18 @@ class PrincipalMapper:
         self._s = settings
         self._hook = hook
         self._separators = [separators(rule.template) for rule in settings.principal]
-        # id(claims) -> (claims, principal). The verifiers' caches (JWT, introspection) hand the
-        # same claims object back for the same credential, so a request of a known caller finds
-        # its principal without running the rules. The entry holds the claims object itself and
-        # a hit needs that very object (``is``): while it is held here its id cannot be reused by
-        # another caller's claims. Only rules are remembered (a hook may answer differently each
-        # time), only successes, and a bounded number (the oldest dropped first).
-        self._memo: dict[int, tuple[Mapping[str, Any], Principal]] = {}
+        # The rules' result is a function of a few claims only: the rules' claims and their
+        # templates' fields, the user claim and the traits' claims. It is remembered under those
+        # claims' values, each with its type (True, 1 and 1.0 are equal in Python but not here),
+        # so a request of a known caller skips the rules, and two callers share an entry only
+        # when every claim the rules read is the same. Only rules are remembered (a hook may
+        # answer differently each time), only successes, and a bounded number (oldest first).
+        read: list[str] = []
+        for rule in settings.principal:
+            read += [rule.claim, *(n for n in _FIELD.findall(rule.template) if n != "value")]
+        read += [settings.user_claim, *settings.traits.values()]
+        self._read = tuple(dict.fromkeys(read))
+        self._memo: dict[tuple[tuple[type, Any], ...], Principal] = {}
 
     async def map(self, identity: Identity) -> Principal:
         if self._hook is not None:
@@ -123,15 +128,18 @@ class PrincipalMapper:
                 "mapping hook must return a Principal, a mapping with principal_id and user_id, or None"
             )
         claims = identity.claims
-        key = id(claims)
-        hit = self._memo.get(key)
-        if hit is not None and hit[0] is claims:
-            return hit[1]
+        key = tuple([(type(v), v) for v in map(claims.get, self._read)])
+        try:
+            hit = self._memo.get(key)
+        except TypeError:  # a claim the rules read holds a list or an object: mapped every time
+            return self._checked(self._by_rules(claims))
+        if hit is not None:
+            return hit
         principal = self._checked(self._by_rules(claims))
         memo = self._memo
         if len(memo) >= MEMO_MAX_ENTRIES:
             del memo[next(iter(memo))]
-        memo[key] = (claims, principal)
+        memo[key] = principal
         return principal
 
     def _by_rules(self, claims: Mapping[str, Any]) -> Principal:

@@ -158,6 +158,32 @@ async def test_memo_never_confuses_claims_objects_that_come_and_go() -> None:
         assert (p.principal_id, p.user_id) == (f"user:u{i}", f"u{i}")
 
 
+async def test_memo_follows_a_claims_object_changed_in_place() -> None:
+    # An authentication hook may hand back one dict it fills anew for each caller: the memo reads
+    # the values, never the object's identity, so each caller still gets its own principal.
+    mapper = PrincipalMapper(RULES)
+    claims: dict[str, Any] = {"sub": "alice", "org_id": "acme"}
+    for user, org in [("alice", "acme"), ("bob", "acme"), ("bob", None), ("alice", "acme"), ("bob", "beta")]:
+        claims.clear()
+        claims["sub"] = user
+        if org is not None:
+            claims["org_id"] = org
+        p = await mapper.map(Identity(claims=claims, method="hook"))
+        assert (p.principal_id, p.user_id) == ((f"org:{org}" if org else f"user:{user}"), user)
+
+
+async def test_memo_tells_claim_types_apart() -> None:
+    # 1, 1.0 and True are equal (and hash alike) in Python; as ids only the integer is usable.
+    mapper = PrincipalMapper(RULES)
+    assert (await mapper.map(Identity(claims={"sub": 1}, method="bearer"))).user_id == "1"
+    for unusable in (True, 1.0):
+        with pytest.raises(Forbidden):
+            await mapper.map(Identity(claims={"sub": unusable}, method="bearer"))
+    # A list in a claim the rules read: mapped without the memo, correctly.
+    p = await mapper.map(Identity(claims={"sub": "u", "org_id": ["a", "b"]}, method="bearer"))
+    assert (p.principal_id, p.user_id) == ("user:u", "u")
+
+
 async def test_memo_is_bounded_and_keeps_no_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(principals, "MEMO_MAX_ENTRIES", 8)
     mapper = PrincipalMapper(RULES)
