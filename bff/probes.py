@@ -61,6 +61,11 @@ REDIS_COMMANDS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("spublish", "{p}done:shard00", "1"), "release notification (cluster)"),
     (("ssubscribe", "{p}done:shard00"), "release notifications (cluster)"),
     (("sunsubscribe", "{p}done:shard00"), "release notifications (cluster)"),
+    (("publish", "{p}l1:inval", "probe"), "first-level cache invalidations (cache.l1)"),
+    (("subscribe", "{p}l1:inval"), "first-level cache invalidations (cache.l1)"),
+    (("unsubscribe", "{p}l1:inval"), "first-level cache invalidations (cache.l1)"),
+    (("publish", "{p}l1:hb:probe", "1"), "first-level cache heartbeat (cache.l1)"),
+    (("subscribe", "{p}l1:hb:probe"), "first-level cache heartbeat (cache.l1)"),
     (("incr", "{p}iss:probe:1"), "issuance limits"),
     (("expire", "{p}iss:probe:1", "10"), "issuance limits"),
     (("incrby", "{p}rl:probe", "1"), "proxy rate limits"),
@@ -84,11 +89,13 @@ class ProbeLine:
 _SHARDED = ("spublish", "ssubscribe", "sunsubscribe")
 
 
-def _commands(prefix: str, cluster: bool) -> list[tuple[tuple[str, ...], str]]:
+def _commands(prefix: str, cluster: bool, l1: bool) -> list[tuple[tuple[str, ...], str]]:
     out = []
     for args, why in REDIS_COMMANDS:
         if args[0] in (_SHARDED if not cluster else ("psubscribe", "punsubscribe", "publish")):
             continue  # a cluster uses sharded pub/sub, anything else pattern subscriptions
+        if "{p}l1:" in " ".join(args) and not l1:
+            continue  # the first level is off (or on a Cluster, where it never runs)
         out.append((tuple(a.replace("{p}", prefix) for a in args), why))
     return out
 
@@ -129,6 +136,18 @@ async def _exercise(
     for args, why in commands:
         name = args[0]
         try:
+            if name in ("subscribe", "unsubscribe"):
+                if name == "subscribe":
+                    assert not isinstance(client, RedisCluster)  # the first level is off on a cluster
+                    plain = client.pubsub()
+                    try:
+                        await plain.subscribe(args[1])
+                        await plain.get_message(timeout=1.0)
+                        await plain.unsubscribe(args[1])
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await plain.aclose()
+                continue
             if name in ("psubscribe", "punsubscribe"):
                 if name == "psubscribe":
                     assert not isinstance(client, RedisCluster)  # a cluster's list has no psubscribe
@@ -197,7 +216,7 @@ async def probe_redis(settings: Settings, timeout: float) -> list[ProbeLine]:
             return [ProbeLine("redis", False, f"{target}: PING: no answer within {timeout:g} s")]
         except Exception as exc:
             return [ProbeLine("redis", False, f"{target}: PING: {_redis_cause(exc)}")]
-        commands = _commands(c.key_prefix, r.cluster)
+        commands = _commands(c.key_prefix, r.cluster, c.l1.enabled and not r.cluster)
         denied = await _dryrun(client, commands)
         how = "ACL DRYRUN"
         if denied is None:

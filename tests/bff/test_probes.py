@@ -8,6 +8,7 @@ Every failure must be one line naming the address, what was tried and the cause,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -18,8 +19,10 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
 
+from bff.principals import Principal
 from bff.probes import ProbeLine, probe_identity_provider, probe_redis, probe_vluna
 from bff.settings import Settings
 from tests.support.emulator import EMULATOR_SECRET, Emulator, start_emulator
@@ -28,18 +31,35 @@ from tests.support.processes import REPO, Proc
 from tests.support.redis_servers import start_redis
 from tests.support.service import bff_config, write_config
 
-from .support import Keys, make_settings
+from .support import FakeIssuer, Keys, make_settings, redis_settings, running_services
 
 PASSWORD = "probe-password-never-printed-7f3a"
+
+
+# The ACL rules docs/operations.md gives for a user of its own (the password and name aside).
+DOCUMENTED_ACL = (
+    " ~vbff:* &vbff:done:* &vbff:l1:* +get +set +del +pttl +incr +incrby +expire +eval +evalsha +script|load"
+    " +publish +psubscribe +punsubscribe +subscribe +unsubscribe +ping +select"
+)
+
+
+def test_the_documented_acl_is_the_one_tested() -> None:
+    text = (REPO / "docs" / "operations.md").read_text()
+    assert "`ACL SETUSER vluna-bff on >…" + DOCUMENTED_ACL + "`" in text
 
 
 @pytest.fixture(scope="module")
 def own_redis() -> Iterator[Proc]:
     proc = start_redis()
     r = redis.Redis(port=proc.port)
-    # a user with everything the service needs on its prefix, but no ACL commands
+    # the user docs/operations.md describes: everything the service needs on its prefix, but no
+    # ACL commands (+command only for the probe's check of renamed commands)
+    r.execute_command("ACL SETUSER bff on >" + PASSWORD + DOCUMENTED_ACL + " +command")
+    # the documented example before the first level's channels were added to it
     r.execute_command(
-        "ACL SETUSER bff on >" + PASSWORD + " ~vbff:* &vbff:done:* +get +set +del +pttl +incr +incrby +expire"
+        "ACL SETUSER nol1 on >"
+        + PASSWORD
+        + " ~vbff:* &vbff:done:* +get +set +del +pttl +incr +incrby +expire"
         " +eval +evalsha +script|load +publish +psubscribe +punsubscribe +ping +select +command"
     )
     # the documented example before this change: +incr where the rate limiter runs INCRBY
@@ -96,7 +116,7 @@ async def test_redis_wrong_password(keys: Keys, own_redis: Proc) -> None:
 async def test_redis_default_user_passes_by_acl_dryrun(keys: Keys, own_redis: Proc) -> None:
     line = only(await probe_redis(with_redis(keys, own_redis.url), 2.0))
     assert line.ok, line
-    assert "(ACL DRYRUN)" in line.text and "16 commands" in line.text
+    assert "(ACL DRYRUN)" in line.text and "21 commands" in line.text
 
 
 async def test_a_user_without_acl_commands_is_checked_by_running_the_commands(
@@ -126,6 +146,54 @@ async def test_missing_permissions_are_named(keys: Keys, own_redis: Proc) -> Non
     )
     assert not line.ok and "(checked by ACL DRYRUN)" in line.text
     assert "publish vbff:done:probe" in line.text and "psubscribe vbff:done:*" in line.text
+    # by running the commands: the first level's channels (the documented rules before them)
+    line = only(
+        await probe_redis(with_redis(keys, f"redis://nol1:{PASSWORD}@127.0.0.1:{own_redis.port}/0"), 2.0)
+    )
+    assert not line.ok and "running each command on a probe key" in line.text
+    assert "publish vbff:l1:inval (first-level cache invalidations (cache.l1))" in line.text
+    assert "subscribe vbff:l1:inval" in line.text and "subscribe vbff:l1:hb:probe" in line.text
+    # ... which the first level needs only where it runs
+    url = f"redis://nol1:{PASSWORD}@127.0.0.1:{own_redis.port}/0"
+    off = make_settings(
+        keys,
+        cache={"backend": "redis", "key_prefix": "vbff:", "redis": {"url": url}, "l1": {"enabled": False}},
+    )
+    assert only(await probe_redis(off, 2.0)).ok
+
+
+async def test_the_documented_acl_user_serves_signs_out_and_fills_the_first_level(
+    keys: Keys, own_redis: Proc
+) -> None:
+    # End to end with the documented user: a sign-out needs the first level's channel (without
+    # it: SignOutIncomplete, a 503), and the first level serves only once it is subscribed.
+    url = f"redis://bff:{PASSWORD}@127.0.0.1:{own_redis.port}/0"
+    issuer = FakeIssuer()
+    client = aioredis.Redis.from_url(url)
+    try:
+        async with running_services(redis_settings(keys, "vbff:", url=url), issuer, client) as svc:
+            assert svc.l1 is not None
+            await svc.l1.start()
+            try:
+                await asyncio.wait_for(svc.l1.subscribed.wait(), 10)
+                alice = Principal("org:acme", "alice")
+                first = await svc.broker.get_token(alice, ("checkout",))
+                for _ in range(500):  # read from Redis into the first level, then served by it
+                    assert (
+                        await svc.broker.get_token(alice, ("checkout",))
+                    ).access_token == first.access_token
+                    if svc.stats.get("l1_hits"):
+                        break
+                    await asyncio.sleep(0.02)
+                assert svc.stats.get("l1_hits") > 0
+                await svc.broker.forget(alice)
+                again = await svc.broker.get_token(alice, ("checkout",))
+                assert again.access_token != first.access_token and len(issuer.calls) == 2
+                assert svc.stats.get("redis_errors") == 0
+            finally:
+                await svc.l1.stop()
+    finally:
+        await client.aclose()
 
 
 async def test_memory_backend_has_no_redis_probe(keys: Keys) -> None:
