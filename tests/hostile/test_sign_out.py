@@ -81,17 +81,22 @@ def replicas(user_keys: UserKeys) -> Iterator[Replicas]:
         auth={"jwt": {"leeway_sec": 5}},
     )
     cfg = write_config(data)
+    started: Replicas | None = None
     try:
         for _ in range(2):
             bffs.append(start_bff(cfg))
-        yield Replicas(emulator, redis, bffs, user_keys)
+        started = Replicas(emulator, redis, bffs, user_keys)
+        yield started
     finally:
         cfg.unlink()
         for bff in bffs:
             bff.stop()
         emulator.stop()
-        redis.signal(signal.SIGCONT)
-        redis.stop()
+        # A test may have replaced the server (stopped, then started again on its port): the
+        # one running now is stopped (the first one, if replaced, was stopped by that test).
+        current = started.redis if started is not None else redis
+        current.signal(signal.SIGCONT)
+        current.stop()
 
 
 def assert_refused_sign_out(r: httpx.Response) -> None:
