@@ -136,26 +136,16 @@ async def _exercise(
     for args, why in commands:
         name = args[0]
         try:
-            if name in ("subscribe", "unsubscribe"):
-                if name == "subscribe":
-                    assert not isinstance(client, RedisCluster)  # the first level is off on a cluster
-                    plain = client.pubsub()
-                    try:
-                        await plain.subscribe(args[1])
-                        await plain.get_message(timeout=1.0)
-                        await plain.unsubscribe(args[1])
-                    finally:
-                        with contextlib.suppress(Exception):
-                            await plain.aclose()
-                continue
-            if name in ("psubscribe", "punsubscribe"):
-                if name == "psubscribe":
-                    assert not isinstance(client, RedisCluster)  # a cluster's list has no psubscribe
+            if name in ("subscribe", "unsubscribe", "psubscribe", "punsubscribe"):
+                if name in ("subscribe", "psubscribe"):
+                    # Not on a cluster: its list has neither (sharded pub/sub; no first level).
+                    assert not isinstance(client, RedisCluster)
                     pubsub = client.pubsub()
+                    pattern = name == "psubscribe"
                     try:
-                        await pubsub.psubscribe(args[1])
+                        await (pubsub.psubscribe if pattern else pubsub.subscribe)(args[1])
                         await pubsub.get_message(timeout=1.0)
-                        await pubsub.punsubscribe(args[1])
+                        await (pubsub.punsubscribe if pattern else pubsub.unsubscribe)(args[1])
                     finally:
                         with contextlib.suppress(Exception):
                             await pubsub.aclose()
