@@ -136,7 +136,6 @@ class Case:
     body: bytes = b""
     raw: bytes | None = None  # the whole request, as is ({auth} is replaced by the header)
     status: tuple[int, ...] = (401,)
-    bug: str | None = None  # a known defect: the case is xfail(strict=True) with this reason
 
 
 def _hdr(case: Case, keys: UserKeys) -> list[tuple[str, str]]:
@@ -466,10 +465,7 @@ def build(case: Case, keys: UserKeys) -> bytes:
 
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.bug)] if c.bug else [])
-        for c in CASES
-    ],
+    [pytest.param(c, id=c.id) for c in CASES],
 )
 def test_attack(target: Target, case: Case) -> None:
     before = target.upstream_marks()
