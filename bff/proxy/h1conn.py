@@ -202,6 +202,7 @@ class H1Connection(asyncio.Protocol):
             self.reusable = self._keep_alive and not self.lost
             chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._chunks = []  # an idle connection holds no answer
             waiter.set_result((self._status, self._headers, body))
 
     def _fail(self, exc: Exception) -> None:
