@@ -199,7 +199,11 @@ class H1Connection(asyncio.Protocol):
     def _finish(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            self.reusable = self._keep_alive and not self.lost
+            # Not while part of the request is still unsent (an early answer, e.g. a 413): what
+            # follows on this connection would be the rest of that body.
+            t = self._transport
+            unsent = t is None or t.get_write_buffer_size() > 0
+            self.reusable = self._keep_alive and not self.lost and not unsent
             chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._chunks = []  # an idle connection holds no answer

@@ -64,6 +64,7 @@ class RawServer:
     handler: Handler
     port: int = 0
     scheme: str = "http"
+    read_bodies: bool = True  # False: the handler answers without reading the request's body
     requests: list[Req] = field(default_factory=list)
     connections: int = 0
     open_now: int = 0
@@ -98,14 +99,14 @@ class RawServer:
             while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
                 lines = head.decode("latin-1").split("\r\n")
                 method, target, _ = lines[0].split(" ", 2)
                 headers = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
                 req = Req(number, method, target, headers, b"")
                 length = req.header("content-length")
-                if length:
+                if length and self.read_bodies:
                     req.body = await reader.readexactly(int(length))
                 self.requests.append(req)
                 keep = await self.handler(req, writer)

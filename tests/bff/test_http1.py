@@ -253,6 +253,27 @@ async def test_a_body_cut_short_by_the_end_of_the_connection_fails() -> None:
     assert "incomplete" in str(info.value)
 
 
+async def test_an_early_answer_while_the_body_is_still_being_sent_is_not_kept() -> None:
+    async def handler(req: Req, w: asyncio.StreamWriter) -> bool:
+        w.write(answer(413, b'{"error":"too large"}'))  # without reading the body
+        if req.method == "POST" and req.target == "/api/v1/upload":
+            await w.drain()
+            await asyncio.sleep(1)  # holds the connection open meanwhile
+        return True
+
+    async with raw_server(handler) as server:
+        server.read_bodies = False
+        up = client(server.base)
+        try:
+            r = await up.send("POST", "/upload", AUTH, b"x" * (64 << 20), T)
+            server.read_bodies = True
+            r2 = await up.send("POST", "/after", AUTH, b"{}", T)  # a POST is not retried
+        finally:
+            await up.aclose()
+    assert (r.status, r2.status) == (413, 413)
+    assert server.conns_of_requests() == [1, 2]  # the rest of the body never precedes a request
+
+
 async def test_chunked_answers_in_pieces() -> None:
     async def handler(req: Req, w: asyncio.StreamWriter) -> bool:
         w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -418,7 +439,7 @@ async def test_no_body_for_204_and_304(status: int) -> None:
         up = client(server.base)
         try:
             r1 = await up.send("GET", "/empty", AUTH, None, T)
-            r2 = await up.send("GET", "/after", AUTH, None, T)
+            r2 = await up.send("POST", "/after", AUTH, b"{}", T)  # a POST is not retried
         finally:
             await up.aclose()
     assert (r1.status, r1.body) == (status, b"")
