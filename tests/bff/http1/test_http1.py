@@ -1,6 +1,6 @@
 """The proxy's HTTP/1.1 client (bff/proxy/http1.py) against a scripted server on 127.0.0.1: what
 it sends, keep-alive and its limits, framing, timeouts, the pool, TLS, and that no error carries
-the platform token."""
+the platform token. Each test runs on asyncio's loop and on uvloop's (conftest.py)."""
 
 from __future__ import annotations
 
