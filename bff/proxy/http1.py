@@ -72,6 +72,7 @@ OWN_HEADERS = frozenset(
 )
 _BAD_TARGET = re.compile(r"[\x00-\x20\x7f]").search
 _METHOD = re.compile(r"[A-Z]{1,16}").fullmatch
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+").fullmatch  # a header name (RFC 9110 5.1)
 _NAMES_MEMO_MAX = 256
 _PASS = tuple((name.encode(), name) for name in PASS_RESPONSE_HEADERS)
 
@@ -181,7 +182,7 @@ class Http1Upstream:
         n = len(headers)
         names = tuple(headers)  # the forwarder sends the same few name lists: each checked once
         if names not in self._names_ok:
-            if not OWN_HEADERS.isdisjoint([k.lower() for k in names]):
+            if not all(map(_TOKEN, names)) or not OWN_HEADERS.isdisjoint([k.lower() for k in names]):
                 raise UpstreamError("upstream request refused (a header the client may not send)")
             if len(self._names_ok) >= _NAMES_MEMO_MAX:
                 self._names_ok.clear()
