@@ -12,7 +12,8 @@ Scenarios (``--only``, comma-separated; default ``token``):
 - ``proxy``: ``GET /vluna/api/v1/catalog/products``, public cache off, as ``python -m bench``
   measures it (rate limits off), and with rate limits on (default leases), against the aiohttp
   pass-through (bench._refservers ``pass_through``); both call the emulator (another process,
-  whose CPU is not counted), so the difference is the proxy's own work per call; and with a
+  whose CPU is not counted), so the difference is the proxy's own work per call; over the
+  previous upstream client (``AiohttpUpstream``, to compare it with the production one); and with a
   canned upstream (answers from memory: the proxy's cost without its HTTP client or socket),
   also with the JSON access log on (to /dev/null; the bench runs with it off).
 
