@@ -12,7 +12,8 @@ Scenarios (``--only``, comma-separated; default ``token``):
 - ``proxy``: ``GET /vluna/api/v1/catalog/products``, public cache off, as ``python -m bench``
   measures it (rate limits off), and with rate limits on (default leases), against the aiohttp
   pass-through (bench._refservers ``pass_through``); both call the emulator (another process,
-  whose CPU is not counted), so the difference is the proxy's own work per call; and with a
+  whose CPU is not counted), so the difference is the proxy's own work per call; over the
+  previous upstream client (``AiohttpUpstream``, to compare it with the production one); and with a
   canned upstream (answers from memory: the proxy's cost without its HTTP client or socket),
   also with the JSON access log on (to /dev/null; the bench runs with it off).
 
@@ -157,6 +158,7 @@ def _app(emulator_url: str, pem: str, prefix: str, upstream: Any = None, **secti
 
 async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | None = PROFILE) -> None:
     from bench._refservers import litestar_refs, pass_through
+    from bff.proxy.upstream import AiohttpUpstream
     from tests.support.emulator import start_emulator
     from tests.support.keys import UserKeys
     from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
@@ -194,6 +196,20 @@ async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | No
             canned = _app(
                 emulator.url, keys.pem(), prefix, CannedUpstream(), rate_limit={"enabled": False}, proxy=off
             )
+            # The same over the previous client (aiohttp), to compare the two in one run.
+            aio = _app(
+                emulator.url,
+                keys.pem(),
+                prefix,
+                AiohttpUpstream(
+                    emulator.url + "/api/v1",
+                    max_connections=100,
+                    keepalive_timeout=30.0,
+                    max_response_bytes=4 * 1024 * 1024,
+                ),
+                rate_limit={"enabled": False},
+                proxy=off,
+            )
             # The same with the JSON access log on (the production default; the bench turns it
             # off), written to /dev/null.
             logged = _app(
@@ -206,8 +222,9 @@ async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | No
                 observability={"access_log": True, "log_format": "json"},
             )
             _log_to_devnull()
-            stops += [await lifespan(app) for app in (plain, limited, canned, logged)]
+            stops += [await lifespan(app) for app in (plain, limited, aio, canned, logged)]
             token = await one(plain, "/vluna/token", auth)
+            await one(aio, "/vluna/token", auth)
             await one(canned, "/vluna/token", auth)
             await one(logged, "/vluna/token", auth)
             os.environ["BENCH_UPSTREAM"] = emulator.url
@@ -219,6 +236,7 @@ async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | No
                 ("aiohttp pass-through", passthru, "/api/v1/catalog/products", [], False),
                 ("proxied catalog GET", plain, catalog, auth, True),
                 ("proxied, rate limits on", limited, catalog, auth, False),
+                ("proxied, aiohttp client", aio, catalog, auth, False),
                 ("proxied, canned upstream", canned, catalog, auth, False),
                 ("canned upstream, access log on", logged, catalog, auth, False),
             ]
@@ -249,7 +267,7 @@ async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | No
         )
     if "proxy" in only:
         ref_us = best["aiohttp pass-through"]
-        for name in ("proxied catalog GET", "proxied, rate limits on"):
+        for name in ("proxied catalog GET", "proxied, rate limits on", "proxied, aiohttp client"):
             print(
                 f"{name} vs the pass-through: {ref_us / best[name]:.2f} "
                 f"(+{best[name] - ref_us:.0f} us per call; CPU ratio, in-process)"

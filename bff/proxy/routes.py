@@ -13,9 +13,10 @@ from litestar.types import ASGIApp, ControllerRouterHandler
 
 from bff.principals import Principal
 from bff.proxy.answer import Answer
+from bff.proxy.http1 import Http1Upstream
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
-from bff.proxy.upstream import AiohttpUpstream, AsgiUpstream, Upstream
+from bff.proxy.upstream import AsgiUpstream, Upstream
 from bff.redis_client import RedisBreaker, RedisClient
 from bff.settings import Derived, Settings
 from bff.stats import Stats
@@ -38,11 +39,11 @@ def build_proxy(
     breaker: RedisBreaker,
     upstream: Upstream | None = None,
 ) -> ProxyService:
-    """The proxy over ``upstream`` (default: aiohttp to the derived upstream base URL), with its
-    per-user rate limiter on ``redis`` (None: this process only)."""
+    """The proxy over ``upstream`` (default: the HTTP/1.1 client of bff/proxy/http1.py to the derived
+    upstream base URL), with its per-user rate limiter on ``redis`` (None: this process only)."""
     p = settings.proxy
     if upstream is None:
-        upstream = AiohttpUpstream(
+        upstream = Http1Upstream(
             derived.upstream_base_url,
             max_connections=p.pool_max_connections,
             keepalive_timeout=p.keepalive_timeout_sec,

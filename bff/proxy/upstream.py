@@ -1,12 +1,12 @@
-"""The HTTP client the proxy talks to Vluna's ``/api/v1`` with.
+"""The HTTP client the proxy talks to Vluna's ``/api/v1`` with: its protocol, answer and errors.
 
-Production: aiohttp. The proxy sits on every page view, so the client's per-request cost is the
-proxy's floor. Measured on the development machine (one uvicorn worker, loopback upstream), a
-bare pass-through managed ~800 req/s with httpx's AsyncClient, ~2,000 with httpx over an aiohttp
-transport and ~6,000 with aiohttp itself; `bench/bff_proxy.py` re-measures this. aiohttp's
-ClientSession keeps a keep-alive connection pool per host (bounded by
-``proxy.pool_max_connections``), parses responses in C, and gives per-request connect/read/total
-timeouts, which is all the proxy needs. httpx stays the SDK's client (token issuance is rare).
+Production: `Http1Upstream` (bff/proxy/http1.py), a lean HTTP/1.1 keep-alive client on asyncio
+with the httptools parser. The proxy sits on every page view, so the client's per-request cost is
+the proxy's floor: in-process (`python -m bench.hit_cpu --only proxy`) a proxied catalog GET cost
+~135-157 us of CPU with it against ~247-283 us with aiohttp. Earlier, httpx's AsyncClient managed
+~800 req/s, httpx over an aiohttp transport ~2,000 and aiohttp ~6,000 as a bare pass-through;
+`AiohttpUpstream` below is that aiohttp client, kept as a second implementation (the bench
+compares the two). httpx stays the SDK's client (token issuance is rare).
 
 Dev mode: `AsgiUpstream` calls the embedded emulator's ASGI app directly (no socket), so
 `vluna-bff dev` stays one process. It is chosen only by `bff.dev`; the production path never

@@ -1,4 +1,4 @@
-"""Helpers of the proxy tests: the emulator on a real loopback socket (so the production aiohttp
+"""Helpers of the proxy tests: the emulator on a real loopback socket (so the production HTTP client
 path is what is tested), a recorder of everything that reaches it, and raw ASGI requests that
 keep paths exactly as written (httpx would normalise ``..`` away before sending)."""
 
