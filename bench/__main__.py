@@ -54,7 +54,18 @@ from typing import Any
 
 import httpx
 
-from bench._harness import CpuShare, LoadResult, ensure_wrk, run_load, start_on_stack
+from bench._harness import (
+    CpuShare,
+    LoadResult,
+    children_cpu_seconds,
+    ensure_wrk,
+    machine_busy_seconds,
+    pid_cpu_seconds,
+    redis_server_pid,
+    run_load,
+    start_on_stack,
+    tree_cpu_seconds,
+)
 from bench._stacks import STACKS, missing
 from tests.support.emulator import EMULATOR_SECRET, start_emulator
 from tests.support.keys import UserKeys
@@ -68,6 +79,41 @@ SERVICE_STACK = "service"
 READY = ("/healthz", {200})
 PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"
 PROFILE_NOTES = REPO / "bench" / "PROFILE.md"  # run as `python -m bench.bff_proxy`
+
+
+def cpu_now(app: Proc, emulator: Proc) -> tuple[float, ...]:
+    redis = redis_server_pid(int(SHARED_REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
+    return (
+        tree_cpu_seconds(app),
+        tree_cpu_seconds(emulator),
+        children_cpu_seconds(),
+        pid_cpu_seconds(redis) if redis is not None else 0.0,
+        machine_busy_seconds(),
+    )
+
+
+def cpu_per(before: tuple[float, ...], after: tuple[float, ...], users: int) -> dict[str, float]:
+    """CPU ms per issued user of the app's process tree, the emulator's, the load generator's,
+    the shared Redis's (other sessions' commands included) and the rest of the machine's."""
+    app, emu, load, redis, busy = (b - a for a, b in zip(before, after, strict=True))
+    return {
+        "app_cpu_ms": app / users * 1e3,
+        "emulator_cpu_ms": emu / users * 1e3,
+        "loadgen_cpu_ms": load / users * 1e3,
+        "redis_cpu_ms": redis / users * 1e3,
+        "rest_cpu_ms": max(0.0, busy - app - emu - load - redis) / users * 1e3,
+    }
+
+
+def cpu_note(row: Row) -> str:
+    def med(key: str) -> float:
+        return statistics.median(float(run[key]) for run in row.runs)
+
+    return (
+        f"CPU ms per user (/proc): the app {med('app_cpu_ms'):.2f}, the emulator "
+        f"{med('emulator_cpu_ms'):.2f}, the load generator {med('loadgen_cpu_ms'):.2f}, Redis "
+        f"{med('redis_cpu_ms'):.2f}, the rest of the machine {med('rest_cpu_ms'):.2f}"
+    )
 
 
 def workers_note(one: Row, two: Row) -> str:
@@ -283,31 +329,38 @@ class Runner:
                     reqs += [{"path": "/vluna/token", "headers": h}] * 2
                 emulator.reset("counters")  # type: ignore[attr-defined]
                 self.log(f"  run {i + 1}/{self.args.runs}: cold start, {users} users")
+                before = cpu_now(bff, emulator)
                 r = run_load(bff.url + "/vluna/token", requests=reqs, connections=64, seconds=120)
+                svc_cpu = cpu_per(before, cpu_now(bff, emulator), users)
                 issued = emulator.issuances()  # type: ignore[attr-defined]
                 if r.non_2xx or r.requests != len(reqs):
                     raise RuntimeError(f"cold start: {r.statuses}")
                 if issued != users:
                     raise RuntimeError(f"single flight broken: {issued} issuances for {users} users")
                 run = asdict(r)
-                run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps)
+                run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps, **svc_cpu)
                 svc.add(run)
                 self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance")
                 emulator.reset("counters")  # type: ignore[attr-defined]
                 ref_reqs = [{"path": f"/issue?user=ref-{run_id}-{n}"} for n in range(users)]
                 # 32 at once: as many issuances in flight as the service has (64 connections, each
                 # user asked for twice at once).
+                before = cpu_now(issuer, emulator)
                 r = run_load(issuer.url + "/issue", requests=ref_reqs, connections=32, seconds=120)
+                ref_cpu = cpu_per(before, cpu_now(issuer, emulator), users)
                 if r.non_2xx or r.requests != users or emulator.issuances() != users:  # type: ignore[attr-defined]
                     raise RuntimeError(f"SDK direct issuance: {r.statuses}")
                 run = asdict(r)
-                run.update(rps=users / r.seconds, requests_per_s=r.rps)
+                run.update(rps=users / r.seconds, requests_per_s=r.rps, **ref_cpu)
                 ref.add(run)
             self.ratios(svc, ref)
             svc.peak_rss_mb = bff.peak_rss_mb()
             ref.peak_rss_mb = issuer.peak_rss_mb()
-            svc.note = f"issuances == users in every run (single flight held); {2 * users} requests per run"
-            ref.note = f"one request per user, {users} per run, 32 connections"
+            svc.note = (
+                f"issuances == users in every run (single flight held); {2 * users} requests per run; "
+                + cpu_note(svc)
+            )
+            ref.note = f"one request per user, {users} per run, 32 connections; " + cpu_note(ref)
         finally:
             issuer.stop()
             bff.stop()
@@ -546,7 +599,11 @@ NOTES = """\
   the reference is an app on the same server stack issuing each user's token with the SDK
   directly, with as many issuances in flight, so the ratio is the cost of the service's auth,
   single flight (Redis lock, pub/sub release) and encrypted cache write per issuance. Each run
-  checks issuances == users with the emulator's counters.
+  checks issuances == users with the emulator's counters. The notes give the CPU per issued user
+  (from /proc, medians of the runs) of the app's processes, the emulator's, the load generator's
+  (two requests per user for the service, one for the reference), Redis's (the shared one: other
+  sessions' commands land in it too) and the rest of the machine's (kernel, other processes: the
+  noisy part). The app's figures are the ones to compare.
 - Every reference runs on the service's own server stack (bff/server.py; bench/_stacks.py
   `service`), so a faster server lifts both sides of each ratio.
 - `proxy`: with the public cache off both paths call the emulator on every request; with it on,

@@ -174,15 +174,39 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def tree_cpu_seconds(proc: Proc) -> float:
     """CPU time (user + system) used so far by a process and its children, all their threads."""
-    total = 0
-    for pid in proc.tree():
+    return sum(pid_cpu_seconds(pid) for pid in proc.tree())
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have been waited for (the load generator)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def redis_server_pid(port: int) -> int | None:
+    """The ``redis-server`` listening on ``port`` (named on its command line), if any."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+        if argv and argv[0].endswith(b"redis-server") and any(a.endswith(f":{port}".encode()) for a in argv):
+            return int(entry)
+    return None
 
 
 def machine_busy_seconds() -> float:
