@@ -195,16 +195,17 @@ def children_cpu_seconds() -> float:
 
 
 def redis_server_pid(port: int) -> int | None:
-    """The ``redis-server`` listening on ``port`` (named on its command line), if any."""
+    """The ``redis-server`` listening on ``port``, if any: Redis rewrites its command line into one
+    title, ``redis-server <address>:<port>``."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                words = f.read().replace(b"\0", b" ").split()
         except OSError:
             continue
-        if argv and argv[0].endswith(b"redis-server") and any(a.endswith(f":{port}".encode()) for a in argv):
+        if words and words[0].endswith(b"redis-server") and any(w.endswith(b":%d" % port) for w in words):
             return int(entry)
     return None
 
