@@ -54,7 +54,18 @@ from typing import Any
 
 import httpx
 
-from bench._harness import LoadResult, ensure_wrk, run_load, start_on_stack
+from bench._harness import (
+    CpuShare,
+    LoadResult,
+    children_cpu_seconds,
+    ensure_wrk,
+    machine_busy_seconds,
+    pid_cpu_seconds,
+    redis_server_pid,
+    run_load,
+    start_on_stack,
+    tree_cpu_seconds,
+)
 from bench._stacks import STACKS, missing
 from tests.support.emulator import EMULATOR_SECRET, start_emulator
 from tests.support.keys import UserKeys
@@ -68,6 +79,65 @@ SERVICE_STACK = "service"
 READY = ("/healthz", {200})
 PROXY_SCRIPT = REPO / "bench" / "bff_proxy.py"
 PROFILE_NOTES = REPO / "bench" / "PROFILE.md"  # run as `python -m bench.bff_proxy`
+
+
+def cpu_now(app: Proc, emulator: Proc) -> tuple[float, ...]:
+    redis = redis_server_pid(int(SHARED_REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
+    return (
+        tree_cpu_seconds(app),
+        tree_cpu_seconds(emulator),
+        children_cpu_seconds(),
+        pid_cpu_seconds(redis) if redis is not None else 0.0,
+        machine_busy_seconds(),
+    )
+
+
+def cpu_per(before: tuple[float, ...], after: tuple[float, ...], users: int) -> dict[str, float]:
+    """CPU ms per issued user of the app's process tree, the emulator's, the load generator's,
+    the shared Redis's (other sessions' commands included) and the rest of the machine's."""
+    app, emu, load, redis, busy = (b - a for a, b in zip(before, after, strict=True))
+    return {
+        "app_cpu_ms": app / users * 1e3,
+        "emulator_cpu_ms": emu / users * 1e3,
+        "loadgen_cpu_ms": load / users * 1e3,
+        "redis_cpu_ms": redis / users * 1e3,
+        "rest_cpu_ms": max(0.0, busy - app - emu - load - redis) / users * 1e3,
+    }
+
+
+def cpu_note(row: Row) -> str:
+    def med(key: str) -> float:
+        return statistics.median(float(run[key]) for run in row.runs)
+
+    return (
+        f"CPU ms per user (/proc): the app {med('app_cpu_ms'):.2f}, the emulator "
+        f"{med('emulator_cpu_ms'):.2f}, the load generator {med('loadgen_cpu_ms'):.2f}, Redis "
+        f"{med('redis_cpu_ms'):.2f}, the rest of the machine {med('rest_cpu_ms'):.2f}"
+    )
+
+
+def workers_note(one: Row, two: Row) -> str:
+    """What two workers could reach on this machine: the CPUs that the rest of the machine (the
+    load generator, other processes) left them, at the CPU per request they used, against one
+    worker's rate (medians of the per-run figures)."""
+    cpus = os.cpu_count() or 1
+
+    def med(row: Row, fn: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(fn(run) for run in row.runs)
+
+    def us(run: dict[str, Any]) -> float:
+        return float(run["service_cpus"]) / float(run["rps"]) * 1e6
+
+    bound = statistics.median(
+        (cpus - b["rest_cpus"]) / (us(b) / 1e6) / a["rps"] for a, b in zip(one.runs, two.runs, strict=True)
+    )
+    cpus1, cpus2 = med(one, lambda r: r["service_cpus"]), med(two, lambda r: r["service_cpus"])
+    return (
+        f"{cpus} CPUs shared with the load generator: 1 worker used {cpus1:.2f} CPUs "
+        f"({med(one, us):.0f} us per request), 2 workers {cpus2:.2f} ({med(two, us):.0f} us), "
+        f"the rest of the machine {med(two, lambda r: r['rest_cpus']):.2f}; "
+        f"the CPUs left to 2 workers allow at most {bound:.2f}x"
+    )
 
 
 @dataclass
@@ -187,7 +257,7 @@ class Runner:
             for p in procs[1:]:
                 r = httpx.get(p.url + "/vluna/token", headers=auth, timeout=10)
                 r.raise_for_status()
-            measures: list[tuple[Row, Callable[[], LoadResult]]] = []
+            measures: list[tuple[Row, Callable[[], LoadResult | dict[str, Any]]]] = []
             bare = self.row("token", "bare Litestar JSON (reference)")
             one_get = self.row("token", "Litestar + 1 Redis GET (reference)")
             token = self.row("token", "GET /vluna/token, cache hit, 1 worker")
@@ -196,11 +266,11 @@ class Runner:
                     (bare, lambda: self.load(ref.url + "/bench/json")),
                     (one_get, lambda: self.load(ref.url + "/bench/redis-get")),
                 ]
-            measures.append((token, lambda: self.load(w1.url + "/vluna/token", headers=auth)))
+            measures.append((token, lambda: self.with_cpu(w1, "/vluna/token", auth)))
             two = None
             if w2 is not None:
                 two = self.row("workers", "GET /vluna/token, cache hit, 2 workers")
-                measures.append((two, lambda: self.load(w2.url + "/vluna/token", headers=auth)))
+                measures.append((two, lambda: self.with_cpu(w2, "/vluna/token", auth)))
             self.interleave(measures)
             if want_token:
                 self.ratios(token, one_get)
@@ -216,11 +286,17 @@ class Runner:
             if two is not None and w2 is not None:
                 self.ratios(two, token)
                 two.peak_rss_mb = w2.peak_rss_mb()
-                two.note = f"{os.cpu_count()} CPUs; the load generator shares them"
+                two.note = workers_note(token, two)
         finally:
             for p in reversed(procs):
                 p.stop()
             cleanup_prefix(prefix)
+
+    def with_cpu(self, proc: Proc, path: str, headers: dict[str, str]) -> dict[str, Any]:
+        """A load on ``proc`` with the CPUs its process tree used, and those the rest of the
+        machine used (the load generator, other processes), over the same interval."""
+        result, share = CpuShare.during(proc, lambda: self.load(proc.url + path, headers=headers))
+        return {**asdict(result), "service_cpus": share.service_cpus, "rest_cpus": share.rest_cpus}
 
     def cold(self, emulator: Proc) -> None:
         prefix = f"bench-{uuid.uuid4().hex[:10]}:"
@@ -253,31 +329,38 @@ class Runner:
                     reqs += [{"path": "/vluna/token", "headers": h}] * 2
                 emulator.reset("counters")  # type: ignore[attr-defined]
                 self.log(f"  run {i + 1}/{self.args.runs}: cold start, {users} users")
+                before = cpu_now(bff, emulator)
                 r = run_load(bff.url + "/vluna/token", requests=reqs, connections=64, seconds=120)
+                svc_cpu = cpu_per(before, cpu_now(bff, emulator), users)
                 issued = emulator.issuances()  # type: ignore[attr-defined]
                 if r.non_2xx or r.requests != len(reqs):
                     raise RuntimeError(f"cold start: {r.statuses}")
                 if issued != users:
                     raise RuntimeError(f"single flight broken: {issued} issuances for {users} users")
                 run = asdict(r)
-                run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps)
+                run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps, **svc_cpu)
                 svc.add(run)
                 self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance")
                 emulator.reset("counters")  # type: ignore[attr-defined]
                 ref_reqs = [{"path": f"/issue?user=ref-{run_id}-{n}"} for n in range(users)]
                 # 32 at once: as many issuances in flight as the service has (64 connections, each
                 # user asked for twice at once).
+                before = cpu_now(issuer, emulator)
                 r = run_load(issuer.url + "/issue", requests=ref_reqs, connections=32, seconds=120)
+                ref_cpu = cpu_per(before, cpu_now(issuer, emulator), users)
                 if r.non_2xx or r.requests != users or emulator.issuances() != users:  # type: ignore[attr-defined]
                     raise RuntimeError(f"SDK direct issuance: {r.statuses}")
                 run = asdict(r)
-                run.update(rps=users / r.seconds, requests_per_s=r.rps)
+                run.update(rps=users / r.seconds, requests_per_s=r.rps, **ref_cpu)
                 ref.add(run)
             self.ratios(svc, ref)
             svc.peak_rss_mb = bff.peak_rss_mb()
             ref.peak_rss_mb = issuer.peak_rss_mb()
-            svc.note = f"issuances == users in every run (single flight held); {2 * users} requests per run"
-            ref.note = f"one request per user, {users} per run, 32 connections"
+            svc.note = (
+                f"issuances == users in every run (single flight held); {2 * users} requests per run; "
+                + cpu_note(svc)
+            )
+            ref.note = f"one request per user, {users} per run, 32 connections; " + cpu_note(ref)
         finally:
             issuer.stop()
             bff.stop()
@@ -500,15 +583,27 @@ NOTES = """\
   metrics) with the cheapest endpoint that would read Redis once. When the heartbeat through Redis
   is late (a slow or overloaded Redis), the hit reads Redis instead, and the ratio drops toward
   the one a Redis read allows.
-- `workers`: two workers on two CPUs that the load generator also uses cannot double throughput;
-  a ratio far *below* 1 would be a stall, not CPU (before `serve` set TCP_NODELAY on the shared
-  listening socket, every answer waited ~40 ms for a delayed ACK: p50 ~44 ms, ratio 0.26;
-  tests/bff/test_cli_workers.py pins the fix).
+- `workers`: two workers on two CPUs that the load generator also uses cannot double throughput.
+  One worker is bound by its Python thread, not by the machine: it uses about 1 CPU (the event
+  loop's thread ~0.8, granian's Rust thread ~0.2) and leaves the rest idle on a quiet machine.
+  Two workers saturate both CPUs and spend more CPU per request (~175 against ~150 us: fewer
+  requests per loop wake-up, more threads than CPUs), so the bound is (CPUs - what the load
+  generator and other processes use) / (2-worker CPU per request), against one worker's rate:
+  ~1.5x on this machine with nothing else running (the note gives each run's figures, measured
+  from /proc). Granian's multi-threaded runtime, two runtime threads or a backpressure of 32 did
+  not lower the 2-worker CPU per request (bench/PROFILE.md). A ratio far *below* 1 would be a
+  stall, not CPU (before `serve` set TCP_NODELAY on the shared listening socket, every answer
+  waited ~40 ms for a delayed ACK: p50 ~44 ms, ratio 0.26; tests/bff/test_cli_workers.py pins
+  the fix).
 - `cold`: every issuance is a signed call to the emulator (a separate process on the same CPUs);
   the reference is an app on the same server stack issuing each user's token with the SDK
   directly, with as many issuances in flight, so the ratio is the cost of the service's auth,
   single flight (Redis lock, pub/sub release) and encrypted cache write per issuance. Each run
-  checks issuances == users with the emulator's counters.
+  checks issuances == users with the emulator's counters. The notes give the CPU per issued user
+  (from /proc, medians of the runs) of the app's processes, the emulator's, the load generator's
+  (two requests per user for the service, one for the reference), Redis's (the shared one: other
+  sessions' commands land in it too) and the rest of the machine's (kernel, other processes: the
+  noisy part). The app's figures are the ones to compare.
 - Every reference runs on the service's own server stack (bff/server.py; bench/_stacks.py
   `service`), so a faster server lifts both sides of each ratio.
 - `proxy`: with the public cache off both paths call the emulator on every request; with it on,

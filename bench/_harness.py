@@ -12,9 +12,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.support.ports import LOOPBACK
 from tests.support.processes import PY, REPO, Proc, start_server
@@ -165,3 +166,70 @@ def _wrk(url: str, headers: Mapping[str, str], seconds: int, connections: int) -
         statuses=statuses,
         tool="wrk",
     )
+
+
+T = TypeVar("T")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(proc: Proc) -> float:
+    """CPU time (user + system) used so far by a process and its children, all their threads."""
+    return sum(pid_cpu_seconds(pid) for pid in proc.tree())
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have been waited for (the load generator)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def redis_server_pid(port: int) -> int | None:
+    """The ``redis-server`` listening on ``port``, if any: Redis rewrites its command line into one
+    title, ``redis-server <address>:<port>``."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                words = f.read().replace(b"\0", b" ").split()
+        except OSError:
+            continue
+        if words and words[0].endswith(b"redis-server") and any(w.endswith(b":%d" % port) for w in words):
+            return int(entry)
+    return None
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every CPU of the machine has spent busy so far (/proc/stat: not idle or iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / _TICKS
+
+
+@dataclass
+class CpuShare:
+    """What a load on ``proc`` cost: its CPUs (CPU seconds per second) and those of everything
+    else on the machine (the load generator, the other processes), over the same interval."""
+
+    service_cpus: float
+    rest_cpus: float
+
+    @classmethod
+    def during(cls, proc: Proc, fn: Callable[[], T]) -> tuple[T, CpuShare]:
+        own, busy, t0 = tree_cpu_seconds(proc), machine_busy_seconds(), time.monotonic()
+        result = fn()
+        wall = time.monotonic() - t0
+        own = tree_cpu_seconds(proc) - own
+        busy = machine_busy_seconds() - busy
+        return result, cls(own / wall, max(0.0, busy - own) / wall)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jwt
+from jwt.exceptions import InvalidJTIError, InvalidSubjectError
 
+from bff.auth import jws
 from bff.auth.diagnostics import shown
 from bff.auth.jwks import JwksKeySource, KeySource, KeysUnavailable, sources_of
 from bff.errors import Unauthenticated
@@ -119,10 +122,12 @@ class JwtVerifier:
         return "no verification key is configured"
 
     async def _verify(self, token: str) -> dict[str, Any]:
+        # Parsed once (bff/auth/jws.py), with pyjwt's rules; verified once per key below.
         try:
-            header = jwt.get_unverified_header(token)
+            parsed = jws.parse(token)
         except (jwt.InvalidTokenError, *_PARSE_ERRORS):
             raise Unauthenticated("malformed token", reason="malformed") from None
+        header = parsed.header
         alg = header.get("alg")
         allowed = await self._allowed_algorithms()
         if not isinstance(alg, str) or alg not in allowed:
@@ -139,9 +144,9 @@ class JwtVerifier:
             if alg in HS_ALGORITHMS:
                 # The shared secret only for HS*, and HS* only with the shared secret: a public key
                 # can never be used as an HMAC secret.
-                claims = self._with_keys(token, alg, [self._hs_secret] if self._hs_secret else [])
+                claims = self._with_keys(parsed, alg, [self._hs_secret] if self._hs_secret else [])
             else:
-                claims = await self._with_sources(token, alg, kid)
+                claims = await self._with_sources(parsed, alg, kid)
             self._check_times(claims)
         except Unauthenticated as exc:
             # Every refusal names the token's alg and kid for the operator (never the token).
@@ -149,7 +154,7 @@ class JwtVerifier:
             raise
         return claims
 
-    async def _with_sources(self, token: str, alg: str, kid: str | None) -> dict[str, Any]:
+    async def _with_sources(self, token: jws.Jws, alg: str, kid: str | None) -> dict[str, Any]:
         """Each source in turn: the first key that verifies decides. A source that cannot answer
         only matters (503) if no other source's key verified the token."""
         unavailable: KeysUnavailable | None = None
@@ -172,61 +177,87 @@ class JwtVerifier:
             raise Unauthenticated("no key to verify this token (unknown kid)", reason="unknown_kid")
         raise Unauthenticated("token signature invalid", reason="bad_signature")
 
-    def _with_keys(self, token: str, alg: str, keys: Sequence[Any]) -> dict[str, Any]:
+    def _with_keys(self, token: jws.Jws, alg: str, keys: Sequence[Any]) -> dict[str, Any]:
         """The claims, once one of ``keys`` verified the signature; ``_BadSignature`` when none
         did (``Unauthenticated`` for anything else wrong with a signed token)."""
         if not keys:
             raise Unauthenticated("no key to verify this token (unknown kid)", reason="unknown_kid")
-        for key in keys:
+        try:
             try:
-                claims: dict[str, Any] = jwt.decode(
-                    token,
-                    key,
-                    algorithms=[alg],
-                    issuer=self._issuers or None,
-                    audience=self._audiences or None,
-                    options={
-                        "require": self._required,
-                        "verify_aud": bool(self._audiences),
-                        # Checked below, strictly: pyjwt takes "exp": "9999999999" or true.
-                        "verify_exp": False,
-                        "verify_nbf": False,
-                        "verify_iat": False,
-                    },
-                )
-            except jwt.InvalidSignatureError:
-                continue
-            except jwt.InvalidAudienceError:
-                # The signature held: the claims are the issuer's own, safe to compare in the log.
-                raise Unauthenticated(
-                    "token audience not accepted",
-                    reason="audience_mismatch",
-                    details={
-                        "expected aud": ",".join(self._audiences),
-                        "received aud": shown(_claim(token, "aud")),
-                    },
-                ) from None
-            except jwt.InvalidIssuerError:
-                raise Unauthenticated(
-                    "token issuer not accepted",
-                    reason="issuer_mismatch",
-                    details={
-                        "expected iss": " or ".join(repr(i) for i in self._issuers),
-                        "received iss": repr(shown(_claim(token, "iss"))),
-                    },
-                ) from None
-            except jwt.MissingRequiredClaimError as exc:
-                raise Unauthenticated(
-                    f"token lacks the {exc.claim!r} claim",
-                    reason="missing_claim",
-                    details={"missing claim": shown(exc.claim)},
-                ) from None
-            except (jwt.InvalidTokenError, *_PARSE_ERRORS) as exc:
-                raise Unauthenticated(
-                    "invalid token", reason="invalid_token", details={"problem": type(exc).__name__}
-                ) from None
-            return claims
-        raise _BadSignature("token signature invalid", reason="bad_signature")
+                algorithm = jwt.get_algorithm_by_name(alg)
+            except NotImplementedError:
+                raise jwt.InvalidAlgorithmError("Algorithm not supported") from None
+            if token.header.get("b64", True) is False:
+                # A detached payload (RFC 7797) is never expected here: pyjwt refused it too.
+                raise jwt.InvalidTokenError("a detached payload (b64: false) is not accepted")
+            for key in keys:
+                prepared = algorithm.prepare_key(key)
+                short = algorithm.check_key_length(prepared)
+                if short:
+                    warnings.warn(short, jwt.InsecureKeyLengthWarning, stacklevel=2)
+                if algorithm.verify(token.signing_input, prepared, token.signature):
+                    break
+            else:
+                raise _BadSignature("token signature invalid", reason="bad_signature")
+            claims = token.claims()
+            self._check_claims(claims)
+        except jwt.InvalidAudienceError:
+            # The signature held: the claims are the issuer's own, safe to compare in the log.
+            raise Unauthenticated(
+                "token audience not accepted",
+                reason="audience_mismatch",
+                details={"expected aud": ",".join(self._audiences), "received aud": shown(claims.get("aud"))},
+            ) from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated(
+                "token issuer not accepted",
+                reason="issuer_mismatch",
+                details={
+                    "expected iss": " or ".join(repr(i) for i in self._issuers),
+                    "received iss": repr(shown(claims.get("iss"))),
+                },
+            ) from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthenticated(
+                f"token lacks the {exc.claim!r} claim",
+                reason="missing_claim",
+                details={"missing claim": shown(exc.claim)},
+            ) from None
+        except (jwt.InvalidTokenError, *_PARSE_ERRORS) as exc:
+            raise Unauthenticated(
+                "invalid token", reason="invalid_token", details={"problem": type(exc).__name__}
+            ) from None
+        return claims
+
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
+        """pyjwt's claim checks as ``jwt.decode`` ran them here (its ``_validate_claims`` with
+        the time claims left to ``_check_times``), raising its exceptions: required claims present
+        and not null, ``iss`` a string among the issuers, ``aud`` (when audiences are configured)
+        a string or list of strings naming one of them, ``sub`` and ``jti`` strings when present."""
+        for name in self._required:
+            if claims.get(name) is None:
+                raise jwt.MissingRequiredClaimError(name)
+        if self._issuers:
+            if "iss" not in claims:
+                raise jwt.MissingRequiredClaimError("iss")
+            iss = claims["iss"]
+            if not isinstance(iss, str):
+                raise jwt.InvalidIssuerError("Payload Issuer (iss) must be a string")
+            if iss not in self._issuers:
+                raise jwt.InvalidIssuerError("Invalid issuer")
+        if self._audiences:
+            aud = claims.get("aud")
+            if not aud:
+                raise jwt.MissingRequiredClaimError("aud")
+            listed = [aud] if isinstance(aud, str) else aud
+            if not isinstance(listed, list) or not all(isinstance(a, str) for a in listed):
+                raise jwt.InvalidAudienceError("Invalid claim format in token")
+            if all(a not in listed for a in self._audiences):
+                raise jwt.InvalidAudienceError("Audience doesn't match")
+        if "sub" in claims and not isinstance(claims["sub"], str):
+            raise InvalidSubjectError("Subject must be a string")
+        if "jti" in claims and not isinstance(claims["jti"], str):
+            raise InvalidJTIError("JWT ID must be a string")
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock()
@@ -237,11 +268,3 @@ class JwtVerifier:
             raise Unauthenticated("token not yet valid", reason="not_yet_valid")
         if iat is not None and iat > now + self._leeway:
             raise Unauthenticated("token issued in the future", reason="not_yet_valid")
-
-
-def _claim(token: str, name: str) -> Any:
-    """A claim of a token whose signature has just been verified (for the diagnostics line)."""
-    try:
-        return jwt.decode(token, options={"verify_signature": False}).get(name)
-    except (jwt.InvalidTokenError, *_PARSE_ERRORS):
-        return None

@@ -142,19 +142,20 @@ class TokenBroker:
         scopes_c = canonical_scopes(scopes)
         key = self._keys.token(principal.principal_id, principal.user_id, scopes_c)
         now = self._clock()
-        # The request's context without the cache span: a read or fill started for this request
-        # runs in it, so the issuance's span is the request's child, as it was before reads and
-        # fills became tasks (one copy of the context: cheap, and the hit path needs no more).
-        outer = contextvars.copy_context()
-        with span("bff.token_cache.get") as sp:
-            # The first level (bff/tokens/l1.py): served only before the entry's refresh point.
-            entry = self._l1.get(key, now) if self._l1 is not None else None
-            if entry is not None:
+        # The first level (bff/tokens/l1.py): served only before the entry's refresh point.
+        entry = self._l1.get(key, now) if self._l1 is not None else None
+        if entry is not None:
+            with span("bff.token_cache.get") as sp:
                 sp.set_attribute("bff.cache.hit", True)
                 sp.set_attribute("bff.cache.l1", True)
-                self.stats.inc("cache_hits")
-                self.stats.inc("l1_hits")
-                return entry
+            self.stats.inc("cache_hits")
+            self.stats.inc("l1_hits")
+            return entry
+        # The request's context without the cache span: a read or fill started for this request
+        # runs in it, so the issuance's span is the request's child, as it was before reads and
+        # fills became tasks (copied on this path only: a first-level hit starts no task).
+        outer = contextvars.copy_context()
+        with span("bff.token_cache.get") as sp:
             found = await self._lookup(key, principal, scopes_c, now, outer)
             sp.set_attribute("bff.cache.hit", isinstance(found, TokenEntry))
         if isinstance(found, TokenEntry):
