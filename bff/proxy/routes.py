@@ -23,7 +23,7 @@ from litestar import Request, Response
 from litestar.enums import MediaType
 from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import ASGIRouteHandler
-from litestar.types import Empty, Receive, Scope, Send
+from litestar.types import Empty, ExceptionHandlersMap, Receive, Scope, Send
 
 from bff.auth.chain import AuthChain
 from bff.principals import PrincipalMapper
@@ -144,6 +144,16 @@ class _ProxyRouteHandler(ASGIRouteHandler):
     handler does (the app's ``request_max_body_size``, 10 MB by default: a bigger body is
     refused with 413 while it is read, as before, when ``proxy.max_body_bytes`` is above it)."""
 
+    _exception_handlers: ExceptionHandlersMap | None = None
+
+    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
+        # Litestar's router asks for them on every request (to put them in the request's scope
+        # state) and merges the layers' maps each time; they are fixed once the app is built.
+        handlers = self._exception_handlers
+        if handlers is None:
+            handlers = self._exception_handlers = super().resolve_exception_handlers()
+        return handlers
+
     def resolve_request_max_body_size(self) -> int | None:
         for layer in reversed(self.ownership_layers):
             limit = getattr(layer, "request_max_body_size", Empty)
@@ -156,7 +166,4 @@ def proxy_routes(endpoint: ProxyEndpoint) -> list[ASGIRouteHandler]:
     """The proxy's route handler: ``endpoint`` mounted on ``/vluna/api/v1`` (one per app: it
     serves that app's proxy, caller authentication and principal mapping)."""
 
-    async def proxy_call(scope: Scope, receive: Receive, send: Send) -> None:
-        await endpoint(scope, receive, send)
-
-    return [_ProxyRouteHandler(PREFIX, is_mount=True, copy_scope=False, name="proxy_call")(proxy_call)]
+    return [_ProxyRouteHandler(PREFIX, is_mount=True, copy_scope=False, name="proxy_call")(endpoint.__call__)]
