@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 from litestar import Request, Response
-from litestar.enums import MediaType
-from litestar.exceptions import MethodNotAllowedException, NotFoundException
+from litestar.enums import MediaType, ScopeType
+from litestar.exceptions import ClientException, MethodNotAllowedException, NotFoundException
 from litestar.handlers import ASGIRouteHandler
 from litestar.types import Empty, ExceptionHandlersMap, Receive, Scope, Send
 
@@ -114,7 +114,11 @@ class ProxyEndpoint:
             # /vluna/api/v1x..., or the prefix alone: no route (the router's own 404 before).
             scope.pop("path_template", None)  # type: ignore[misc]
             raise NotFoundException()
-        method = scope["method"]  # type: ignore[typeddict-item]
+        if scope["type"] != ScopeType.HTTP:
+            # A websocket: the router refused it on the HTTP route (no handler for it there).
+            scope.pop("path_template", None)  # type: ignore[misc]
+            raise ClientException()
+        method = scope["method"]
         if method not in METHODS and method != "OPTIONS":
             scope.pop("path_template", None)  # type: ignore[misc]
             raise MethodNotAllowedException(headers={"allow": _ALLOW_405})
@@ -142,7 +146,8 @@ class _ProxyRouteHandler(ASGIRouteHandler):
     """Litestar's ASGI route handler, plus what ``Request.stream()`` asks the route handler of
     the request for: the request body size limit, resolved over the layers as an HTTP route
     handler does (the app's ``request_max_body_size``, 10 MB by default: a bigger body is
-    refused with 413 while it is read, as before, when ``proxy.max_body_bytes`` is above it)."""
+    refused with 413 while it is read, as before, when ``proxy.max_body_bytes`` is above it);
+    and its exception handlers resolved once."""
 
     _exception_handlers: ExceptionHandlersMap | None = None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,41 @@ async def test_a_body_over_the_apps_limit_is_refused_while_it_is_read(
         r = await raw_request(c.app, "POST", f"{P}/portal/sessions", h, small)
         assert r.status == 201, r.body[:200]
     assert server.recorder.api_calls()[-1].body == small
+
+
+async def test_a_websocket_is_refused_as_on_the_http_route(client: AppClient, keys: Keys) -> None:
+    async def attempt(path: str) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        connect: list[dict[str, Any]] = [{"type": "websocket.connect"}]
+
+        async def receive() -> dict[str, Any]:
+            return connect.pop() if connect else {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(b"host", b"bff.test"), *((k.lower().encode(), v.encode()) for k, v in auth(keys).items())]
+        scope: dict[str, Any] = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "scheme": "ws",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "server": ("127.0.0.1", 8000),
+            "client": ("127.0.0.1", 5555),
+            "subprotocols": [],
+            "state": {},
+        }
+        app: Any = client.app
+        await app(scope, receive, send)
+        return sent
+
+    # The route's path: no websocket handler there (400); not the route's path: 404.
+    assert [(m["type"], m["reason"]) for m in await attempt(f"{P}/catalog/products")] == [
+        ("websocket.close", "Bad Request")
+    ]
+    for path in (P, P + "x/y"):
+        assert [(m["type"], m["reason"]) for m in await attempt(path)] == [("websocket.close", "Not Found")]
