@@ -43,7 +43,6 @@ from bff.observability.health import Readiness
 from bff.observability.setup import instrument
 from bff.openapi import openapi_config
 from bff.principals import ObservedPrincipalMapper, PrincipalMapper
-from bff.proxy.routes import CallerProxy
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
 from bff.redis_client import RedisBreaker, RedisClient, make_redis, redis_target
@@ -339,11 +338,12 @@ class BffApp(Litestar):
 
 
 def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
-    """What handlers receive by name. Per request, what the routes serve the caller with, bound
-    to the caller's principal (authenticated and mapped while the dependency is resolved):
-    ``tokens`` (``CallerTokens``: the broker's work for this caller) and ``proxy``
-    (``CallerProxy``, when the proxy is on). For the probe and metrics routes: the ``readiness``
-    state and the ``proxy_service``.
+    """What handlers receive by name. Per request, what the token routes serve the caller with,
+    bound to the caller's principal (authenticated and mapped while the dependency is resolved):
+    ``tokens`` (``CallerTokens``: the broker's work for this caller). For the probe and metrics
+    routes: the ``readiness`` state and the ``proxy_service``. (The proxy route takes none: it
+    is a bare ASGI app that authenticates and maps the caller with the same chain and mapper,
+    see ``bff.proxy.routes.ProxyEndpoint``.)
 
     One dependency per handler, the principal inside it: Litestar resolves two or more
     dependencies of one batch in a task group per request (a principal beside the broker cost a
@@ -374,17 +374,11 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
         "proxy_service": Provide(provide_proxy_service, use_cache=True, sync_to_thread=False),
         "readiness": Provide(provide_readiness, use_cache=True, sync_to_thread=False),
     }
-    if proxy is not None:
-
-        async def provide_proxy(request: Request[Any, Any, Any]) -> CallerProxy:
-            return CallerProxy(proxy, await mapper.map(await auth.authenticate(request)))
-
-        provided["proxy"] = Provide(provide_proxy)
     assert set(provided) <= set(DEPENDENCY_NAMES)
     return provided
 
 
-DEPENDENCY_NAMES = ("tokens", "proxy", "proxy_service", "readiness")
+DEPENDENCY_NAMES = ("tokens", "proxy_service", "readiness")
 
 
 def dependency_placeholders() -> dict[str, Provide]:
@@ -414,7 +408,6 @@ def create_app(
     clock: Callable[[], float] = time.time,
     vluna: ServiceClient | None = None,
 ) -> Litestar:
-    from bff.proxy.routes import PROXY_ROUTES
     from bff.routes.token import TOKEN_ROUTES
     from bff.web import client_routes
 
@@ -437,8 +430,9 @@ def create_app(
         clock=clock,
         vluna=vluna,
     )
+    proxy_handlers: list[ControllerRouterHandler] = []
     if settings.proxy.enabled:
-        from bff.proxy.routes import build_proxy
+        from bff.proxy.routes import ProxyEndpoint, build_proxy, proxy_routes
 
         services.proxy = build_proxy(
             settings,
@@ -448,6 +442,9 @@ def create_app(
             derived=services.derived,
             breaker=services.breaker,
             upstream=proxy_upstream,
+        )
+        proxy_handlers += proxy_routes(
+            ProxyEndpoint(services.proxy, auth=services.auth, mapper=services.mapper)
         )
     telemetry = instrument(
         settings,
@@ -510,7 +507,7 @@ def create_app(
         route_handlers=[
             *TOKEN_ROUTES,
             *client_routes(),
-            *(PROXY_ROUTES if services.proxy is not None else []),
+            *proxy_handlers,
             *extra_routes,
             *telemetry.routes,
         ],

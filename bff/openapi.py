@@ -6,8 +6,9 @@ answers); this module completes what a handler signature cannot say:
 - the security schemes of the configured sign-in methods, on every operation that needs them;
 - the one error body (``{"error", "message"}``) on every 4xx/5xx answer, where Litestar would
   describe its own validation error (the app's exception handlers answer in our shape);
-- the API proxy's allowlist (``proxy.routes``) as one operation per allowed call, in place of the
-  catch-all handler that serves them, so a generated client has a method per call.
+- the API proxy's allowlist (``proxy.routes``) as one operation per allowed call, so a generated
+  client has a method per call (the proxy itself is an ASGI app mounted on its prefix, which
+  Litestar leaves out of the document).
 
 Served when ``openapi.enabled`` is true (default: in dev mode only); ``vluna-bff openapi`` prints
 the same document without serving it.
@@ -95,19 +96,18 @@ class CompletedJson(JsonRenderPlugin):
 
 def document(settings: Settings) -> dict[str, Any]:
     """The document ``vluna-bff serve`` would serve with these settings, without building the
-    services: an app of the same route handlers (``vluna-bff openapi``)."""
+    services: an app of the same route handlers but the proxy's mount, which is not in Litestar's
+    document anyway (``vluna-bff openapi``)."""
     from litestar._openapi.plugin import OpenAPIPlugin
 
     from bff.app import dependency_placeholders
     from bff.observability.health import health_routes
-    from bff.proxy.routes import PROXY_ROUTES
     from bff.routes.token import TOKEN_ROUTES
 
     on = settings.model_copy(update={"openapi": settings.openapi.model_copy(update={"enabled": True})})
     app = Litestar(
         route_handlers=[
             *TOKEN_ROUTES,
-            *(PROXY_ROUTES if on.proxy.enabled else []),
             *health_routes(on),
         ],
         dependencies=dependency_placeholders(),
@@ -236,8 +236,6 @@ def _proxy_operations(settings: Settings, needs: list[dict[str, list[str]]]) -> 
 
 
 def complete(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    from bff.proxy.service import PREFIX
-
     out = copy.deepcopy(doc)
     schemes, needs = security(settings)
     components = out.setdefault("components", {})
@@ -245,8 +243,6 @@ def complete(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     if schemes:
         components["securitySchemes"] = schemes
     paths: dict[str, Any] = out.setdefault("paths", {})
-    for path in [p for p in paths if p.startswith(PREFIX + "/")]:
-        del paths[path]  # the catch-all handler: replaced by the allowlist below
     for path, item in paths.items():
         if not path.startswith("/vluna/"):
             continue  # probes and dev helpers answer in their own shapes, without credentials

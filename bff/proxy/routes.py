@@ -1,18 +1,33 @@
-"""The API proxy: ``/vluna/api/v1/{path}`` for browsers and mobile apps (see service.py)."""
+"""The API proxy: ``/vluna/api/v1/{path}`` for browsers and mobile apps (see service.py).
+
+The route is a bare ASGI app mounted on the prefix (``ProxyEndpoint``): it authenticates and
+maps the caller itself, with the same authenticator chain and principal mapper the ``tokens``
+dependency uses, and sends the proxy's answer as it is. Litestar's router, CORS and exception
+handling stay around it (refusals are ``BffError``\\s answered by the app's exception handlers);
+what it skips is the per-request work of a Litestar HTTP route: the kwargs and signature models,
+dependency resolution, an exit stack and the response conversion (about a third of a proxied
+call's CPU in the service, canned upstream: bench/PROFILE.md).
+
+What the HTTP route ``/vluna/api/v1/{sub:path}`` answered, the endpoint answers the same: its
+methods, ``OPTIONS`` (204 with ``Allow``), 405 with Litestar's ``Allow`` for any other method,
+404 for the bare prefix and for paths that only begin like it (``/vluna/api/v1x``), the
+normalised ``scope["path"]`` and the route template ``/vluna/api/v1/{sub}`` that metrics, access
+log lines and spans are labelled with.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from litestar import Request, route
-from litestar.di import NamedDependency
-from litestar.params import SkipValidation
-from litestar.types import ASGIApp, ControllerRouterHandler
+from litestar import Request, Response
+from litestar.enums import MediaType, ScopeType
+from litestar.exceptions import ClientException, MethodNotAllowedException, NotFoundException
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import Empty, ExceptionHandlersMap, Receive, Scope, Send
 
-from bff.principals import Principal
-from bff.proxy.answer import Answer
+from bff.auth.chain import AuthChain
+from bff.principals import PrincipalMapper
+from bff.proxy.answer import RawAnswer
 from bff.proxy.http1 import Http1Upstream
 from bff.proxy.ratelimit import RateLimiter
 from bff.proxy.service import PREFIX, ProxyService
@@ -22,11 +37,21 @@ from bff.settings import Derived, Settings
 from bff.stats import Stats
 from bff.tokens.broker import TokenBroker
 
-__all__ = ["PREFIX", "PROXY_ROUTES", "AsgiUpstream", "CallerProxy", "ProxyService", "build_proxy"]
+__all__ = ["PREFIX", "AsgiUpstream", "ProxyEndpoint", "ProxyService", "build_proxy", "proxy_routes"]
 
 # Request headers browsers may send to the proxy (CORS), and answer headers they may read.
 CORS_ALLOW_HEADERS = ["content-type", "idempotency-key", "accept-language", "x-request-id", "if-none-match"]
 CORS_EXPOSE_HEADERS = ["retry-after", "etag", "x-request-id", "idempotent-replayed"]
+
+TEMPLATE = PREFIX + "/{sub}"
+"""The route's label in metrics, access log lines and spans (Litestar's format of the path
+``/vluna/api/v1/{sub:path}`` the proxy was declared with before)."""
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# What Litestar's router sent with a 405 for that route: its methods in the order of the set they
+# were registered from (like Litestar, in this process's string hash order), then OPTIONS.
+_ALLOW_405 = ", ".join([*set(METHODS), "OPTIONS"])
+# What Litestar's automatic OPTIONS handler of that route answered with.
+_ALLOW_OPTIONS = ", ".join(sorted([*METHODS, "OPTIONS"]))
 
 
 def build_proxy(
@@ -70,29 +95,81 @@ def build_proxy(
     )
 
 
-@dataclass(slots=True)  # (not frozen: built per request, and a frozen __init__ costs 2.5x)
-class CallerProxy:
-    """The proxy route's dependency ``proxy``: the proxy as the signed-in caller uses it (the
-    caller authenticated and mapped while the dependency is resolved; see
-    ``bff.app.dependencies``)."""
+class ProxyEndpoint:
+    """``/vluna/api/v1/{path}`` as an ASGI app, for Litestar to mount on the prefix: the caller
+    authenticated by ``auth`` and mapped by ``mapper`` (a refusal raises, as in the ``tokens``
+    dependency), then ``service`` handles the call."""
 
-    service: ProxyService
-    principal: Principal
+    __slots__ = ("_auth", "_mapper", "_service")
 
-    def handle(self, request: Request[Any, Any, Any]) -> Awaitable[Answer]:
-        # The service's coroutine itself (no frame of its own on every proxied call).
-        return self.service.handle(request, self.principal)
+    def __init__(self, service: ProxyService, *, auth: AuthChain, mapper: PrincipalMapper) -> None:
+        self._service = service
+        self._auth = auth
+        self._mapper = mapper
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Litestar's mount left what follows the prefix in scope["path"], with a "/" appended:
+        # "/catalog/products/" for /vluna/api/v1/catalog/products.
+        rest: str = scope["path"]
+        if rest[:1] != "/" or rest == "/":
+            # /vluna/api/v1x..., or the prefix alone: no route (the router's own 404 before).
+            scope.pop("path_template", None)  # type: ignore[misc]
+            raise NotFoundException()
+        if scope["type"] != ScopeType.HTTP:
+            # A websocket: the router refused it on the HTTP route (no handler for it there).
+            scope.pop("path_template", None)  # type: ignore[misc]
+            raise ClientException()
+        method = scope["method"]
+        if method not in METHODS and method != "OPTIONS":
+            scope.pop("path_template", None)  # type: ignore[misc]
+            raise MethodNotAllowedException(headers={"allow": _ALLOW_405})
+        scope["path"] = PREFIX + rest[:-1]  # the normalised path, as the router gives a route
+        scope["path_template"] = TEMPLATE
+        request: Request[Any, Any, Any] = Request(scope, receive, send)
+        if method == "OPTIONS":
+            options = Response(
+                None, status_code=204, headers={"Allow": _ALLOW_OPTIONS}, media_type=MediaType.TEXT
+            )
+            await options.to_asgi_response(app=None, request=request)(scope, receive, send)
+            return
+        principal = await self._mapper.map(await self._auth.authenticate(request))
+        answer = await self._service.handle(request, principal)
+        if type(answer) is RawAnswer:
+            await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
+            await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+        else:
+            # Bodiless statuses (304 from the public cache, 204): converted as Litestar did.
+            asgi_response = answer.to_asgi_response(app=None, request=request, media_type=MediaType.JSON)  # type: ignore[union-attr]
+            await asgi_response(scope, receive, send)
 
 
-@route(f"{PREFIX}/{{sub:path}}", http_method=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def proxy_call(
-    request: Request[Any, Any, Any], proxy: NamedDependency[SkipValidation[CallerProxy]]
-) -> ASGIApp:
-    # Annotated ASGIApp: a RawAnswer goes out as it is; a litestar Response (errors, 304) is
-    # still converted by Litestar as usual.
-    answer: ASGIApp = await proxy.handle(request)  # type: ignore[assignment]
-    return answer
+class _ProxyRouteHandler(ASGIRouteHandler):
+    """Litestar's ASGI route handler, plus what ``Request.stream()`` asks the route handler of
+    the request for: the request body size limit, resolved over the layers as an HTTP route
+    handler does (the app's ``request_max_body_size``, 10 MB by default: a bigger body is
+    refused with 413 while it is read, as before, when ``proxy.max_body_bytes`` is above it);
+    and its exception handlers resolved once."""
+
+    _exception_handlers: ExceptionHandlersMap | None = None
+
+    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
+        # Litestar's router asks for them on every request (to put them in the request's scope
+        # state) and merges the layers' maps each time; they are fixed once the app is built.
+        handlers = self._exception_handlers
+        if handlers is None:
+            handlers = self._exception_handlers = super().resolve_exception_handlers()
+        return handlers
+
+    def resolve_request_max_body_size(self) -> int | None:
+        for layer in reversed(self.ownership_layers):
+            limit = getattr(layer, "request_max_body_size", Empty)
+            if limit is not Empty:
+                return cast("int | None", limit)
+        return None
 
 
-PROXY_ROUTES: list[ControllerRouterHandler] = [proxy_call]
-"""``/vluna/api/v1/{path}``; it takes the dependency ``proxy`` (``CallerProxy``)."""
+def proxy_routes(endpoint: ProxyEndpoint) -> list[ASGIRouteHandler]:
+    """The proxy's route handler: ``endpoint`` mounted on ``/vluna/api/v1`` (one per app: it
+    serves that app's proxy, caller authentication and principal mapping)."""
+
+    return [_ProxyRouteHandler(PREFIX, is_mount=True, copy_scope=False, name="proxy_call")(endpoint.__call__)]

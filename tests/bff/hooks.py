@@ -19,3 +19,13 @@ def map_to_team(identity: Identity) -> dict[str, Any] | None:
     if not team:
         return None
     return {"principal_id": f"team:{team}", "user_id": identity.claims["sub"], "traits": {"via": "hook"}}
+
+
+seen_by_hook: list[tuple[str, str, str | None]] = []
+"""(method, path, x-test-user) of each request ``auth_recording_the_request`` was asked about."""
+
+
+async def auth_recording_the_request(request: Any) -> dict[str, Any] | None:
+    """``auth_from_header``, noting what the request looked like to the hook."""
+    seen_by_hook.append((request.method, request.url.path, request.headers.get("x-test-user")))
+    return await auth_from_header(request)
