@@ -157,8 +157,8 @@ def _app(emulator_url: str, pem: str, prefix: str, upstream: Any = None, **secti
 
 
 async def main(only: set[str], rounds: int = 2, n: int = N, profile_to: str | None = PROFILE) -> None:
+    from bench._aiohttp_upstream import AiohttpUpstream
     from bench._refservers import litestar_refs, pass_through
-    from bff.proxy.upstream import AiohttpUpstream
     from tests.support.emulator import start_emulator
     from tests.support.keys import UserKeys
     from tests.support.redis_servers import SHARED_REDIS_URL, cleanup_prefix
