@@ -46,7 +46,7 @@ from bff.principals import ObservedPrincipalMapper, PrincipalMapper
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
 from bff.redis_client import RedisBreaker, RedisClient, make_redis, redis_target
-from bff.routes.token import CallerTokens, TokenService
+from bff.routes.token import CallerTokens, TokenEndpoint, TokenService
 from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.telemetry.metrics import MeteredStats
@@ -351,12 +351,7 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
     dependency of its own, before a caller-bound one, cost ~2 us more per request (one more
     resolution: ~3% of a cache hit in bench.hit_cpu)."""
     auth, mapper, proxy = services.auth, services.mapper, services.proxy
-    tokens = TokenService(
-        broker=services.broker,
-        proxy=proxy,
-        allowed_scopes=services.settings.tokens.allowed_scopes,
-        derived=services.derived,
-    )
+    tokens = token_service(services)
 
     # The caller authenticated and mapped in the provider itself (no coroutine between: this is
     # every request's path). Failures are BffErrors (401, 403, 503), answered as such.
@@ -376,6 +371,16 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
     }
     assert set(provided) <= set(DEPENDENCY_NAMES)
     return provided
+
+
+def token_service(services: Services) -> TokenService:
+    """What the token routes work with (after the proxy is built: sign-out forgets its memo)."""
+    return TokenService(
+        broker=services.broker,
+        proxy=services.proxy,
+        allowed_scopes=services.settings.tokens.allowed_scopes,
+        derived=services.derived,
+    )
 
 
 DEPENDENCY_NAMES = ("tokens", "proxy_service", "readiness")
@@ -408,7 +413,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     vluna: ServiceClient | None = None,
 ) -> Litestar:
-    from bff.routes.token import TOKEN_ROUTES
+    from bff.routes.token import token_routes
     from bff.web import client_routes
 
     # validate_settings refuses these; an app built from unchecked settings must not either, since
@@ -505,7 +510,8 @@ def create_app(
 
     return BffApp(
         route_handlers=[
-            *TOKEN_ROUTES,
+            # Answered by a TokenEndpoint of this app (the handlers describe them): see token_routes.
+            *token_routes(TokenEndpoint(token_service(services), auth=services.auth, mapper=services.mapper)),
             *client_routes(),
             *proxy_handlers,
             *extra_routes,
