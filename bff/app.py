@@ -340,7 +340,9 @@ class BffApp(Litestar):
 def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
     """What handlers receive by name. Per request, what the token routes serve the caller with,
     bound to the caller's principal (authenticated and mapped while the dependency is resolved):
-    ``tokens`` (``CallerTokens``: the broker's work for this caller). For the probe and metrics
+    ``tokens`` (``CallerTokens``: the broker's work for this caller; an app serves the token
+    routes through their ``before_request`` hooks, which do the same work without resolving it:
+    see ``bff.routes.token.token_routes``). For the probe and metrics
     routes: the ``readiness`` state and the ``proxy_service``. (The proxy route takes none: it
     is a bare ASGI app that authenticates and maps the caller with the same chain and mapper,
     see ``bff.proxy.routes.ProxyEndpoint``.)
