@@ -46,7 +46,7 @@ from bff.principals import ObservedPrincipalMapper, PrincipalMapper
 from bff.proxy.service import ProxyService
 from bff.proxy.upstream import Upstream
 from bff.redis_client import RedisBreaker, RedisClient, make_redis, redis_target
-from bff.routes.token import CallerTokens, TokenService
+from bff.routes.token import CallerTokens, TokenEndpoint, TokenService
 from bff.settings import Derived, Settings, SettingsError, derive, origin_problem, parse_key_spec
 from bff.stats import Stats
 from bff.telemetry.metrics import MeteredStats
@@ -340,7 +340,9 @@ class BffApp(Litestar):
 def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
     """What handlers receive by name. Per request, what the token routes serve the caller with,
     bound to the caller's principal (authenticated and mapped while the dependency is resolved):
-    ``tokens`` (``CallerTokens``: the broker's work for this caller). For the probe and metrics
+    ``tokens`` (``CallerTokens``: the broker's work for this caller; an app serves the token
+    routes through their ``before_request`` hooks, which do the same work without resolving it:
+    see ``bff.routes.token.token_routes``). For the probe and metrics
     routes: the ``readiness`` state and the ``proxy_service``. (The proxy route takes none: it
     is a bare ASGI app that authenticates and maps the caller with the same chain and mapper,
     see ``bff.proxy.routes.ProxyEndpoint``.)
@@ -351,12 +353,7 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
     dependency of its own, before a caller-bound one, cost ~2 us more per request (one more
     resolution: ~3% of a cache hit in bench.hit_cpu)."""
     auth, mapper, proxy = services.auth, services.mapper, services.proxy
-    tokens = TokenService(
-        broker=services.broker,
-        proxy=proxy,
-        allowed_scopes=services.settings.tokens.allowed_scopes,
-        derived=services.derived,
-    )
+    tokens = token_service(services)
 
     # The caller authenticated and mapped in the provider itself (no coroutine between: this is
     # every request's path). Failures are BffErrors (401, 403, 503), answered as such.
@@ -376,6 +373,16 @@ def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]
     }
     assert set(provided) <= set(DEPENDENCY_NAMES)
     return provided
+
+
+def token_service(services: Services) -> TokenService:
+    """What the token routes work with (after the proxy is built: sign-out forgets its memo)."""
+    return TokenService(
+        broker=services.broker,
+        proxy=services.proxy,
+        allowed_scopes=services.settings.tokens.allowed_scopes,
+        derived=services.derived,
+    )
 
 
 DEPENDENCY_NAMES = ("tokens", "proxy_service", "readiness")
@@ -408,7 +415,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     vluna: ServiceClient | None = None,
 ) -> Litestar:
-    from bff.routes.token import TOKEN_ROUTES
+    from bff.routes.token import token_routes
     from bff.web import client_routes
 
     # validate_settings refuses these; an app built from unchecked settings must not either, since
@@ -505,7 +512,8 @@ def create_app(
 
     return BffApp(
         route_handlers=[
-            *TOKEN_ROUTES,
+            # Answered by a TokenEndpoint of this app (the handlers describe them): see token_routes.
+            *token_routes(TokenEndpoint(token_service(services), auth=services.auth, mapper=services.mapper)),
             *client_routes(),
             *proxy_handlers,
             *extra_routes,

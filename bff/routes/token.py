@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
 
-from litestar import Response, delete, get
+import msgspec
+from litestar import Request, Response
+from litestar._parsers import parse_query_string
 from litestar.di import NamedDependency
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter, SkipValidation
-from litestar.types import ControllerRouterHandler
+from litestar.types import (
+    BeforeRequestHookHandler,
+    ControllerRouterHandler,
+    ExceptionHandlersMap,
+    Receive,
+    Scope,
+    Send,
+)
 
+from bff.auth.chain import AuthChain
 from bff.errors import BadRequest, ErrorBody
-from bff.principals import Principal
+from bff.principals import Principal, PrincipalMapper
 from bff.proxy.service import ProxyService
 from bff.settings import Derived
 from bff.tokens.broker import TokenBroker
@@ -97,22 +108,11 @@ class TokenService:
     def for_caller(self, principal: Principal) -> CallerTokens:
         return CallerTokens(self, principal)
 
-
-@dataclass(slots=True)  # (not frozen: built per request, and a frozen __init__ costs 2.5x)
-class CallerTokens:
-    """The token routes' dependency ``tokens``: the signed-in caller's principal (authenticated
-    and mapped while the dependency is resolved) with the service that gets and forgets its
-    tokens."""
-
-    service: TokenService
-    principal: Principal
-
-    async def get(self, scopes: str | None) -> TokenBody:
-        """The caller's token for ``scopes`` (comma-separated; None: the default scopes)."""
-        service = self.service
-        broker, derived = service.broker, service.derived
-        wanted = parse_scopes(scopes, service.allowed_scopes, derived.default_scopes)
-        entry = await broker.get_token(self.principal, wanted)  # its failures are BffErrors
+    async def body(self, principal: Principal, scopes: str | None) -> TokenBody:
+        """``principal``'s token for ``scopes`` (comma-separated; None: the default scopes)."""
+        broker, derived = self.broker, self.derived
+        wanted = parse_scopes(scopes, self.allowed_scopes, derived.default_scopes)
+        entry = await broker.get_token(principal, wanted)  # its failures are BffErrors
         now = broker.now()
         return {
             "access_token": entry.access_token,
@@ -131,34 +131,121 @@ class CallerTokens:
             "api_base_url": derived.api_base_url,
         }
 
+    async def sign_out(self, principal: Principal) -> None:
+        """Forget ``principal``'s tokens: this replica's proxy stops using them at once; a failure
+        to record it for every replica is ``SignOutIncomplete`` (a 503: sign out again later)."""
+        if self.proxy is not None:
+            self.proxy.forget_memo(principal)
+        await self.broker.forget(principal)
+
+
+@dataclass(slots=True)  # (not frozen: built per request, and a frozen __init__ costs 2.5x)
+class CallerTokens:
+    """The token routes' dependency ``tokens``: the signed-in caller's principal (authenticated
+    and mapped while the dependency is resolved) with the service that gets and forgets its
+    tokens."""
+
+    service: TokenService
+    principal: Principal
+
+    async def get(self, scopes: str | None) -> TokenBody:
+        """The caller's token for ``scopes`` (comma-separated; None: the default scopes)."""
+        return await self.service.body(self.principal, scopes)
+
     async def sign_out(self) -> None:
-        """Forget the caller's tokens: this replica's proxy stops using them at once; a failure to
-        record it for every replica is ``SignOutIncomplete`` (a 503: sign out again later)."""
-        if self.service.proxy is not None:
-            self.service.proxy.forget_memo(self.principal)
-        await self.service.broker.forget(self.principal)
+        """Forget the caller's tokens (``TokenService.sign_out``)."""
+        await self.service.sign_out(self.principal)
+
+
+_JSON_NO_STORE = [
+    (b"cache-control", b"no-store"),
+    (b"pragma", b"no-cache"),
+    (b"content-type", b"application/json"),
+]
+_NO_STORE_204 = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+_encode = msgspec.json.Encoder().encode
+
+
+class _Answer:
+    """A token route's answer as its two ASGI messages, what the routes' ``Response`` became after
+    Litestar's conversion (same status, headers in the same order, same JSON bytes). Litestar's
+    response handler asks it for its ASGI response (``to_asgi_response``): itself."""
+
+    __slots__ = ("_body", "_headers", "_status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self._status = status
+        self._headers = headers
+        self._body = body
+
+    def to_asgi_response(self, **_: Any) -> _Answer:
+        return self
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body, "more_body": False})
+
+
+def _scopes_param(query_string: bytes) -> str | None:
+    # What Litestar's query extraction gives the handler's ``scopes`` (a str): the last value,
+    # parsed by the same function; None when absent.
+    if not query_string:
+        return None
+    value = None
+    for key, v in parse_query_string(query_string):
+        if key == "scopes":
+            value = v
+    return value
+
+
+class TokenEndpoint:
+    """``GET`` and ``DELETE /vluna/token`` answered for one app, as the token routes'
+    ``before_request`` hook (see ``token_routes``): the caller authenticated by ``auth`` and mapped
+    by ``mapper`` (a refusal raises, as in the ``tokens`` dependency), then ``service``'s work,
+    and the answer's bytes sent as they are. Litestar then skips, per call, the kwargs and
+    signature models, the dependency, and the conversion of a ``Response`` (the JSON encoding of
+    the body, the headers); its router, CORS and exception handlers stay around it (a refusal
+    is a ``BffError`` answered by the app's handler, as before)."""
+
+    __slots__ = ("_auth", "_mapper", "_service")
+
+    def __init__(self, service: TokenService, *, auth: AuthChain, mapper: PrincipalMapper) -> None:
+        self._service = service
+        self._auth = auth
+        self._mapper = mapper
+
+    async def get(self, request: Request[Any, Any, Any]) -> _Answer:
+        # The caller first: an anonymous caller learns nothing about the configured scopes.
+        principal = await self._mapper.map(await self._auth.authenticate(request))
+        scopes = _scopes_param(request.scope.get("query_string", b""))
+        body = _encode(await self._service.body(principal, scopes))
+        return _Answer(200, [*_JSON_NO_STORE, (b"content-length", str(len(body)).encode())], body)
+
+    async def delete(self, request: Request[Any, Any, Any]) -> _Answer:
+        principal = await self._mapper.map(await self._auth.authenticate(request))
+        await self._service.sign_out(principal)
+        return _Answer(204, list(_NO_STORE_204), b"")
+
+
+class _ResolvedOnce(HTTPRouteHandler):
+    """An HTTP route handler whose exception handlers are resolved once per registered copy:
+    Litestar's router asks for them on every request (to put them in the request's scope state)
+    and merges the layers' maps each time; they are fixed once the app is built. (Remembered
+    with the owner they were resolved under: a copy registered elsewhere resolves its own.)"""
+
+    _exception_handlers: tuple[object, ExceptionHandlersMap] | None = None
+
+    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
+        memo = self._exception_handlers
+        if memo is None or memo[0] is not self.owner:
+            memo = self._exception_handlers = (self.owner, super().resolve_exception_handlers())
+        return memo[1]
 
 
 # (One caller-bound dependency per route, not the principal beside the broker: Litestar resolves
 # two or more dependencies of one batch in a task group per request; see bff.app.dependencies.)
 
 
-@get(
-    "/vluna/token",
-    operation_id="getToken",
-    summary="The caller's platform token",
-    description="Issued by Vluna for the signed-in user's principal, cached by the service.",
-    tags=["tokens"],
-    responses=_errors(
-        **_AUTH_ERRORS,
-        s400="scopes outside tokens.allowed_scopes (invalid_scopes)",
-        s429="too many new tokens for this user or replica (rate_limited, issuance_budget_exhausted; "
-        "Retry-After)",
-        s502="Vluna refused to issue a token for this user (upstream_rejected)",
-        s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
-        "auth_unavailable; Retry-After)",
-    ),
-)
 async def get_token(
     tokens: NamedDependency[SkipValidation[CallerTokens]],
     scopes: Annotated[
@@ -170,18 +257,6 @@ async def get_token(
     return Response(await tokens.get(scopes), headers=NO_STORE)
 
 
-@delete(
-    "/vluna/token",
-    status_code=204,
-    operation_id="deleteToken",
-    summary="Sign out: forget the caller's cached platform tokens",
-    tags=["tokens"],
-    responses=_errors(
-        **_AUTH_ERRORS,
-        s503="the sign-out could not be recorded, send it again (sign_out_incomplete), or the identity "
-        "provider's keys are unavailable (auth_unavailable); Retry-After",
-    ),
-)
 async def delete_token(tokens: NamedDependency[SkipValidation[CallerTokens]]) -> Response[None]:
     # A 204 promises that no replica serves these tokens again; without Redis that cannot be
     # promised, so the client is asked to sign out again later (SignOutIncomplete, a 503).
@@ -189,5 +264,55 @@ async def delete_token(tokens: NamedDependency[SkipValidation[CallerTokens]]) ->
     return Response(None, status_code=204, headers=NO_STORE)
 
 
-TOKEN_ROUTES: list[ControllerRouterHandler] = [get_token, delete_token]
-"""``GET`` and ``DELETE /vluna/token``; they take the dependency ``tokens`` (``CallerTokens``)."""
+def _token_handlers(
+    get_hook: BeforeRequestHookHandler | None, delete_hook: BeforeRequestHookHandler | None
+) -> list[ControllerRouterHandler]:
+    """``GET`` and ``DELETE /vluna/token`` as documented, with these ``before_request`` hooks."""
+    return [
+        _ResolvedOnce(
+            "/vluna/token",
+            http_method="GET",
+            operation_id="getToken",
+            summary="The caller's platform token",
+            description="Issued by Vluna for the signed-in user's principal, cached by the service.",
+            tags=["tokens"],
+            responses=_errors(
+                **_AUTH_ERRORS,
+                s400="scopes outside tokens.allowed_scopes (invalid_scopes)",
+                s429="too many new tokens for this user or replica (rate_limited, "
+                "issuance_budget_exhausted; Retry-After)",
+                s502="Vluna refused to issue a token for this user (upstream_rejected)",
+                s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
+                "auth_unavailable; Retry-After)",
+            ),
+            before_request=get_hook,
+        )(get_token),
+        _ResolvedOnce(
+            "/vluna/token",
+            http_method="DELETE",
+            status_code=204,
+            operation_id="deleteToken",
+            summary="Sign out: forget the caller's cached platform tokens",
+            tags=["tokens"],
+            responses=_errors(
+                **_AUTH_ERRORS,
+                s503="the sign-out could not be recorded, send it again (sign_out_incomplete), or the "
+                "identity provider's keys are unavailable (auth_unavailable); Retry-After",
+            ),
+            before_request=delete_hook,
+        )(delete_token),
+    ]
+
+
+TOKEN_ROUTES: list[ControllerRouterHandler] = _token_handlers(None, None)
+"""``GET`` and ``DELETE /vluna/token`` as documented (the OpenAPI document is generated from
+these); they take the dependency ``tokens`` (``CallerTokens``). An app serves them as
+``token_routes`` gives them."""
+
+
+def token_routes(endpoint: TokenEndpoint) -> list[ControllerRouterHandler]:
+    """The same route handlers for one app, with ``endpoint``'s methods as their ``before_request``
+    hooks: it answers ``GET`` and ``DELETE`` itself (Litestar sends a hook's answer and does not call the
+    handler). The handlers still describe the routes (OpenAPI) and would give the same answers
+    through their dependency (tests/bff/test_app.py checks both ways)."""
+    return _token_handlers(endpoint.get, endpoint.delete)

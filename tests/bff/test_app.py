@@ -458,6 +458,76 @@ async def test_each_handler_resolves_its_dependencies_one_per_batch(keys: Keys, 
         assert not any(key.endswith("/vluna/api/v1/{sub:path}") for key in seen)
 
 
+async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_would(
+    keys: Keys, issuer: FakeIssuer
+) -> None:
+    # The served token routes are answered by their before_request hooks (the app's
+    # TokenEndpoint: no kwargs, dependency or response conversion per call); the handlers, which
+    # describe the routes (OpenAPI), answer the same through their dependency when no hook does.
+    from litestar import Litestar
+    from litestar.exceptions import HTTPException
+    from litestar.routes import HTTPRoute
+
+    from bff.app import _bff_error, _http_error, _unexpected, dependencies
+    from bff.errors import BffError
+    from bff.routes.token import TOKEN_ROUTES, TokenEndpoint
+    from tests.support.asgi import asgi_transport
+
+    settings = make_settings(keys, tokens={"allowed_scopes": ["checkout", "portal", "reports"]})
+    async with client_for(settings, issuer) as served:
+        hooks = {
+            method: handler.resolve_before_request()
+            for route in served.app.routes
+            if isinstance(route, HTTPRoute) and route.path == "/vluna/token"
+            for method, (handler, _) in route.route_handler_map.items()
+        }
+        assert {m: type(getattr(h, "__self__", None)) for m, h in hooks.items() if h} == {
+            "GET": TokenEndpoint,
+            "DELETE": TokenEndpoint,
+        }
+        state = served.app.state
+        plain = Litestar(
+            route_handlers=TOKEN_ROUTES,
+            dependencies=dependencies(state["services"], state["readiness"]),
+            exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
+            debug=False,
+            logging_config=None,
+        )
+        alice = bearer(keys.token("alice", org_id="acme"))
+        requests: list[tuple[str, str, dict[str, str]]] = [
+            ("GET", "/vluna/token", alice),
+            ("GET", "/vluna/token?scopes=reports,checkout", alice),
+            ("GET", "/vluna/token?scopes=portal&scopes=reports", alice),
+            ("GET", "/vluna/token?scopes=%72eports+", alice),
+            ("GET", "/vluna/token?scopes=", alice),
+            ("GET", "/vluna/token?scopes=admin", alice),
+            ("GET", "/vluna/token?scopes=" + "portal," * 50, alice),
+            ("GET", "/vluna/token?scopes=admin", {}),
+            ("GET", "/vluna/token", bearer("not-a-jwt")),
+            ("GET", "/vluna/token", {"Cookie": f"vluna_session={keys.token('alice', org_id='acme')}"}),
+            ("DELETE", "/vluna/token", {}),
+            ("DELETE", "/vluna/token", alice),
+            ("GET", "/vluna/token", alice),
+        ]
+        async with (
+            plain.lifespan(),
+            httpx.AsyncClient(transport=asgi_transport(plain), base_url="http://bff.test") as direct,
+        ):
+            for method, url, headers in requests:
+                answers = [await c.request(method, url, headers=headers) for c in (served, direct)]
+                heads = [{k: v for k, v in r.headers.items() if k != "x-request-id"} for r in answers]
+                assert heads[0] == heads[1], (method, url)
+                assert answers[0].status_code == answers[1].status_code, (method, url)
+                bodies = [r.json() if r.content else {} for r in answers]
+                if "expires_in" in bodies[0]:
+                    assert abs(bodies[0].pop("expires_in") - bodies[1].pop("expires_in")) <= 1
+                assert bodies[0] == bodies[1], (method, url)
+    # Each scope set issued once (the second app of each pair served it from the cache), and again
+    # after the sign-out.
+    both, one = ("checkout", "portal"), ("checkout", "reports")
+    assert [c[2] for c in issuer.calls] == [both, one, ("reports",), both]
+
+
 async def test_apps_in_one_process_each_serve_with_their_own_services(keys: Keys) -> None:
     # The route handlers are declared once, at module level; what they work with comes from the
     # dependencies of the app that serves the request.
