@@ -18,7 +18,10 @@ from bff.telemetry.context import current_request_id
 
 log = logging.getLogger("bff.proxy")
 
+# Answers no cache may keep (the proxy's private answers and errors, the token routes), and the
+# same headers as an ASGI message carries them.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+NO_STORE_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NO_STORE.items()]
 
 
 class RawAnswer:
@@ -67,7 +70,6 @@ def cacheable(resp: UpstreamResponse) -> bool:
     return resp.status == 200 and bool(JSON_TYPE.match(resp.content_type))
 
 
-_NO_STORE_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NO_STORE.items()]
 _TYPE_MEMO_MAX = 64
 
 
@@ -100,7 +102,7 @@ class AnswerShaper:
         ):
             # The usual answer (nothing of Vluna's headers to pass on, the request id added by
             # the middleware): the same headers as below, encoded once.
-            raw = [*_NO_STORE_RAW, type_header, (b"content-length", str(len(resp.body)).encode())]
+            raw = [*NO_STORE_RAW, type_header, (b"content-length", str(len(resp.body)).encode())]
             return RawAnswer.encoded(resp.status, raw, resp.body)
         if not is_json:
             self._stats.inc("proxy.upstream.errors")

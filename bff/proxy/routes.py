@@ -22,7 +22,7 @@ from typing import Any, cast
 from litestar import Request, Response
 from litestar.enums import MediaType, ScopeType
 from litestar.exceptions import ClientException, MethodNotAllowedException, NotFoundException
-from litestar.handlers import ASGIRouteHandler
+from litestar.handlers import ASGIRouteHandler, BaseRouteHandler
 from litestar.types import Empty, ExceptionHandlersMap, Receive, Scope, Send
 
 from bff.auth.chain import AuthChain
@@ -37,7 +37,15 @@ from bff.settings import Derived, Settings
 from bff.stats import Stats
 from bff.tokens.broker import TokenBroker
 
-__all__ = ["PREFIX", "AsgiUpstream", "ProxyEndpoint", "ProxyService", "build_proxy", "proxy_routes"]
+__all__ = [
+    "PREFIX",
+    "AsgiUpstream",
+    "ExceptionHandlersOnce",
+    "ProxyEndpoint",
+    "ProxyService",
+    "build_proxy",
+    "proxy_routes",
+]
 
 # Request headers browsers may send to the proxy (CORS), and answer headers they may read.
 CORS_ALLOW_HEADERS = ["content-type", "idempotency-key", "accept-language", "x-request-id", "if-none-match"]
@@ -143,22 +151,28 @@ class ProxyEndpoint:
             await asgi_response(scope, receive, send)
 
 
-class _ProxyRouteHandler(ASGIRouteHandler):
-    """Litestar's ASGI route handler, plus what ``Request.stream()`` asks the route handler of
-    the request for: the request body size limit, resolved over the layers as an HTTP route
-    handler does (the app's ``request_max_body_size``, 10 MB by default: a bigger body is
-    refused with 413 while it is read, as before, when ``proxy.max_body_bytes`` is above it);
-    and its exception handlers resolved once."""
+class ExceptionHandlersOnce(BaseRouteHandler):
+    """A Litestar route handler whose exception handlers are resolved once per registered copy:
+    Litestar's router asks for them on every request (to put them in the request's scope state)
+    and merges the layers' maps each time; they are fixed once the app is built. (Remembered
+    with the owner they were resolved under: a copy registered elsewhere resolves its own.) The
+    proxy's mount and the token routes are made with it."""
 
-    _exception_handlers: ExceptionHandlersMap | None = None
+    _exception_handlers: tuple[object, ExceptionHandlersMap] | None = None
 
     def resolve_exception_handlers(self) -> ExceptionHandlersMap:
-        # Litestar's router asks for them on every request (to put them in the request's scope
-        # state) and merges the layers' maps each time; they are fixed once the app is built.
-        handlers = self._exception_handlers
-        if handlers is None:
-            handlers = self._exception_handlers = super().resolve_exception_handlers()
-        return handlers
+        memo = self._exception_handlers
+        if memo is None or memo[0] is not self.owner:
+            memo = self._exception_handlers = (self.owner, super().resolve_exception_handlers())
+        return memo[1]
+
+
+class _ProxyRouteHandler(ExceptionHandlersOnce, ASGIRouteHandler):
+    """Litestar's ASGI route handler, with its exception handlers resolved once, plus what
+    ``Request.stream()`` asks the route handler of the request for: the request body size limit,
+    resolved over the layers as an HTTP route handler does (the app's ``request_max_body_size``,
+    10 MB by default: a bigger body is refused with 413 while it is read, as before, when
+    ``proxy.max_body_bytes`` is above it)."""
 
     def resolve_request_max_body_size(self) -> int | None:
         for layer in reversed(self.ownership_layers):

@@ -16,7 +16,6 @@ from litestar.params import QueryParameter, SkipValidation
 from litestar.types import (
     BeforeRequestHookHandler,
     ControllerRouterHandler,
-    ExceptionHandlersMap,
     Receive,
     Scope,
     Send,
@@ -25,11 +24,12 @@ from litestar.types import (
 from bff.auth.chain import AuthChain
 from bff.errors import BadRequest, ErrorBody
 from bff.principals import Principal, PrincipalMapper
+from bff.proxy.answer import NO_STORE, NO_STORE_RAW
+from bff.proxy.routes import ExceptionHandlersOnce
 from bff.proxy.service import ProxyService
 from bff.settings import Derived
 from bff.tokens.broker import TokenBroker
 
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_SCOPES_PARAM = 256
 
 
@@ -157,12 +157,7 @@ class CallerTokens:
         await self.service.sign_out(self.principal)
 
 
-_JSON_NO_STORE = [
-    (b"cache-control", b"no-store"),
-    (b"pragma", b"no-cache"),
-    (b"content-type", b"application/json"),
-]
-_NO_STORE_204 = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+_JSON_NO_STORE = [*NO_STORE_RAW, (b"content-type", b"application/json")]
 _encode = msgspec.json.Encoder().encode
 
 
@@ -224,22 +219,11 @@ class TokenEndpoint:
     async def delete(self, request: Request[Any, Any, Any]) -> _Answer:
         principal = await self._mapper.map(await self._auth.authenticate(request))
         await self._service.sign_out(principal)
-        return _Answer(204, list(_NO_STORE_204), b"")
+        return _Answer(204, list(NO_STORE_RAW), b"")
 
 
-class _ResolvedOnce(HTTPRouteHandler):
-    """An HTTP route handler whose exception handlers are resolved once per registered copy:
-    Litestar's router asks for them on every request (to put them in the request's scope state)
-    and merges the layers' maps each time; they are fixed once the app is built. (Remembered
-    with the owner they were resolved under: a copy registered elsewhere resolves its own.)"""
-
-    _exception_handlers: tuple[object, ExceptionHandlersMap] | None = None
-
-    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
-        memo = self._exception_handlers
-        if memo is None or memo[0] is not self.owner:
-            memo = self._exception_handlers = (self.owner, super().resolve_exception_handlers())
-        return memo[1]
+class _TokenRouteHandler(ExceptionHandlersOnce, HTTPRouteHandler):
+    """Litestar's HTTP route handler, with its exception handlers resolved once."""
 
 
 # (One caller-bound dependency per route, not the principal beside the broker: Litestar resolves
@@ -269,7 +253,7 @@ def _token_handlers(
 ) -> list[ControllerRouterHandler]:
     """``GET`` and ``DELETE /vluna/token`` as documented, with these ``before_request`` hooks."""
     return [
-        _ResolvedOnce(
+        _TokenRouteHandler(
             "/vluna/token",
             http_method="GET",
             operation_id="getToken",
@@ -287,7 +271,7 @@ def _token_handlers(
             ),
             before_request=get_hook,
         )(get_token),
-        _ResolvedOnce(
+        _TokenRouteHandler(
             "/vluna/token",
             http_method="DELETE",
             status_code=204,
