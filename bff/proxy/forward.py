@@ -107,11 +107,7 @@ class Forwarder:
         )
         self._operations: dict[tuple[str, str], str] = {}
         # The first attempt's bounds (the whole deadline still ahead), built once.
-        self._first = Timeouts(
-            connect=min(settings.connect_timeout_sec, settings.total_timeout_sec),
-            read=min(settings.read_timeout_sec, settings.total_timeout_sec),
-            total=settings.total_timeout_sec,
-        )
+        self._first = _bounds(settings, settings.total_timeout_sec)
 
     async def forward(self, p: Prepared) -> UpstreamResponse:
         """Vluna's answer to the prepared call (any status but a 401), or a ``BffError``."""
@@ -187,11 +183,7 @@ class Forwarder:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise GatewayTimeout("the billing service did not answer in time")
-                timeouts = Timeouts(
-                    connect=min(s.connect_timeout_sec, remaining),
-                    read=min(s.read_timeout_sec, remaining),
-                    total=remaining,
-                )
+                timeouts = _bounds(s, remaining)
             self._stats.inc("proxy.upstream.requests")
             failure: BffError | None = None
             resp: UpstreamResponse | None = None
@@ -230,6 +222,12 @@ class Forwarder:
             attempt += 1
             self._stats.inc("proxy.upstream.retries")
             await asyncio.sleep(delay)
+
+
+def _bounds(s: ProxySettings, remaining: float) -> Timeouts:
+    """An attempt's connect, read and total bounds with ``remaining`` seconds of the deadline left."""
+    connect, read = min(s.connect_timeout_sec, remaining), min(s.read_timeout_sec, remaining)
+    return Timeouts(connect=connect, read=read, total=remaining)
 
 
 def _retry_after(resp: UpstreamResponse | None) -> float | None:
