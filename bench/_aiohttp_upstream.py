@@ -12,19 +12,15 @@ import aiohttp
 from yarl import URL
 
 from bff.proxy.upstream import (
-    PASS_RESPONSE_HEADERS,
     Timeouts,
     UpstreamError,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamTooLarge,
+    pick_headers,
 )
 
 _URL_MEMO_MAX = 4096
-
-
-def _pick_headers(raw: Mapping[str, str]) -> dict[str, str]:
-    return {name: raw[name] for name in PASS_RESPONSE_HEADERS if name in raw}
 
 
 class AiohttpUpstream:
@@ -116,7 +112,7 @@ class AiohttpUpstream:
                         chunks.append(chunk)
                     data = b"".join(chunks)
                 return UpstreamResponse(
-                    resp.status, resp.headers.get("content-type", ""), _pick_headers(resp.headers), data
+                    resp.status, resp.headers.get("content-type", ""), pick_headers(resp.headers), data
                 )
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout("upstream timed out") from None

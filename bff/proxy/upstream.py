@@ -70,7 +70,9 @@ class Upstream(Protocol):
     ) -> UpstreamResponse: ...
 
 
-def _pick_headers(raw: Mapping[str, str]) -> dict[str, str]:
+def pick_headers(raw: Mapping[str, str]) -> dict[str, str]:
+    """The answer headers a client may see (``PASS_RESPONSE_HEADERS``), from a case-insensitive
+    or lower-cased mapping."""
     out: dict[str, str] = {}
     for name in PASS_RESPONSE_HEADERS:
         value = raw.get(name)
@@ -125,7 +127,7 @@ class AsgiUpstream:
         if len(data) > self._max:
             raise UpstreamTooLarge("upstream answer too large")
         return UpstreamResponse(
-            status, resp_headers.get("content-type", ""), _pick_headers(resp_headers), data
+            status, resp_headers.get("content-type", ""), pick_headers(resp_headers), data
         )
 
 
