@@ -312,11 +312,26 @@ class Runner:
         }
         target = "bench._refservers:sdk_issuer"
         issuer = start_on_stack(SERVICE_STACK, target, name="SDK issuer", env=env, ready=("/healthz", {200}))
+        # The same SDK calls over the service's own HTTP/1.1 transport: what the service adds to an
+        # issuance, apart from the transport it chose (a context figure, not the goal's reference).
+        env_h1 = {**env, "BENCH_SDK_TRANSPORT": "http1"}
+        try:
+            issuer_h1 = start_on_stack(
+                SERVICE_STACK, target, name="SDK issuer (http1)", env=env_h1, ready=("/healthz", {200})
+            )
+        except BaseException:
+            issuer.stop()
+            raise
         svc = self.row(
             "cold", f"cold start: {users} distinct users x 2 concurrent requests", unit="issuances/s"
         )
         ref = self.row(
             "cold", "an app issuing with the SDK directly, no cache (reference)", unit="issuances/s"
+        )
+        ref_h1 = self.row(
+            "cold",
+            "the same app, the SDK over the service's HTTP/1.1 transport (context)",
+            unit="issuances/s",
         )
         svc.reference = ref.name
         try:
@@ -353,7 +368,19 @@ class Runner:
                 run = asdict(r)
                 run.update(rps=users / r.seconds, requests_per_s=r.rps, **ref_cpu)
                 ref.add(run)
+                self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance, the service's transport")
+                emulator.reset("counters")  # type: ignore[attr-defined]
+                h1_reqs = [{"path": f"/issue?user=h1-{run_id}-{n}"} for n in range(users)]
+                before = cpu_now(issuer_h1, emulator)
+                r = run_load(issuer_h1.url + "/issue", requests=h1_reqs, connections=32, seconds=120)
+                h1_cpu = cpu_per(before, cpu_now(issuer_h1, emulator), users)
+                if r.non_2xx or r.requests != users or emulator.issuances() != users:  # type: ignore[attr-defined]
+                    raise RuntimeError(f"SDK direct issuance (http1): {r.statuses}")
+                run = asdict(r)
+                run.update(rps=users / r.seconds, requests_per_s=r.rps, **h1_cpu)
+                ref_h1.add(run)
             self.ratios(svc, ref)
+            same = [a["rps"] / b["rps"] for a, b in zip(svc.runs, ref_h1.runs, strict=True)]
             svc.peak_rss_mb = bff.peak_rss_mb()
             ref.peak_rss_mb = issuer.peak_rss_mb()
             svc.note = (
@@ -361,7 +388,14 @@ class Runner:
                 + cpu_note(svc)
             )
             ref.note = f"one request per user, {users} per run, 32 connections; " + cpu_note(ref)
+            ref_h1.peak_rss_mb = issuer_h1.peak_rss_mb()
+            ref_h1.note = (
+                f"the service's rate over this row's: median {statistics.median(same):.2f} "
+                f"(runs {', '.join(f'{x:.2f}' for x in same)}); one request per user, 32 connections; "
+                + cpu_note(ref_h1)
+            )
         finally:
+            issuer_h1.stop()
             issuer.stop()
             bff.stop()
             cleanup_prefix(prefix)

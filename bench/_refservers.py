@@ -8,7 +8,9 @@ factory by name in its worker process:
   pass_through   GET /api/v1/{path}: a minimal raw-ASGI pass-through to BENCH_UPSTREAM with a fixed
                  bearer token (BENCH_TOKEN, BENCH_REALM) through one pooled aiohttp session
   sdk_issuer     GET /issue?user=U: the SDK's issue_platform_token for principal org:U, straight to
-                 Vluna (BENCH_VLUNA_URL, BENCH_REALM, BENCH_KEY_ID, BENCH_SECRET): no cache, no lock
+                 Vluna (BENCH_VLUNA_URL, BENCH_REALM, BENCH_KEY_ID, BENCH_SECRET): no cache, no lock;
+                 through httpx's own transport, or with BENCH_SDK_TRANSPORT=http1 through the one
+                 the service uses (bff/http1/httpx_transport.py)
 """
 
 from __future__ import annotations
@@ -115,11 +117,20 @@ def sdk_issuer() -> Any:
     from vlunaai import ServiceClientOptions, ServiceKeyCredentials, VlunaAIConfig, create_service_client
 
     env = os.environ
-    options = ServiceClientOptions(
-        config=VlunaAIConfig(base_url=env["BENCH_VLUNA_URL"], realm_id=env["BENCH_REALM"]),
-        service_key=ServiceKeyCredentials(key_id=env["BENCH_KEY_ID"], secret=env["BENCH_SECRET"]),
-        max_retries=0,
-    )
+    transport = env.get("BENCH_SDK_TRANSPORT", "httpx")
+    if transport not in ("httpx", "http1"):
+        raise ValueError(f"BENCH_SDK_TRANSPORT must be httpx or http1, not {transport!r}")
+
+    def options() -> ServiceClientOptions:
+        from bff.http1.httpx_transport import Http1Transport
+
+        return ServiceClientOptions(
+            config=VlunaAIConfig(base_url=env["BENCH_VLUNA_URL"], realm_id=env["BENCH_REALM"]),
+            service_key=ServiceKeyCredentials(key_id=env["BENCH_KEY_ID"], secret=env["BENCH_SECRET"]),
+            max_retries=0,
+            transport=Http1Transport(env["BENCH_VLUNA_URL"]) if transport == "http1" else None,
+        )
+
     state: dict[str, Any] = {}
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
@@ -127,7 +138,7 @@ def sdk_issuer() -> Any:
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
-                    state["client"] = create_service_client(options)
+                    state["client"] = create_service_client(options())
                     await send({"type": "lifespan.startup.complete"})
                 elif msg["type"] == "lifespan.shutdown":
                     await state["client"].close()

@@ -114,8 +114,12 @@ async def main() -> None:
         os.unlink(f.name)
     app = create_app(settings)
     ref = sdk_issuer()
-    stops = [await lifespan(app), await lifespan(ref)]
+    os.environ["BENCH_SDK_TRANSPORT"] = "http1"
+    ref_h1 = sdk_issuer()  # the same SDK calls over the service's own transport
+    del os.environ["BENCH_SDK_TRANSPORT"]
+    stops = [await lifespan(app), await lifespan(ref), await lifespan(ref_h1)]
     await call(ref, "/issue", b"user=warm", [])
+    await call(ref_h1, "/issue", b"user=warm", [])
     warm = [(b"authorization", f"Bearer {keys.token('warm', org='warm')}".encode())]
     await call(app, "/vluna/token", b"", warm)
     try:
@@ -128,6 +132,9 @@ async def main() -> None:
                 svc_jobs += [partial(call, app, "/vluna/token", b"", h)] * 2
             ref_jobs: list[Callable[[], Any]] = [
                 partial(call, ref, "/issue", f"user=r-{rid}-{n}".encode(), []) for n in range(USERS)
+            ]
+            h1_jobs: list[Callable[[], Any]] = [
+                partial(call, ref_h1, "/issue", f"user=h-{rid}-{n}".encode(), []) for n in range(USERS)
             ]
             await admin.config_resetstat()
             before = trips.count
@@ -142,6 +149,7 @@ async def main() -> None:
             svc_trips = trips.count - before
             stats = await admin.info("commandstats")
             ref_cpu = await run_all(ref_jobs, 32) if not os.environ.get("NO_REF") else 1.0
+            h1_cpu = await run_all(h1_jobs, 32) if not os.environ.get("NO_REF") else 1.0
             commands = {
                 k.removeprefix("cmdstat_"): v["calls"]
                 for k, v in stats.items()
@@ -149,7 +157,9 @@ async def main() -> None:
             }
             print(
                 f"run {run + 1}: service {svc_cpu / USERS * 1e6:6.0f} us CPU per user (2 requests), "
-                f"SDK direct {ref_cpu / USERS * 1e6:6.0f} us per user; ratio {ref_cpu / svc_cpu:.2f}"
+                f"SDK direct {ref_cpu / USERS * 1e6:6.0f} us per user; ratio {ref_cpu / svc_cpu:.2f}; "
+                f"SDK direct over the service's transport {h1_cpu / USERS * 1e6:6.0f} us per user, "
+                f"ratio {h1_cpu / svc_cpu:.2f}"
             )
             print(
                 f"       Redis round trips per user {svc_trips / USERS:.2f}; commands executed per user: "

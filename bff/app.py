@@ -58,7 +58,7 @@ from bff.tokens.keys import CacheKeys
 from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import Notifier, RedisLock, ShardedNotifier, Waiters
-from bff.vluna import PropagatingTransport, create_vluna_client
+from bff.vluna import create_vluna_client, vluna_transport
 
 log = logging.getLogger("bff")
 
@@ -232,8 +232,7 @@ def build_services(
         else None
     )
     if vluna is None:
-        transport = PropagatingTransport(httpx.AsyncHTTPTransport())
-        vluna = create_vluna_client(settings.vluna, transport=transport)
+        vluna = create_vluna_client(settings.vluna, transport=vluna_transport(settings.vluna))
     if issuer is None:
         assert vluna is not None  # validation requires vluna.* outside dev mode, which injects one
         issuer = SdkTokenIssuer(

@@ -160,7 +160,7 @@ def create_dev_app(settings: Settings, *, base_url: str | None = None) -> DevRun
             ),
             *emulator_routes(emulator),
         ],
-        # The proxy calls the embedded emulator in-process too (production uses bff/proxy/http1.py).
+        # The proxy calls the embedded emulator in-process too (production uses bff/http1/).
         proxy_upstream=AsgiUpstream(emulator.app, emulator.bearer_base_url),
     )
     return DevRuntime(app=app, signin=signin, emulator=emulator, realm_id=realm_id, base_url=public)

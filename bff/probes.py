@@ -37,7 +37,7 @@ from bff.redis_client import RedisClient, make_redis, redis_target
 from bff.settings import Settings
 from bff.telemetry.context import quiet_http
 from bff.tokens.lock import ShardedNotifier
-from bff.vluna import PropagatingTransport, create_vluna_client
+from bff.vluna import create_vluna_client, vluna_transport
 from bff.vluna_probe import PROBE_OPERATION, probe_call
 
 # Everything is imported above, before any probe runs: an import inside a coroutine blocks the
@@ -354,7 +354,7 @@ _VLUNA_HINTS = {
 async def probe_vluna(settings: Settings, timeout: float) -> list[ProbeLine]:
     v = settings.vluna
     # Its own client, without retries: one call says what is wrong.
-    client = create_vluna_client(v, transport=PropagatingTransport(httpx.AsyncHTTPTransport()), max_retries=0)
+    client = create_vluna_client(v, transport=vluna_transport(v), max_retries=0)
     if client is None:
         return []
     what = (

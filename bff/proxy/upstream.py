@@ -1,12 +1,13 @@
 """The HTTP client the proxy talks to Vluna's ``/api/v1`` with: its protocol, answer and errors.
 
-Production: `Http1Upstream` (bff/proxy/http1.py), a lean HTTP/1.1 keep-alive client on asyncio
-with the httptools parser. The proxy sits on every page view, so the client's per-request cost is
-the proxy's floor: in-process (`python -m bench.hit_cpu --only proxy`) a proxied catalog GET cost
-~135-157 us of CPU with it against ~247-283 us with aiohttp. Earlier, httpx's AsyncClient managed
-~800 req/s, httpx over an aiohttp transport ~2,000 and aiohttp ~6,000 as a bare pass-through;
-the aiohttp client the proxy used until then is bench/_aiohttp_upstream.py (the bench compares
-the two). httpx stays the SDK's client (token issuance is rare).
+Production: `Http1Upstream` (bff/proxy/http1.py), the service's lean HTTP/1.1 keep-alive client
+(bff/http1) on asyncio with the httptools parser. The proxy sits on every page view, so the
+client's per-request cost is the proxy's floor: in-process (`python -m bench.hit_cpu --only
+proxy`) a proxied catalog GET cost ~135-157 us of CPU with it against ~247-283 us with aiohttp.
+Earlier, httpx's AsyncClient managed ~800 req/s, httpx over an aiohttp transport ~2,000 and
+aiohttp ~6,000 as a bare pass-through; the aiohttp client the proxy used until then is
+bench/_aiohttp_upstream.py (the bench compares the two). The token issuer's SDK client sends
+through the same client, as an httpx transport (bff/http1/httpx_transport.py).
 
 Dev mode: `AsgiUpstream` calls the embedded emulator's ASGI app directly (no socket), so
 `vluna-bff dev` stays one process. It is chosen only by `bff.dev`; the production path never
@@ -23,16 +24,24 @@ from typing import Any, Protocol
 
 from yarl import URL
 
+from bff.http1.errors import Timeouts, UpstreamError, UpstreamTimeout, UpstreamTooLarge
+
+__all__ = [
+    "PASS_RESPONSE_HEADERS",
+    "AsgiUpstream",
+    "Timeouts",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+    "UpstreamTooLarge",
+    "asgi_call",
+    "pick_headers",
+]
+
 # Upstream response headers a client may see; everything else (Set-Cookie, tracing and
 # server-internal headers) stays here.
 PASS_RESPONSE_HEADERS = ("retry-after", "idempotent-replayed")
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    connect: float
-    read: float
-    total: float
 
 
 @dataclass
@@ -41,20 +50,6 @@ class UpstreamResponse:
     content_type: str
     headers: dict[str, str]  # only PASS_RESPONSE_HEADERS, lower-case names
     body: bytes
-
-
-class UpstreamError(Exception):
-    """No usable answer: the connection failed or broke, or the answer was unusable."""
-
-    kind = "connection"
-
-
-class UpstreamTimeout(UpstreamError):
-    kind = "timeout"
-
-
-class UpstreamTooLarge(UpstreamError):
-    kind = "too_large"
 
 
 class Upstream(Protocol):

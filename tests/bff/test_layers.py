@@ -4,6 +4,7 @@ including those inside functions and under TYPE_CHECKING).
     app, cli, server, dev, routes/, web/, openapi     the top: wiring and HTTP surfaces
     observability/                                     how telemetry is exposed (middleware, probes)
     proxy/, tokens/, auth/, principals, vluna, ...     the domain
+    http1/                                             the HTTP/1.1 client (proxy and vluna use it)
     telemetry/, errors, settings, stats                the bottom
 """
 
@@ -19,6 +20,7 @@ BFF = Path(__file__).resolve().parents[2] / "bff"
 TOP = ("bff.app", "bff.cli", "bff.server", "bff.dev", "bff.routes", "bff.web", "bff.openapi")
 OBSERVABILITY = ("bff.observability",)
 DOMAIN = (
+    "bff.http1",
     "bff.tokens",
     "bff.proxy",
     "bff.auth",
@@ -90,6 +92,7 @@ def test_the_graph_is_read() -> None:
         (OBSERVABILITY, TOP, "observability/ does not import the top"),
         (("bff.settings",), all_but("bff.settings"), "settings import no bff module"),
         (("bff.errors",), all_but("bff.errors"), "errors import no bff module"),
+        (("bff.http1",), all_but("bff.http1"), "http1/ (the HTTP client) imports no other bff module"),
         (
             ("bff.telemetry",),
             all_but("bff.telemetry", "bff.settings", "bff.stats"),

@@ -1,5 +1,5 @@
-"""One pooled connection of the proxy's HTTP/1.1 client (bff/proxy/http1.py): an asyncio protocol
-that writes a request and feeds what comes back to llhttp (``httptools``), one exchange at a time.
+"""One pooled connection of the HTTP/1.1 client (bff/http1/pool.py): an asyncio protocol that
+writes a request and feeds what comes back to llhttp (``httptools``), one exchange at a time.
 
 The pool decides when a connection is taken and given back; this class decides whether it can be:
 ``reusable`` is true only after a complete answer that allows keep-alive, with nothing unasked for
@@ -15,9 +15,10 @@ from typing import cast
 
 import httptools
 
-from bff.proxy.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from bff.http1.errors import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 
 # The answer headers the client reads (first value of each): framing and what the proxy passes on.
+# A pool made with ``all_headers`` also keeps every header line, in order (for the httpx transport).
 KEPT_HEADERS = frozenset(
     {
         b"content-type",
@@ -28,7 +29,9 @@ KEPT_HEADERS = frozenset(
         b"idempotent-replayed",
     }
 )
-Answer = tuple[int, dict[bytes, bytes], bytes]  # status, KEPT_HEADERS found (lower-case), body
+# status, KEPT_HEADERS found (lower-case), body, every header line (lower-case names; empty unless
+# the connection keeps them all)
+Answer = tuple[int, dict[bytes, bytes], bytes, list[tuple[bytes, bytes]]]
 
 
 class LostBeforeAnswer(Exception):
@@ -40,9 +43,10 @@ class _Stop(Exception):
 
 
 class H1Connection(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_bytes: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_bytes: int, all_headers: bool = False) -> None:
         self._loop = loop
         self._max = max_bytes
+        self._keep_all = all_headers
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self.lost = False
@@ -60,6 +64,7 @@ class H1Connection(asyncio.Protocol):
         # The answer being parsed.
         self._status = 0
         self._headers: dict[bytes, bytes] = {}
+        self._lines: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
         self._headers_done = False
@@ -152,6 +157,7 @@ class H1Connection(asyncio.Protocol):
             raise _Stop
         self._status = 0
         self._headers = {}
+        self._lines = []
         self._chunks = []
         self._size = 0
         self._headers_done = False
@@ -161,6 +167,8 @@ class H1Connection(asyncio.Protocol):
         name = name.lower()
         if name in KEPT_HEADERS and name not in self._headers:
             self._headers[name] = value
+        if self._keep_all:
+            self._lines.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -207,7 +215,7 @@ class H1Connection(asyncio.Protocol):
             chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._chunks = []  # an idle connection holds no answer
-            waiter.set_result((self._status, self._headers, body))
+            waiter.set_result((self._status, self._headers, body, self._lines))
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
