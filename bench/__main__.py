@@ -181,6 +181,7 @@ class Runner:
         self.rows: list[Row] = []
         self.appendix: list[tuple[str, str]] = []
         self.soak: str | None = None  # the soak section, when it ran
+        self.configs: list[Path] = []  # the services' configuration files, deleted by run()
         self.load_tool = ensure_wrk(self.log)
 
     @staticmethod
@@ -203,11 +204,10 @@ class Runner:
 
     def bff(self, emulator: Proc, prefix: str, workers: int = 1, **sections: Any) -> Proc:
         cfg = write_config(bff_config(emulator.url, self.keys.pem(), prefix=prefix, **sections))
-        try:
-            return start_bff(cfg, workers=workers)
-        finally:
-            # The service has read it by the time it answers; the file holds secrets.
-            cfg.unlink()
+        # Kept (0600, it holds secrets) until the run ends: the first worker answering does not
+        # mean the others have read it, and a worker that cannot read it stops the server.
+        self.configs.append(cfg)
+        return start_bff(cfg, workers=workers)
 
     @staticmethod
     def refs(stack: str, key: str) -> Proc:
@@ -478,6 +478,20 @@ class Runner:
         if only - set(SCENARIOS):
             raise SystemExit(f"unknown scenario(s) {sorted(only - set(SCENARIOS))}; one of {SCENARIOS}")
         emulator = start_emulator()
+        try:
+            self.scenarios(emulator, only)
+        finally:
+            for cfg in self.configs:
+                cfg.unlink(missing_ok=True)
+        if "sdk" in only:
+            self.log("scenario: SDK per-call overhead")
+            self.sdk()
+        if "proxy-script" in only and PROXY_SCRIPT.exists():
+            self.log("scenario: bench/bff_proxy.py (as it is)")
+            self.proxy_script()
+
+    def scenarios(self, emulator: Proc, only: set[str]) -> None:
+        """The scenarios that run against the emulator (stopped afterwards)."""
         with stopping(emulator):
             if "soak" in only:
                 self.log("scenario: soak")
@@ -494,12 +508,6 @@ class Runner:
             if "proxy" in only:
                 self.log("scenario: proxied catalog GET")
                 self.proxy(emulator)
-        if "sdk" in only:
-            self.log("scenario: SDK per-call overhead")
-            self.sdk()
-        if "proxy-script" in only and PROXY_SCRIPT.exists():
-            self.log("scenario: bench/bff_proxy.py (as it is)")
-            self.proxy_script()
 
     def run_soak(self, emulator: Any) -> None:
         from bench import soak

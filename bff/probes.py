@@ -27,7 +27,7 @@ import httpx
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from vlunaai import APIConnectionError, NotFoundError, VlunaAIError
 
 from bff import netdiag
@@ -164,11 +164,21 @@ async def _exercise(
                         with contextlib.suppress(Exception):
                             await spubsub.aclose()
                 continue
-            await client.execute_command(*args)
+            if args[:2] == ("script", "load"):
+                # On a cluster, SCRIPT LOAD goes to every master, which only this method knows.
+                await client.script_load(args[2])
+                continue
+            # Upper case: the cluster client routes by the command's name as Redis spells it
+            # (a lower-case PING found no node: "Missing key").
+            await client.execute_command(name.upper(), *args[1:])
         except ResponseError as exc:
             if _is_noperm(exc):
                 denied.append(f"{name} {' '.join(args[1:2])} ({why})".replace("  ", " "))
             # NOSCRIPT and the like: the command is allowed, only the probe's arguments are odd
+        except (RedisError, ValueError) as exc:
+            # Not a refusal, but not an answer either: said as such, never a traceback.
+            what = f"{name} {' '.join(args[1:2])}".strip()
+            denied.append(f"{what} ({why}: the probe could not run it: {type(exc).__name__})")
     return denied
 
 
@@ -237,6 +247,16 @@ def _redis_cause(exc: BaseException) -> str:
     for e in (exc, exc.__cause__, exc.__context__):
         if isinstance(e, AuthenticationError):
             return "authentication failed (wrong user name or password in cache.redis.url)"
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cluster client wraps a refusal twice or more
+        if seen is None:
+            break
+        if isinstance(seen, NoPermissionError):
+            if "cluster" in str(seen).lower():
+                # redis-py then says "Cluster mode is not enabled on this node": not the cause.
+                return f"{seen} (a Cluster user needs +cluster|slots +command: docs/operations.md)"
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
     name = type(exc).__name__
     if name == "MasterNotFoundError":
         return "no Sentinel answered with a master of that name"

@@ -163,6 +163,14 @@ def serve_config(
     return cfg, env
 
 
+# The ACL rules docs/operations.md gives for a user of its own (the password and name aside),
+# for the key prefix ``vbff:``.
+DOCUMENTED_ACL = (
+    " ~vbff:* &vbff:done:* &vbff:l1:* +get +set +del +pttl +incr +incrby +expire +eval +evalsha +script|load"
+    " +publish +psubscribe +punsubscribe +subscribe +unsubscribe +ping +select"
+)
+
+
 def make_settings(keys: Keys, **sections: Mapping[str, Any]) -> Settings:
     return validate_settings(base_settings(keys, **sections))
 

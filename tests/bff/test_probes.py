@@ -31,16 +31,9 @@ from tests.support.processes import REPO, Proc
 from tests.support.redis_servers import start_redis
 from tests.support.service import bff_config, write_config
 
-from .support import FakeIssuer, Keys, make_settings, redis_settings, running_services
+from .support import DOCUMENTED_ACL, FakeIssuer, Keys, make_settings, redis_settings, running_services
 
 PASSWORD = "probe-password-never-printed-7f3a"
-
-
-# The ACL rules docs/operations.md gives for a user of its own (the password and name aside).
-DOCUMENTED_ACL = (
-    " ~vbff:* &vbff:done:* &vbff:l1:* +get +set +del +pttl +incr +incrby +expire +eval +evalsha +script|load"
-    " +publish +psubscribe +punsubscribe +subscribe +unsubscribe +ping +select"
-)
 
 
 def test_the_documented_acl_is_the_one_tested() -> None:

@@ -16,12 +16,13 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from bff.principals import Principal
+from bff.probes import probe_redis
 from bff.tokens.lock import ShardedNotifier
 from tests.support.ports import free_port
 from tests.support.redis_topologies import cluster_port
 from tests.support.waiting import until
 
-from .support import FakeIssuer, Keys, make_settings, redis_dump, running_services
+from .support import DOCUMENTED_ACL, FakeIssuer, Keys, make_settings, redis_dump, running_services
 
 ALICE = Principal("org:acme", "alice")
 
@@ -151,6 +152,75 @@ async def test_cluster(keys: Keys, prefix: str, cluster_url: str) -> None:
         assert len({r.access_token for r in results}) == 1
         assert sum(len(i.calls) for i in issuers) == 1
         # The replica that did not issue learnt of the release from its sharded subscription.
+        assert a.stats.get("lock_wakeups") + b.stats.get("lock_wakeups") > 0
+        await a.broker.forget(ALICE)
+        assert (await b.broker.get_token(ALICE, ["portal"])).access_token != results[0].access_token
+        assert a.stats.get("redis_errors") == b.stats.get("redis_errors") == 0
+
+
+ACL_PASSWORD = "cluster-acl-password-never-printed-51c2"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def documented_cluster_acl() -> str:
+    """The documented user's rules as docs/operations.md adapts them to a Cluster: sharded pub/sub
+    instead of pattern pub/sub, and what the cluster client runs to learn the slots."""
+    pattern_pubsub = " +publish +psubscribe +punsubscribe"
+    rules = DOCUMENTED_ACL.replace(pattern_pubsub, " +spublish +ssubscribe +sunsubscribe")
+    assert rules != DOCUMENTED_ACL
+    return rules + " +cluster|slots +command"
+
+
+def test_the_cluster_acl_tested_is_the_documented_one() -> None:
+    text = " ".join((REPO / "docs" / "operations.md").read_text().split())
+    sharded = "`+spublish +ssubscribe +sunsubscribe` instead of `+publish +psubscribe +punsubscribe`"
+    assert "grant " + sharded in text
+    assert "`+cluster|slots +command`, which the cluster client runs" in text
+
+
+async def test_cluster_with_the_documented_acl_user(keys: Keys, cluster_url: str) -> None:
+    """A Cluster user restricted to what docs/operations.md grants: the probe passes, tokens are
+    issued once under contention (waiters woken by sharded pub/sub), a sign-out takes effect,
+    and no command is refused. Without ``+cluster|slots`` the probe says so."""
+    port = int(cluster_url.rsplit(":", 1)[1].split("/")[0])
+    admin = sync_redis.Redis(host="127.0.0.1", port=port)
+    admin.execute_command("ACL SETUSER bffcluster on >" + ACL_PASSWORD + documented_cluster_acl())
+    admin.execute_command(
+        "ACL SETUSER noslots on >" + ACL_PASSWORD + documented_cluster_acl().replace(" +cluster|slots", "")
+    )
+    admin.close()
+
+    def settings_for(user: str) -> Any:
+        url = f"redis://{user}:{ACL_PASSWORD}@127.0.0.1:{port}/0"
+        cache = {"backend": "redis", "key_prefix": "vbff:", "redis": {"url": url, "cluster": True}}
+        return make_settings(keys, cache=cache)
+
+    settings = settings_for("bffcluster")
+    (line,) = await probe_redis(settings, 5.0)
+    assert line.ok, line
+    (refused,) = await probe_redis(settings_for("noslots"), 5.0)
+    assert not refused.ok
+    assert refused.text.endswith(
+        "PING: this user has no permissions to run the 'cluster|slots' command"
+        " (a Cluster user needs +cluster|slots +command: docs/operations.md)"
+    ), refused
+    assert ACL_PASSWORD not in str(line) + str(refused)
+
+    issuers = [FakeIssuer(), FakeIssuer()]
+    gate = asyncio.Event()
+    for i in issuers:
+        i.gate = gate
+    async with running_services(settings, issuers[0]) as a, running_services(settings, issuers[1]) as b:
+        await until(lambda: a.notifier is not None and a.notifier.connected)
+        await until(lambda: b.notifier is not None and b.notifier.connected)
+        tasks = [
+            asyncio.create_task(svc.broker.get_token(ALICE, ["portal"])) for svc in (a, b) for _ in range(10)
+        ]
+        await until(lambda: any(i.calls for i in issuers))
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        assert len({r.access_token for r in results}) == 1
+        assert sum(len(i.calls) for i in issuers) == 1
         assert a.stats.get("lock_wakeups") + b.stats.get("lock_wakeups") > 0
         await a.broker.forget(ALICE)
         assert (await b.broker.get_token(ALICE, ["portal"])).access_token != results[0].access_token

@@ -258,3 +258,16 @@ def _sdk_options(
 
 def _issue_body(user: str) -> dict[str, Any]:
     return {"principal_id": f"org:{user}", "user_id": user, "scopes": ["checkout"], "session_ttl_sec": 900}
+
+
+async def test_a_private_ca_is_trusted_through_ssl_cert_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What docs/operations.md tells operators: SSL_CERT_FILE adds a CA to the default context."""
+    with tempfile.TemporaryDirectory() as d:
+        cert = self_signed(d)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert.ca_file))
+        async with (
+            raw_server(ssl_context=cert.server) as server,
+            httpx.AsyncClient(transport=Http1Transport(origin(server))) as client,
+        ):
+            r = await client.get(origin(server) + "/x")
+    assert r.status_code == 200 and r.json() == {"path": "/x"}
