@@ -626,22 +626,26 @@ NOTES = """\
   is late (a slow or overloaded Redis), the hit reads Redis instead, and the ratio drops toward
   the one a Redis read allows.
 - `workers`: two workers on two CPUs that the load generator also uses cannot double throughput.
-  One worker is bound by its Python thread, not by the machine: it uses about 1 CPU (the event
-  loop's thread ~0.8, granian's Rust thread ~0.2) and leaves the rest idle on a quiet machine.
-  Two workers saturate both CPUs and spend more CPU per request (~175 against ~150 us: fewer
-  requests per loop wake-up, more threads than CPUs), so the bound is (CPUs - what the load
-  generator and other processes use) / (2-worker CPU per request), against one worker's rate:
-  ~1.5x on this machine with nothing else running (the note gives each run's figures, measured
-  from /proc). Granian's multi-threaded runtime, two runtime threads or a backpressure of 32 did
-  not lower the 2-worker CPU per request (bench/PROFILE.md). A ratio far *below* 1 would be a
+  One worker is bound by its Python thread, not by the machine: its event loop's thread uses up
+  to 1 CPU and granian's Rust thread a further 0.2-0.4, so on a quiet machine one worker already
+  takes most of what wrk leaves. Two workers saturate both CPUs and spend more CPU per request
+  (fewer requests per loop wake-up, more threads than CPUs), so the bound is (CPUs - what the
+  load generator and other processes use) / (2-worker CPU per request), against one worker's
+  rate: the note gives each run's figures, measured from /proc, and that ceiling. Granian's
+  multi-threaded runtime, two runtime threads or a backpressure of 32 did not lower the 2-worker
+  CPU per request (bench/PROFILE.md). A ratio far *below* 1 would be a
   stall, not CPU (before `serve` set TCP_NODELAY on the shared listening socket, every answer
   waited ~40 ms for a delayed ACK: p50 ~44 ms, ratio 0.26; tests/bff/test_cli_workers.py pins
   the fix).
 - `cold`: every issuance is a signed call to the emulator (a separate process on the same CPUs);
   the reference is an app on the same server stack issuing each user's token with the SDK
-  directly, with as many issuances in flight, so the ratio is the cost of the service's auth,
-  single flight (Redis lock, pub/sub release) and encrypted cache write per issuance. Each run
-  checks issuances == users with the emulator's counters. The notes give the CPU per issued user
+  directly (httpx's own transport, as the SDK comes), with as many issuances in flight. The
+  service's SDK client sends through the service's own HTTP/1.1 client (bff/http1/), so the
+  ratio is the service's auth, single flight (Redis lock, pub/sub release) and encrypted cache
+  write per issuance, against the transport it saves; the third row, the reference app with the
+  SDK over that same transport, gives the service's overhead alone (its note: the service's rate
+  over that row's). Each run checks issuances == users with the emulator's counters. The notes
+  give the CPU per issued user
   (from /proc, medians of the runs) of the app's processes, the emulator's, the load generator's
   (two requests per user for the service, one for the reference), Redis's (the shared one: other
   sessions' commands land in it too) and the rest of the machine's (kernel, other processes: the
