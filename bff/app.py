@@ -337,14 +337,15 @@ class BffApp(Litestar):
 
 
 def dependencies(services: Services, readiness: Readiness) -> dict[str, Provide]:
-    """What handlers receive by name. Per request, what the token routes serve the caller with,
-    bound to the caller's principal (authenticated and mapped while the dependency is resolved):
-    ``tokens`` (``CallerTokens``: the broker's work for this caller; an app serves the token
-    routes through their ``before_request`` hooks, which do the same work without resolving it:
-    see ``bff.routes.token.token_routes``). For the probe and metrics
-    routes: the ``readiness`` state and the ``proxy_service``. (The proxy route takes none: it
-    is a bare ASGI app that authenticates and maps the caller with the same chain and mapper,
-    see ``bff.proxy.routes.ProxyEndpoint``.)
+    """What handlers receive by name. For the documented token handlers (``TOKEN_ROUTES``, which
+    the OpenAPI document describes), what they serve the caller with, bound to the caller's
+    principal (authenticated and mapped while the dependency is resolved): ``tokens``
+    (``CallerTokens``: the broker's work for this caller). An app serves the token route as an
+    ASGI app that does the same work without resolving it (``bff.routes.token.TokenEndpoint``;
+    tests/bff/test_app.py compares the two). For the probe and metrics routes: the ``readiness``
+    state and the ``proxy_service``. (The proxy route takes none either: it is a bare ASGI app
+    that authenticates and maps the caller with the same chain and mapper, see
+    ``bff.proxy.routes.ProxyEndpoint``.)
 
     One dependency per handler, the principal inside it: Litestar resolves two or more
     dependencies of one batch in a task group per request (a principal beside the broker cost a
@@ -511,7 +512,7 @@ def create_app(
 
     return BffApp(
         route_handlers=[
-            # Answered by a TokenEndpoint of this app (the handlers describe them): see token_routes.
+            # An ASGI app of this app's services (TOKEN_ROUTES describe it): see token_routes.
             *token_routes(TokenEndpoint(token_service(services), auth=services.auth, mapper=services.mapper)),
             *client_routes(),
             *proxy_handlers,

@@ -81,7 +81,10 @@ def openapi_config(settings: Settings) -> OpenAPIConfig | None:
 
 
 class CompletedJson(JsonRenderPlugin):
-    """Litestar's JSON rendering of the document, completed once (see the module docstring)."""
+    """Litestar's JSON rendering of ``document(settings)``, made once. Not of the serving app's
+    own schema: its token route and proxy are ASGI apps, which Litestar leaves out; the document
+    comes from the documented route handlers (``TOKEN_ROUTES``, the health routes), completed as
+    the module docstring says, as ``vluna-bff openapi`` prints it."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(path="/openapi.json")
@@ -90,14 +93,14 @@ class CompletedJson(JsonRenderPlugin):
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         if self._done is None:
-            self._done = self.render_json(request, complete(openapi_schema, self._settings))
+            self._done = self.render_json(request, document(self._settings))
         return self._done
 
 
 def document(settings: Settings) -> dict[str, Any]:
-    """The document ``vluna-bff serve`` would serve with these settings, without building the
-    services: an app of the same route handlers but the proxy's mount, which is not in Litestar's
-    document anyway (``vluna-bff openapi``)."""
+    """The document ``vluna-bff serve`` serves with these settings (``vluna-bff openapi``), built
+    without the services: an app of the documented route handlers (the token routes as
+    ``TOKEN_ROUTES`` describe them, the health routes), completed."""
     from litestar._openapi.plugin import OpenAPIPlugin
 
     from bff.app import dependency_placeholders

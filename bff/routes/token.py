@@ -10,16 +10,12 @@ import msgspec
 from litestar import Request, Response
 from litestar._parsers import parse_query_string
 from litestar.di import NamedDependency
-from litestar.handlers import HTTPRouteHandler
+from litestar.enums import MediaType, ScopeType
+from litestar.exceptions import ClientException, MethodNotAllowedException
+from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter, SkipValidation
-from litestar.types import (
-    BeforeRequestHookHandler,
-    ControllerRouterHandler,
-    Receive,
-    Scope,
-    Send,
-)
+from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
 from bff.auth.chain import AuthChain
 from bff.errors import BadRequest, ErrorBody
@@ -162,9 +158,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 class _Answer:
-    """A token route's answer as its two ASGI messages, what the routes' ``Response`` became after
-    Litestar's conversion (same status, headers in the same order, same JSON bytes). Litestar's
-    response handler asks it for its ASGI response (``to_asgi_response``): itself."""
+    """A token route's answer as its two ASGI messages, what the documented handlers' ``Response``
+    becomes after Litestar's conversion (same status, headers in the same order, same JSON
+    bytes)."""
 
     __slots__ = ("_body", "_headers", "_status")
 
@@ -172,9 +168,6 @@ class _Answer:
         self._status = status
         self._headers = headers
         self._body = body
-
-    def to_asgi_response(self, **_: Any) -> _Answer:
-        return self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
@@ -193,14 +186,22 @@ def _scopes_param(query_string: bytes) -> str | None:
     return value
 
 
+# What Litestar answers for the documented handlers (tests/bff/test_app.py compares): its router's
+# 405 names the route's methods in the order they were registered, its automatic OPTIONS handler
+# those of the route's first handler.
+_ALLOW_405 = "GET, OPTIONS, DELETE"
+_ALLOW_OPTIONS = "GET, OPTIONS"
+PATH = "/vluna/token"
+
+
 class TokenEndpoint:
-    """``GET`` and ``DELETE /vluna/token`` answered for one app, as the token routes'
-    ``before_request`` hook (see ``token_routes``): the caller authenticated by ``auth`` and mapped
-    by ``mapper`` (a refusal raises, as in the ``tokens`` dependency), then ``service``'s work,
-    and the answer's bytes sent as they are. Litestar then skips, per call, the kwargs and
-    signature models, the dependency, and the conversion of a ``Response`` (the JSON encoding of
-    the body, the headers); its router, CORS and exception handlers stay around it (a refusal
-    is a ``BffError`` answered by the app's handler, as before)."""
+    """``GET`` and ``DELETE /vluna/token`` as an ASGI app for one app's route (see
+    ``token_routes``): the caller authenticated by ``auth`` and mapped by ``mapper`` (a refusal
+    raises a ``BffError``, answered by the app's exception handler), then ``service``'s work, and
+    the answer's bytes sent as they are. Litestar's router, CORS and exception handlers stay
+    around it; per call it skips what an HTTP route costs (the handler's kwargs and signature
+    model, the dependency, the before/after hooks, the conversion of a ``Response``). It answers
+    exactly as the documented handlers (``TOKEN_ROUTES``) do, OPTIONS and 405 included."""
 
     __slots__ = ("_auth", "_mapper", "_service")
 
@@ -208,6 +209,28 @@ class TokenEndpoint:
         self._service = service
         self._auth = auth
         self._mapper = mapper
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            # A websocket: the router refuses it on an HTTP route (no handler for it there).
+            scope.pop("path_template", None)  # type: ignore[misc]
+            raise ClientException()
+        method = scope["method"]
+        request: Request[Any, Any, Any] = Request(scope, receive, send)
+        if method == "GET":
+            answer = await self.get(request)
+        elif method == "DELETE":
+            answer = await self.delete(request)
+        elif method == "OPTIONS":
+            options = Response(
+                None, status_code=204, headers={"Allow": _ALLOW_OPTIONS}, media_type=MediaType.TEXT
+            )
+            await options.to_asgi_response(app=None, request=request)(scope, receive, send)
+            return
+        else:
+            scope.pop("path_template", None)  # type: ignore[misc]  # the router's 405: no route
+            raise MethodNotAllowedException(headers={"allow": _ALLOW_405})
+        await answer(scope, receive, send)
 
     async def get(self, request: Request[Any, Any, Any]) -> _Answer:
         # The caller first: an anonymous caller learns nothing about the configured scopes.
@@ -224,6 +247,10 @@ class TokenEndpoint:
 
 class _TokenRouteHandler(ExceptionHandlersOnce, HTTPRouteHandler):
     """Litestar's HTTP route handler, with its exception handlers resolved once."""
+
+
+class _TokenAsgiHandler(ExceptionHandlersOnce, ASGIRouteHandler):
+    """Litestar's ASGI route handler, with its exception handlers resolved once."""
 
 
 # (One caller-bound dependency per route, not the principal beside the broker: Litestar resolves
@@ -248,13 +275,11 @@ async def delete_token(tokens: NamedDependency[SkipValidation[CallerTokens]]) ->
     return Response(None, status_code=204, headers=NO_STORE)
 
 
-def _token_handlers(
-    get_hook: BeforeRequestHookHandler | None, delete_hook: BeforeRequestHookHandler | None
-) -> list[ControllerRouterHandler]:
-    """``GET`` and ``DELETE /vluna/token`` as documented, with these ``before_request`` hooks."""
+def _token_handlers() -> list[ControllerRouterHandler]:
+    """``GET`` and ``DELETE /vluna/token`` as documented."""
     return [
         _TokenRouteHandler(
-            "/vluna/token",
+            PATH,
             http_method="GET",
             operation_id="getToken",
             summary="The caller's platform token",
@@ -269,10 +294,9 @@ def _token_handlers(
                 s503="tokens or the identity provider's keys unavailable for now (token_unavailable, "
                 "auth_unavailable; Retry-After)",
             ),
-            before_request=get_hook,
         )(get_token),
         _TokenRouteHandler(
-            "/vluna/token",
+            PATH,
             http_method="DELETE",
             status_code=204,
             operation_id="deleteToken",
@@ -283,20 +307,18 @@ def _token_handlers(
                 s503="the sign-out could not be recorded, send it again (sign_out_incomplete), or the "
                 "identity provider's keys are unavailable (auth_unavailable); Retry-After",
             ),
-            before_request=delete_hook,
         )(delete_token),
     ]
 
 
-TOKEN_ROUTES: list[ControllerRouterHandler] = _token_handlers(None, None)
-"""``GET`` and ``DELETE /vluna/token`` as documented (the OpenAPI document is generated from
-these); they take the dependency ``tokens`` (``CallerTokens``). An app serves them as
-``token_routes`` gives them."""
+TOKEN_ROUTES: list[ControllerRouterHandler] = _token_handlers()
+"""``GET`` and ``DELETE /vluna/token`` as documented: the OpenAPI document is generated from these
+(bff.openapi.document). They take the dependency ``tokens`` (``CallerTokens``) and answer as an
+app's ``token_routes`` do (tests/bff/test_app.py sends the same requests to both)."""
 
 
 def token_routes(endpoint: TokenEndpoint) -> list[ControllerRouterHandler]:
-    """The same route handlers for one app, with ``endpoint``'s methods as their ``before_request``
-    hooks: it answers ``GET`` and ``DELETE`` itself (Litestar sends a hook's answer and does not call the
-    handler). The handlers still describe the routes (OpenAPI) and would give the same answers
-    through their dependency (tests/bff/test_app.py checks both ways)."""
-    return _token_handlers(endpoint.get, endpoint.delete)
+    """The token route as one app serves it: ``endpoint`` as an ASGI route handler on
+    ``/vluna/token`` (Litestar leaves it out of the app's own OpenAPI document, which is therefore
+    generated from ``TOKEN_ROUTES``: see bff.openapi.CompletedJson)."""
+    return [_TokenAsgiHandler(PATH, copy_scope=False, name="token")(endpoint.__call__)]

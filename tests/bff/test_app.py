@@ -432,18 +432,23 @@ async def test_an_ambiguous_session_is_refused(keys: Keys, issuer: FakeIssuer) -
 
 async def test_each_handler_resolves_its_dependencies_one_per_batch(keys: Keys, issuer: FakeIssuer) -> None:
     # Litestar resolves two or more dependencies of one batch in a task group per request (a
-    # proxied cache hit paid ~40% more CPU for it): each HTTP route takes one caller-bound
-    # dependency (tokens), which authenticates the caller itself. The proxy takes none: it is an
-    # ASGI app mounted on its prefix (Litestar resolves no dependencies for those), which
-    # authenticates the caller with the same chain.
+    # proxied cache hit paid ~40% more CPU for it): each HTTP route takes one dependency. The
+    # token route and the proxy take none: they are ASGI apps (Litestar resolves no dependencies
+    # for those), which authenticate the caller with the same chain. The documented token
+    # handlers (TOKEN_ROUTES: the OpenAPI document's, answering as the served route does) take
+    # one caller-bound dependency (tokens), which authenticates the caller itself.
+    from litestar import Litestar
     from litestar.routes import ASGIRoute, HTTPRoute
 
-    async with client_for(make_settings(keys), issuer) as client:
+    from bff.app import dependency_placeholders
+    from bff.routes.token import TOKEN_ROUTES
+
+    def batches_of(app: Litestar) -> tuple[dict[str, list[list[str]]], list[str]]:
         seen: dict[str, list[list[str]]] = {}
-        mounted: list[str] = []
-        for route in client.app.routes:
+        asgi: list[str] = []
+        for route in app.routes:
             if isinstance(route, ASGIRoute):
-                mounted.append(route.path)
+                asgi.append(route.path)
                 continue
             if not isinstance(route, HTTPRoute):
                 continue
@@ -451,22 +456,32 @@ async def test_each_handler_resolves_its_dependencies_one_per_batch(keys: Keys, 
                 batches = [sorted(d.key for d in batch) for batch in kwargs_model.dependency_batches]
                 seen[f"{method} {route.path}"] = batches
                 assert all(len(batch) == 1 for batch in batches), (method, route.path, batches)
-        assert seen["GET /vluna/token"] == [["tokens"]]
-        assert seen["DELETE /vluna/token"] == [["tokens"]]
+        return seen, asgi
+
+    async with client_for(make_settings(keys), issuer) as client:
+        seen, asgi = batches_of(client.app)
         assert seen["GET /readyz"] == [["readiness"]]
-        assert mounted == ["/vluna/api/v1"]
-        assert not any(key.endswith("/vluna/api/v1/{sub:path}") for key in seen)
+        assert sorted(asgi) == ["/vluna/api/v1", "/vluna/token"]
+        assert not any(key.endswith("/vluna/token") or "/vluna/api/v1" in key for key in seen)
+    documented, _ = batches_of(
+        Litestar(TOKEN_ROUTES, dependencies=dependency_placeholders(), openapi_config=None)
+    )
+    assert documented == {
+        "GET /vluna/token": [["tokens"]],
+        "DELETE /vluna/token": [["tokens"]],
+        "OPTIONS /vluna/token": [],
+    }
 
 
 async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_would(
     keys: Keys, issuer: FakeIssuer
 ) -> None:
-    # The served token routes are answered by their before_request hooks (the app's
-    # TokenEndpoint: no kwargs, dependency or response conversion per call); the handlers, which
-    # describe the routes (OpenAPI), answer the same through their dependency when no hook does.
+    # The served token route is the app's TokenEndpoint as an ASGI route (no kwargs, dependency,
+    # hooks or response conversion per call); the documented handlers (TOKEN_ROUTES: what the
+    # OpenAPI document describes) answer the same through their dependency, OPTIONS and 405s too.
     from litestar import Litestar
     from litestar.exceptions import HTTPException
-    from litestar.routes import HTTPRoute
+    from litestar.routes import ASGIRoute
 
     from bff.app import _bff_error, _http_error, _unexpected, dependencies
     from bff.errors import BffError
@@ -475,16 +490,9 @@ async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_
 
     settings = make_settings(keys, tokens={"allowed_scopes": ["checkout", "portal", "reports"]})
     async with client_for(settings, issuer) as served:
-        hooks = {
-            method: handler.resolve_before_request()
-            for route in served.app.routes
-            if isinstance(route, HTTPRoute) and route.path == "/vluna/token"
-            for method, (handler, _) in route.route_handler_map.items()
-        }
-        assert {m: type(getattr(h, "__self__", None)) for m, h in hooks.items() if h} == {
-            "GET": TokenEndpoint,
-            "DELETE": TokenEndpoint,
-        }
+        (route,) = [r for r in served.app.routes if r.path == "/vluna/token"]
+        assert isinstance(route, ASGIRoute)
+        assert isinstance(getattr(route.route_handler.fn, "__self__", None), TokenEndpoint)
         state = served.app.state
         plain = Litestar(
             route_handlers=TOKEN_ROUTES,
@@ -508,6 +516,13 @@ async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_
             ("DELETE", "/vluna/token", {}),
             ("DELETE", "/vluna/token", alice),
             ("GET", "/vluna/token", alice),
+            ("GET", "/vluna/token/", alice),
+            ("OPTIONS", "/vluna/token", {}),
+            ("OPTIONS", "/vluna/token", alice),
+            ("POST", "/vluna/token", alice),
+            ("PUT", "/vluna/token", {}),
+            ("PATCH", "/vluna/token/", alice),
+            ("HEAD", "/vluna/token", alice),
         ]
         async with (
             plain.lifespan(),
