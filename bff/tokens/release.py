@@ -79,6 +79,11 @@ class LateReleases:
                 except REDIS_ERRORS:
                     pause = min(pause * 2, MAX_PAUSE_SEC)
                     continue
+                except Exception as exc:
+                    # Not a Redis error: a bug, not worth retrying. The type only (an error's
+                    # text could carry the Redis URL); the lock expires on its own.
+                    log.warning("lock release failed unexpectedly (%s)", type(exc).__name__)
+                    break
                 self.stats.inc("lock_releases_late")
                 return
         except asyncio.CancelledError:
