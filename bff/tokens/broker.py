@@ -9,6 +9,8 @@
   single flight carry on. While the breaker is closed, a failed lock command is tried again (or
   the request ends in ``TokenUnavailable`` at its deadline): never an issuance without the
   cross-replica lock on the guess that Redis is down.
+- A lock release Redis refused is tried again in the background until it succeeds or the lock
+  expires (bff/tokens/release.py): the replicas waiting for it need not wait for its expiry.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from bff.tokens.keys import CacheKeys, canonical_scopes
 from bff.tokens.l1 import L1Cache
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import RedisLock, Waiters
+from bff.tokens.release import LateReleases
 from bff.tokens.signout import SignOut
 from bff.tokens.store import EntryStore
 
@@ -81,6 +84,7 @@ class TokenBroker:
         self._store = EntryStore(
             config=config, cache=cache, cipher=cipher, keys=keys, stats=stats, l1=l1, clock=clock
         )
+        self._releases = LateReleases(lock, stats) if lock is not None else None
         self._issuance = Issuance(
             config=config,
             store=self._store,
@@ -89,6 +93,7 @@ class TokenBroker:
             breaker=breaker,
             stats=stats,
             lock=lock,
+            releases=self._releases,
             limiter=limiter,
             clock=clock,
         )
@@ -216,3 +221,5 @@ class TokenBroker:
 
     async def aclose(self) -> None:
         await self._renewals.aclose()
+        if self._releases is not None:
+            await self._releases.aclose()

@@ -27,11 +27,13 @@ from bff.tokens.store import EntryStore
 
 @dataclass
 class Held:
-    """The cross-replica lock, ours. ``read``: the cache was re-read with it (``current``) and
+    """The cross-replica lock, ours (until ``expires_by`` at the latest). ``read``: the cache
+    was re-read with it (``current``) and
     the user's issuance counted (``counted``: window and count), in the same round trip."""
 
     owner: str
     lock_key: str
+    expires_by: float  # time.monotonic() by which the lock has expired in Redis
     read: bool = False
     current: TokenEntry | None = None
     counted: tuple[int, int] | None = None
@@ -74,7 +76,7 @@ class LockClaims:
         lock = self._lock
         if not lock.scripted:
             owner = await lock.acquire(lock_key, self.cfg.lock_ttl_sec)
-            return Held(owner, lock_key) if owner is not None else None
+            return Held(owner, lock_key, self._expires_by()) if owner is not None else None
         counter = self._counter(principal) if not refresh else None
         epoch = self._store.l1_epoch()
         owner, blob, count = await lock.acquire_and_read(
@@ -86,7 +88,7 @@ class LockClaims:
         # Another replica may have filled the key between our miss and our lock.
         current = self._store.decode(key, blob, self._clock(), epoch)
         counted = (counter[2], count) if counter is not None and count is not None else None
-        return Held(owner, lock_key, read=True, current=current, counted=counted)
+        return Held(owner, lock_key, self._expires_by(), read=True, current=current, counted=counted)
 
     async def read_or_acquire(
         self, key: str, principal: Principal, now: float
@@ -105,7 +107,11 @@ class LockClaims:
         if owner is None:
             return self._store.decode(key, blob, now, epoch), None
         counted = (counter[2], count) if counter is not None and count is not None else None
-        return None, Held(owner, lock_key, read=True, counted=counted)
+        return None, Held(owner, lock_key, self._expires_by(), read=True, counted=counted)
+
+    def _expires_by(self) -> float:
+        # Taken after Redis answered: the lock's expiry started before this.
+        return time.monotonic() + self.cfg.lock_ttl_sec
 
     def _counter(self, principal: Principal) -> tuple[str, int, int] | None:
         if self._limiter is None:

@@ -5,7 +5,8 @@ the call began.
 Holding the lock outside a Cluster, the (re-)read and the user's count came with the lock (one
 round trip, bff/tokens/claim.py) and the store goes with the release
 (``RedisLock.store_and_release``): two round trips around the Vluna call. Otherwise, or when that
-script fails, each is a command of its own.
+script fails, each is a command of its own. A release Redis refused is tried again in the
+background (bff/tokens/release.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bff.tokens.issuer import IssuerRejected, IssuerUnavailable, TokenIssuer
 from bff.tokens.keys import CacheKeys
 from bff.tokens.limits import IssuanceLimiter
 from bff.tokens.lock import RedisLock
+from bff.tokens.release import LateReleases
 from bff.tokens.store import EntryStore
 
 
@@ -35,6 +37,7 @@ class Issuance:
         breaker: RedisBreaker,
         stats: Stats,
         lock: RedisLock | None,
+        releases: LateReleases | None,
         limiter: IssuanceLimiter | None,
         clock: Callable[[], float],
     ) -> None:
@@ -45,6 +48,7 @@ class Issuance:
         self._breaker = breaker
         self.stats = stats
         self._lock = lock
+        self._releases = releases
         self._limiter = limiter
         self._clock = clock
 
@@ -131,5 +135,8 @@ class Issuance:
         try:
             await self._lock.release(held.lock_key, held.owner, key)
         except REDIS_ERRORS as exc:
-            # Its expiry frees it anyway; waiters find the token on their next check.
+            # Tried again in the background (bff/tokens/release.py), so that the replicas waiting
+            # for it are not kept waiting until it expires.
             self._breaker.failed(exc)
+            if self._releases is not None:
+                self._releases.start(held.lock_key, held.owner, key, held.expires_by)

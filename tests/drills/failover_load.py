@@ -225,6 +225,10 @@ def process_figures(procs: Sequence[Proc]) -> dict[str, list[float]]:
             "lock_wakeups",
             "waited_for_other",
             "l1_hits",
+            "wait_timeouts",
+            "lock_releases_retried",
+            "lock_releases_late",
+            "lock_releases_abandoned",
         )
     }
 
