@@ -355,30 +355,12 @@ class Runner:
                 run = asdict(r)
                 run.update(rps=users / r.seconds, issuances=issued, requests_per_s=r.rps, **svc_cpu)
                 svc.add(run)
-                self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance")
-                emulator.reset("counters")  # type: ignore[attr-defined]
-                ref_reqs = [{"path": f"/issue?user=ref-{run_id}-{n}"} for n in range(users)]
                 # 32 at once: as many issuances in flight as the service has (64 connections, each
                 # user asked for twice at once).
-                before = cpu_now(issuer, emulator)
-                r = run_load(issuer.url + "/issue", requests=ref_reqs, connections=32, seconds=120)
-                ref_cpu = cpu_per(before, cpu_now(issuer, emulator), users)
-                if r.non_2xx or r.requests != users or emulator.issuances() != users:  # type: ignore[attr-defined]
-                    raise RuntimeError(f"SDK direct issuance: {r.statuses}")
-                run = asdict(r)
-                run.update(rps=users / r.seconds, requests_per_s=r.rps, **ref_cpu)
-                ref.add(run)
-                self.log(f"  run {i + 1}/{self.args.runs}: SDK direct issuance, the service's transport")
-                emulator.reset("counters")  # type: ignore[attr-defined]
-                h1_reqs = [{"path": f"/issue?user=h1-{run_id}-{n}"} for n in range(users)]
-                before = cpu_now(issuer_h1, emulator)
-                r = run_load(issuer_h1.url + "/issue", requests=h1_reqs, connections=32, seconds=120)
-                h1_cpu = cpu_per(before, cpu_now(issuer_h1, emulator), users)
-                if r.non_2xx or r.requests != users or emulator.issuances() != users:  # type: ignore[attr-defined]
-                    raise RuntimeError(f"SDK direct issuance (http1): {r.statuses}")
-                run = asdict(r)
-                run.update(rps=users / r.seconds, requests_per_s=r.rps, **h1_cpu)
-                ref_h1.add(run)
+                for app, row, tag in ((issuer, ref, "ref"), (issuer_h1, ref_h1, "h1")):
+                    self.log(f"  run {i + 1}/{self.args.runs}: {row.name}")
+                    names = [f"{tag}-{run_id}-{n}" for n in range(users)]
+                    row.add(self.direct_issuance(emulator, app, names))
             self.ratios(svc, ref)
             same = [a["rps"] / b["rps"] for a, b in zip(svc.runs, ref_h1.runs, strict=True)]
             svc.peak_rss_mb = bff.peak_rss_mb()
@@ -399,6 +381,18 @@ class Runner:
             issuer.stop()
             bff.stop()
             cleanup_prefix(prefix)
+
+    @staticmethod
+    def direct_issuance(emulator: Proc, issuer: Proc, users: list[str]) -> dict[str, Any]:
+        """One run of an SDK-direct reference app: each user's token issued once, 32 at once."""
+        emulator.reset("counters")  # type: ignore[attr-defined]
+        reqs = [{"path": f"/issue?user={user}"} for user in users]
+        before = cpu_now(issuer, emulator)
+        r = run_load(issuer.url + "/issue", requests=reqs, connections=32, seconds=120)
+        cpu = cpu_per(before, cpu_now(issuer, emulator), len(users))
+        if r.non_2xx or r.requests != len(users) or emulator.issuances() != len(users):  # type: ignore[attr-defined]
+            raise RuntimeError(f"{issuer.name}: {r.statuses}")
+        return {**asdict(r), "rps": len(users) / r.seconds, "requests_per_s": r.rps, **cpu}
 
     def proxy(self, emulator: Proc) -> None:
         prefix = f"bench-{uuid.uuid4().hex[:10]}:"
