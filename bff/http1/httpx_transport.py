@@ -7,9 +7,9 @@ cold start is one issuance per user, so this is most of what a new user costs th
 
 What the SDK sees is what httpx's transport would give it:
 
-- the request goes out with its own headers, except those the pool writes itself (Host,
-  Content-Length, Accept-Encoding, Connection, Transfer-Encoding); a streamed body is read first
-  and sent with a Content-Length;
+- the request goes out with its own headers, byte for byte, except those the pool writes itself
+  (Host, Content-Length, Accept-Encoding, Connection, Transfer-Encoding); a streamed body is read
+  first and sent with a Content-Length;
 - the answer comes back with every header line in order and the body decoded (gzip or deflate;
   Content-Encoding and the framing headers are then dropped, so httpx does not decode it again);
 - httpx's timeouts: ``connect`` to connect, ``read`` between two reads of the answer, and the

@@ -30,7 +30,9 @@ What it guarantees:
 - the request has Host, Content-Length when there is a body, ``Accept-Encoding: gzip, deflate``
   and the caller's headers, nothing else (no User-Agent of its own, no cookies, no proxy from the
   environment); a header the client writes itself, or CR/LF/NUL in a header or the target, is
-  refused (no request smuggling through a caller's values);
+  refused (no request smuggling through a caller's values); header values and the target are
+  strings of Latin-1 characters, each sent as the byte it stands for (what a server's bytes
+  decoded as Latin-1 give back unchanged), and a character beyond Latin-1 is refused;
 - https with the default TLS context (certificate and host name checked) or the one given;
 - only ``UpstreamError``, ``UpstreamTimeout`` and ``UpstreamTooLarge`` escape, and no message
   carries a header value (the Authorization header is a platform token).
@@ -191,10 +193,15 @@ class Http1Pool:
         if body is None and method in _BODY_METHODS:
             body = b""
         length = "" if body is None else f"Content-Length: {len(body)}\r\n"
-        head = (
-            f"{method} {self._prefix}{target} HTTP/1.1\r\n{self._host_line}{lines}{length}"
-            "Accept-Encoding: gzip, deflate\r\n\r\n"
-        ).encode()
+        try:
+            # Latin-1: each character is the byte it was read from (a header's obs-text bytes
+            # pass as they came, not re-encoded as UTF-8).
+            head = (
+                f"{method} {self._prefix}{target} HTTP/1.1\r\n{self._host_line}{lines}{length}"
+                "Accept-Encoding: gzip, deflate\r\n\r\n"
+            ).encode("latin-1")
+        except UnicodeEncodeError:
+            raise UpstreamError("upstream request refused (a character beyond Latin-1)") from None
         return head + body if body else head
 
     async def _acquire(

@@ -556,3 +556,13 @@ async def test_after_aclose_requests_fail() -> None:
             await up.send("GET", "/b", AUTH, None, T)
         await server.ended(1)  # the idle connection was closed
     assert server.conns_of_requests() == [1]
+
+
+async def test_latin_1_values_are_sent_as_their_bytes_and_wider_ones_refused() -> None:
+    # The proxy reads a client's header bytes as Latin-1: sent back as the same bytes.
+    async with raw_server() as server, client(server.base) as up:
+        await up.send("GET", "/x", {"Accept-Language": "fr-\xe9"}, None, T)
+        with pytest.raises(UpstreamError, match="beyond Latin-1") as caught:
+            await up.send("GET", "/x", {"Accept-Language": "fr-\u20ac"}, None, T)
+    no_secret(caught.value)
+    assert [r.header("accept-language") for r in server.requests] == ["fr-\xe9"]

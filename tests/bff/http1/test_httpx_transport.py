@@ -271,3 +271,16 @@ async def test_a_private_ca_is_trusted_through_ssl_cert_file(monkeypatch: pytest
         ):
             r = await client.get(origin(server) + "/x")
     assert r.status_code == 200 and r.json() == {"path": "/x"}
+
+
+async def test_header_bytes_beyond_ascii_pass_unchanged() -> None:
+    # httpx keeps a header given as bytes as those bytes; the pool must not re-encode them.
+    raw = "café".encode()  # UTF-8: b"caf\xc3\xa9"
+    async with (
+        raw_server() as server,
+        httpx.AsyncClient(transport=Http1Transport(origin(server))) as client,
+    ):
+        r = await client.get(origin(server) + "/x", headers=[(b"X-Label", raw)])
+    assert r.status_code == 200
+    # The scripted server decodes the head as Latin-1: one character per byte.
+    assert server.requests[0].header("x-label") == raw.decode("latin-1")
