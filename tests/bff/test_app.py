@@ -543,6 +543,66 @@ async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_
     assert [c[2] for c in issuer.calls] == [both, one, ("reports",), both]
 
 
+async def test_a_websocket_to_the_token_route_is_refused_as_litestar_refused_it(
+    keys: Keys, issuer: FakeIssuer
+) -> None:
+    # The served route is an ASGI app, which Litestar also hands websockets: it must refuse them
+    # as the router refused them on the documented (HTTP-only) handlers.
+    import asyncio
+
+    from litestar import Litestar
+    from litestar.exceptions import HTTPException
+
+    from bff.app import _bff_error, _http_error, _unexpected, dependencies
+    from bff.errors import BffError
+    from bff.routes.token import TOKEN_ROUTES
+
+    async def websocket(app: Any) -> list[Any]:
+        sent: list[Any] = []
+        inbox: list[dict[str, Any]] = [{"type": "websocket.connect"}]
+
+        async def receive() -> dict[str, Any]:
+            if inbox:
+                return inbox.pop(0)
+            await asyncio.sleep(0.1)
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": "/vluna/token",
+            "raw_path": b"/vluna/token",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"authorization", f"Bearer {keys.token('alice', org_id='acme')}".encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("bff.test", 80),
+            "subprotocols": [],
+            "state": {},
+        }
+        await app(scope, receive, send)
+        return sent
+
+    async with client_for(make_settings(keys), issuer) as served:
+        state = served.app.state
+        plain = Litestar(
+            route_handlers=TOKEN_ROUTES,
+            dependencies=dependencies(state["services"], state["readiness"]),
+            exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
+            debug=False,
+            logging_config=None,
+        )
+        async with plain.lifespan():
+            answers = [await websocket(app) for app in (served.app, plain)]
+    assert answers[0] == answers[1] == [{"type": "websocket.close", "code": 4500, "reason": "Bad Request"}]
+    assert not issuer.calls
+
+
 async def test_apps_in_one_process_each_serve_with_their_own_services(keys: Keys) -> None:
     # The route handlers are declared once, at module level; what they work with comes from the
     # dependencies of the app that serves the request.
