@@ -130,9 +130,11 @@ async def _dryrun(client: RedisClient, commands: Sequence[tuple[tuple[str, ...],
 
 async def _exercise(
     client: RedisClient, commands: Sequence[tuple[tuple[str, ...], str]], cluster: bool
-) -> list[str]:
-    """Denied commands found by running each one on the probe keys (they expire by themselves)."""
+) -> tuple[list[str], list[str]]:
+    """Denied commands found by running each one on the probe keys (they expire by themselves),
+    and those that failed otherwise (neither allowed nor refused: said, never a traceback)."""
     denied: list[str] = []
+    failed: list[str] = []
     for args, why in commands:
         name = args[0]
         try:
@@ -176,10 +178,8 @@ async def _exercise(
                 denied.append(f"{name} {' '.join(args[1:2])} ({why})".replace("  ", " "))
             # NOSCRIPT and the like: the command is allowed, only the probe's arguments are odd
         except (RedisError, ValueError) as exc:
-            # Not a refusal, but not an answer either: said as such, never a traceback.
-            what = f"{name} {' '.join(args[1:2])}".strip()
-            denied.append(f"{what} ({why}: the probe could not run it: {type(exc).__name__})")
-    return denied
+            failed.append(f"{name} {' '.join(args[1:2])} ({why}: {type(exc).__name__})".replace("  ", " "))
+    return denied, failed
 
 
 async def _unknown_commands(
@@ -219,13 +219,16 @@ async def probe_redis(settings: Settings, timeout: float) -> list[ProbeLine]:
         commands = _commands(c.key_prefix, r.cluster, c.l1.enabled and not r.cluster)
         denied = await _dryrun(client, commands)
         how = "ACL DRYRUN"
+        failed: list[str] = []
         if denied is None:
             how = "running each command on a probe key"
-            denied = await _exercise(client, commands, r.cluster)
+            denied, failed = await _exercise(client, commands, r.cluster)
         unknown = await _unknown_commands(client, commands)
         problems = []
         if denied:
             problems.append(f"this user may not run: {'; '.join(denied)} (checked by {how})")
+        if failed:
+            problems.append(f"the probe could not run: {'; '.join(failed)}")
         if unknown:
             problems.append(f"the server does not know (renamed or disabled): {', '.join(unknown)}")
         if problems:

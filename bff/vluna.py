@@ -80,8 +80,8 @@ def create_vluna_client(
 
 def vluna_transport(v: VlunaSettings) -> httpx.AsyncBaseTransport:
     """What the service's SDK client sends through: the service's HTTP/1.1 client to
-    ``vluna.base_url``'s origin (bff/http1/httpx_transport.py; a third of the CPU of httpx's own
-    transport per issuance), adding the request id and trace context to each call."""
+    ``vluna.base_url``'s origin (bff/http1/httpx_transport.py; about a quarter of the CPU of httpx's
+    own transport per issuance), adding the request id and trace context to each call."""
     return PropagatingTransport(Http1Transport(v.base_url))
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from bff.principals import Principal
-from bff.probes import ProbeLine, probe_identity_provider, probe_redis, probe_vluna
+from bff.probes import ProbeLine, _exercise, probe_identity_provider, probe_redis, probe_vluna
 from bff.settings import Settings
 from tests.support.emulator import EMULATOR_SECRET, Emulator, start_emulator
 from tests.support.ports import free_port
@@ -412,3 +412,18 @@ def test_serve_logs_startup_checks_and_strict_startup_refuses(
     assert failed[-1]["msg"] == "1 start-up check(s) failed; not starting (--strict-startup)"
     ok = [r for r in records if r["logger"] == "bff.startup" and r["level"] == "info"]
     assert {r["check"] for r in ok} == {"vluna"}
+
+
+async def test_a_command_the_probe_cannot_run_is_a_line_not_a_traceback() -> None:
+    # A client error that is neither an answer nor a refusal (redis-py's cluster client once
+    # raised ValueError for SCRIPT LOAD sent through execute_command): named, the rest checked.
+    class OddClient:
+        async def execute_command(self, *args: Any) -> bytes:
+            return b"OK"
+
+        async def script_load(self, script: str) -> str:
+            raise ValueError("range() arg 3 must not be zero")
+
+    commands = [(("script", "load", "return 1"), "lock release"), (("get", "vbff:tok:probe"), "token cache")]
+    denied, failed = await _exercise(cast(Any, OddClient()), commands, False)
+    assert denied == [] and failed == ["script load (lock release: ValueError)"]
