@@ -473,19 +473,36 @@ async def test_each_handler_resolves_its_dependencies_one_per_batch(keys: Keys, 
     }
 
 
+def documented_token_app(served: Any) -> Any:
+    """A plain Litestar app of the documented token handlers (TOKEN_ROUTES: the OpenAPI
+    document's), with ``served``'s services and exception handlers: what the served token route
+    must answer like."""
+    from litestar import Litestar
+    from litestar.exceptions import HTTPException
+
+    from bff.app import _bff_error, _http_error, _unexpected, dependencies
+    from bff.errors import BffError
+    from bff.routes.token import TOKEN_ROUTES
+
+    state = served.state
+    return Litestar(
+        route_handlers=TOKEN_ROUTES,
+        dependencies=dependencies(state["services"], state["readiness"]),
+        exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
+        debug=False,
+        logging_config=None,
+    )
+
+
 async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_would(
     keys: Keys, issuer: FakeIssuer
 ) -> None:
     # The served token route is the app's TokenEndpoint as an ASGI route (no kwargs, dependency,
     # hooks or response conversion per call); the documented handlers (TOKEN_ROUTES: what the
     # OpenAPI document describes) answer the same through their dependency, OPTIONS and 405s too.
-    from litestar import Litestar
-    from litestar.exceptions import HTTPException
     from litestar.routes import ASGIRoute
 
-    from bff.app import _bff_error, _http_error, _unexpected, dependencies
-    from bff.errors import BffError
-    from bff.routes.token import TOKEN_ROUTES, TokenEndpoint
+    from bff.routes.token import TokenEndpoint
     from tests.support.asgi import asgi_transport
 
     settings = make_settings(keys, tokens={"allowed_scopes": ["checkout", "portal", "reports"]})
@@ -493,14 +510,7 @@ async def test_token_routes_are_answered_by_the_apps_endpoint_as_their_handlers_
         (route,) = [r for r in served.app.routes if r.path == "/vluna/token"]
         assert isinstance(route, ASGIRoute)
         assert isinstance(getattr(route.route_handler.fn, "__self__", None), TokenEndpoint)
-        state = served.app.state
-        plain = Litestar(
-            route_handlers=TOKEN_ROUTES,
-            dependencies=dependencies(state["services"], state["readiness"]),
-            exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
-            debug=False,
-            logging_config=None,
-        )
+        plain = documented_token_app(served.app)
         alice = bearer(keys.token("alice", org_id="acme"))
         requests: list[tuple[str, str, dict[str, str]]] = [
             ("GET", "/vluna/token", alice),
@@ -550,13 +560,6 @@ async def test_a_websocket_to_the_token_route_is_refused_as_litestar_refused_it(
     # as the router refused them on the documented (HTTP-only) handlers.
     import asyncio
 
-    from litestar import Litestar
-    from litestar.exceptions import HTTPException
-
-    from bff.app import _bff_error, _http_error, _unexpected, dependencies
-    from bff.errors import BffError
-    from bff.routes.token import TOKEN_ROUTES
-
     async def websocket(app: Any) -> list[Any]:
         sent: list[Any] = []
         inbox: list[dict[str, Any]] = [{"type": "websocket.connect"}]
@@ -589,14 +592,7 @@ async def test_a_websocket_to_the_token_route_is_refused_as_litestar_refused_it(
         return sent
 
     async with client_for(make_settings(keys), issuer) as served:
-        state = served.app.state
-        plain = Litestar(
-            route_handlers=TOKEN_ROUTES,
-            dependencies=dependencies(state["services"], state["readiness"]),
-            exception_handlers={BffError: _bff_error, HTTPException: _http_error, Exception: _unexpected},
-            debug=False,
-            logging_config=None,
-        )
+        plain = documented_token_app(served.app)
         async with plain.lifespan():
             answers = [await websocket(app) for app in (served.app, plain)]
     assert answers[0] == answers[1] == [{"type": "websocket.close", "code": 4500, "reason": "Bad Request"}]
