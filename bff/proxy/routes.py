@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from litestar import Request, Response
+from litestar import Request
 from litestar.enums import MediaType, ScopeType
 from litestar.exceptions import ClientException, MethodNotAllowedException, NotFoundException
-from litestar.handlers import ASGIRouteHandler, BaseRouteHandler
-from litestar.types import Empty, ExceptionHandlersMap, Receive, Scope, Send
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import Empty, Receive, Scope, Send
 
+from bff.asgi_route import ExceptionHandlersOnce, not_routed, send_options
 from bff.auth.chain import AuthChain
 from bff.principals import PrincipalMapper
 from bff.proxy.answer import RawAnswer
@@ -40,7 +41,6 @@ from bff.tokens.broker import TokenBroker
 __all__ = [
     "PREFIX",
     "AsgiUpstream",
-    "ExceptionHandlersOnce",
     "ProxyEndpoint",
     "ProxyService",
     "build_proxy",
@@ -121,24 +121,18 @@ class ProxyEndpoint:
         rest: str = scope["path"]
         if rest[:1] != "/" or rest == "/":
             # /vluna/api/v1x..., or the prefix alone: no route (the router's own 404 before).
-            scope.pop("path_template", None)  # type: ignore[misc]
-            raise NotFoundException()
+            raise not_routed(scope, NotFoundException())
         if scope["type"] != ScopeType.HTTP:
             # A websocket: the router refused it on the HTTP route (no handler for it there).
-            scope.pop("path_template", None)  # type: ignore[misc]
-            raise ClientException()
+            raise not_routed(scope, ClientException())
         method = scope["method"]
         if method not in METHODS and method != "OPTIONS":
-            scope.pop("path_template", None)  # type: ignore[misc]
-            raise MethodNotAllowedException(headers={"allow": _ALLOW_405})
+            raise not_routed(scope, MethodNotAllowedException(headers={"allow": _ALLOW_405}))
         scope["path"] = PREFIX + rest[:-1]  # the normalised path, as the router gives a route
         scope["path_template"] = TEMPLATE
         request: Request[Any, Any, Any] = Request(scope, receive, send)
         if method == "OPTIONS":
-            options = Response(
-                None, status_code=204, headers={"Allow": _ALLOW_OPTIONS}, media_type=MediaType.TEXT
-            )
-            await options.to_asgi_response(app=None, request=request)(scope, receive, send)
+            await send_options(_ALLOW_OPTIONS, request, scope, receive, send)
             return
         principal = await self._mapper.map(await self._auth.authenticate(request))
         answer = await self._service.handle(request, principal)
@@ -149,22 +143,6 @@ class ProxyEndpoint:
             # Bodiless statuses (304 from the public cache, 204): converted as Litestar did.
             asgi_response = answer.to_asgi_response(app=None, request=request, media_type=MediaType.JSON)  # type: ignore[union-attr]
             await asgi_response(scope, receive, send)
-
-
-class ExceptionHandlersOnce(BaseRouteHandler):
-    """A Litestar route handler whose exception handlers are resolved once per registered copy:
-    Litestar's router asks for them on every request (to put them in the request's scope state)
-    and merges the layers' maps each time; they are fixed once the app is built. (Remembered
-    with the owner they were resolved under: a copy registered elsewhere resolves its own.) The
-    proxy's mount and the token routes are made with it."""
-
-    _exception_handlers: tuple[object, ExceptionHandlersMap] | None = None
-
-    def resolve_exception_handlers(self) -> ExceptionHandlersMap:
-        memo = self._exception_handlers
-        if memo is None or memo[0] is not self.owner:
-            memo = self._exception_handlers = (self.owner, super().resolve_exception_handlers())
-        return memo[1]
 
 
 class _ProxyRouteHandler(ExceptionHandlersOnce, ASGIRouteHandler):

@@ -10,18 +10,18 @@ import msgspec
 from litestar import Request, Response
 from litestar._parsers import parse_query_string
 from litestar.di import NamedDependency
-from litestar.enums import MediaType, ScopeType
+from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, MethodNotAllowedException
 from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter, SkipValidation
 from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
+from bff.asgi_route import ExceptionHandlersOnce, not_routed, send_options
 from bff.auth.chain import AuthChain
 from bff.errors import BadRequest, ErrorBody
 from bff.principals import Principal, PrincipalMapper
 from bff.proxy.answer import NO_STORE, NO_STORE_RAW
-from bff.proxy.routes import ExceptionHandlersOnce
 from bff.proxy.service import ProxyService
 from bff.settings import Derived
 from bff.tokens.broker import TokenBroker
@@ -213,8 +213,7 @@ class TokenEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             # A websocket: the router refuses it on an HTTP route (no handler for it there).
-            scope.pop("path_template", None)  # type: ignore[misc]
-            raise ClientException()
+            raise not_routed(scope, ClientException())
         method = scope["method"]
         request: Request[Any, Any, Any] = Request(scope, receive, send)
         if method == "GET":
@@ -222,14 +221,10 @@ class TokenEndpoint:
         elif method == "DELETE":
             answer = await self.delete(request)
         elif method == "OPTIONS":
-            options = Response(
-                None, status_code=204, headers={"Allow": _ALLOW_OPTIONS}, media_type=MediaType.TEXT
-            )
-            await options.to_asgi_response(app=None, request=request)(scope, receive, send)
+            await send_options(_ALLOW_OPTIONS, request, scope, receive, send)
             return
         else:
-            scope.pop("path_template", None)  # type: ignore[misc]  # the router's 405: no route
-            raise MethodNotAllowedException(headers={"allow": _ALLOW_405})
+            raise not_routed(scope, MethodNotAllowedException(headers={"allow": _ALLOW_405}))
         await answer(scope, receive, send)
 
     async def get(self, request: Request[Any, Any, Any]) -> _Answer:
@@ -243,10 +238,6 @@ class TokenEndpoint:
         principal = await self._mapper.map(await self._auth.authenticate(request))
         await self._service.sign_out(principal)
         return _Answer(204, list(NO_STORE_RAW), b"")
-
-
-class _TokenRouteHandler(ExceptionHandlersOnce, HTTPRouteHandler):
-    """Litestar's HTTP route handler, with its exception handlers resolved once."""
 
 
 class _TokenAsgiHandler(ExceptionHandlersOnce, ASGIRouteHandler):
@@ -278,7 +269,7 @@ async def delete_token(tokens: NamedDependency[SkipValidation[CallerTokens]]) ->
 def _token_handlers() -> list[ControllerRouterHandler]:
     """``GET`` and ``DELETE /vluna/token`` as documented."""
     return [
-        _TokenRouteHandler(
+        HTTPRouteHandler(
             PATH,
             http_method="GET",
             operation_id="getToken",
@@ -295,7 +286,7 @@ def _token_handlers() -> list[ControllerRouterHandler]:
                 "auth_unavailable; Retry-After)",
             ),
         )(get_token),
-        _TokenRouteHandler(
+        HTTPRouteHandler(
             PATH,
             http_method="DELETE",
             status_code=204,

@@ -20,6 +20,7 @@ BFF = Path(__file__).resolve().parents[2] / "bff"
 TOP = ("bff.app", "bff.cli", "bff.server", "bff.dev", "bff.routes", "bff.web", "bff.openapi")
 OBSERVABILITY = ("bff.observability",)
 DOMAIN = (
+    "bff.asgi_route",
     "bff.http1",
     "bff.tokens",
     "bff.proxy",
