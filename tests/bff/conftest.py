@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from tests.support.emulator import start_emulator
 from tests.support.redis_servers import SHARED_REDIS_URL as REDIS_URL
 
-from .support import FakeIssuer, Keys
+from .proxy_support import EmulatorServer, emulator_server, in_own_task, proxy_client, proxy_settings
+from .support import AppClient, FakeIssuer, Keys
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +52,19 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+# The proxy's tests (test_proxy.py, test_proxy_mount.py; test_flavours.py has its own per flavour):
+# the emulator on a real socket, and the app proxying to it.
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[EmulatorServer]:
+    async with emulator_server() as s:
+        yield s
+
+
+@pytest.fixture
+async def client(keys: Keys, server: EmulatorServer, prefix: str) -> AsyncIterator[AppClient]:
+    async with in_own_task(proxy_client(proxy_settings(keys, server, prefix), server)) as c:
+        yield c

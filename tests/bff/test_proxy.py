@@ -13,8 +13,6 @@ from tests.support.ports import free_port
 
 from .proxy_support import (
     EmulatorServer,
-    emulator_server,
-    in_own_task,
     proxy_client,
     proxy_settings,
     raw_request,
@@ -23,18 +21,6 @@ from .support import AppClient, Keys
 
 P = "/vluna/api/v1"
 ORIGIN = "https://app.example.test"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[EmulatorServer]:
-    async with emulator_server() as s:
-        yield s
-
-
-@pytest.fixture
-async def client(keys: Keys, server: EmulatorServer, prefix: str) -> AsyncIterator[AppClient]:
-    async with in_own_task(proxy_client(proxy_settings(keys, server, prefix), server)) as c:
-        yield c
 
 
 def auth(keys: Keys, user: str = "alice", org: str = "acme") -> dict[str, str]:

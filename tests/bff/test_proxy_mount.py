@@ -10,15 +10,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from tests.bff import hooks
 
 from .observability_support import sample
 from .proxy_support import (
     EmulatorServer,
-    emulator_server,
-    in_own_task,
     proxy_client,
     proxy_settings,
     raw_request,
@@ -28,18 +24,6 @@ from .support import AppClient, Keys
 P = "/vluna/api/v1"
 TEMPLATE = "/vluna/api/v1/{sub}"
 REQUESTS = "vluna_bff_http_requests_total"
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[EmulatorServer]:
-    async with emulator_server() as s:
-        yield s
-
-
-@pytest.fixture
-async def client(keys: Keys, server: EmulatorServer, prefix: str) -> AsyncIterator[AppClient]:
-    async with in_own_task(proxy_client(proxy_settings(keys, server, prefix), server)) as c:
-        yield c
 
 
 def auth(keys: Keys, user: str = "alice") -> dict[str, str]:
