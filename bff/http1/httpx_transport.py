@@ -41,6 +41,7 @@ _WRITTEN_BY_POOL = frozenset(
 )
 # Answer headers that described the bytes on the wire, not the decoded body handed to httpx.
 _WIRE_ONLY = frozenset({b"content-length", b"transfer-encoding"})
+_WIRE_ONLY_DECODED = _WIRE_ONLY | {b"content-encoding"}
 _NO_BOUND = 86_400.0 * 365  # httpx's "no timeout" (a year: asyncio's timers need a number)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -88,7 +89,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
             headers[name] = value if seen is None else f"{seen}, {value}"
         body = await request.aread()
         try:
-            status, _, payload, lines = await self._pool.request(
+            status, framing, payload, lines = await self._pool.request(
                 request.method, url.raw_path.decode("ascii"), headers, body or None, _timeouts(request)
             )
         except UpstreamTimeout as exc:
@@ -97,8 +98,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         except UpstreamError as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc
-        decoded = any(name == b"content-encoding" for name, _ in lines)
-        wire_only = _WIRE_ONLY | {b"content-encoding"} if decoded else _WIRE_ONLY
+        # The pool decoded the body if it was encoded (it keeps that header among the framing ones).
+        wire_only = _WIRE_ONLY_DECODED if b"content-encoding" in framing else _WIRE_ONLY
         return httpx.Response(
             status,
             headers=[(name, value) for name, value in lines if name not in wire_only],
